@@ -1,0 +1,104 @@
+"""Problem 2 grading path: segment every satellite image of a folder and write ``<id>_mask.png`` files.
+
+    python p2_inference.py --input-dir hw1_data/p2_data/validation --output-dir out_masks \
+        --checkpoint checkpoints/p2_best.pth
+    python -m utils.metrics -g hw1_data/p2_data/validation -p out_masks     # score it as the grader does
+
+Input: every ``*_sat.jpg`` in the folder (if there is none: every .jpg/.jpeg/.png that is not a mask).
+Output: ``xxxx_mask.png`` per input, RGB, the input's exact size, only the seven class colours (never red),
+and nothing else in the output folder. The checkpoint alone rebuilds the model (U-Net, DeepLabV3 or FCN32s).
+An unreadable image is reported by name, every other mask is still written, and the exit code is 1.
+"""
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
+from utils.distributed import resolve_device
+from utils.masks import write_mask
+from utils.misc import add_bool_flag, amp_dtype
+from utils.predict import load_segmenter, predict_classes
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write a colour mask for every satellite image in a folder.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input-dir", type=Path, required=True, help="folder of xxxx_sat.jpg images")
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="folder for xxxx_mask.png (created if missing; nothing else is written there)")
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/p2_best.pth"),
+                        help="a checkpoint written by p2_unet.py or p2_deeplab.py (best.pth or snapshot)")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda:N'")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (lower on OOM)")
+    parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the prediction with that of the horizontally flipped image (2x slower)")
+    add_bool_flag(parser, "amp", True, "mixed precision on CUDA")
+    return parser
+
+
+def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
+    """Split a list of (index, image, error) into runs of equal image size (batched together)."""
+    groups, by_shape = [], {}  # type: List[List[Any]], Dict[Any, List[Any]]
+    for sample in samples:
+        if sample[1] is None:
+            continue
+        by_shape.setdefault(tuple(sample[1].shape), []).append(sample)
+    groups.extend(by_shape.values())
+    return groups
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    t0 = time.time()
+    device = resolve_device(args.device)
+    files = list_input_images(args.input_dir)
+    if not files:
+        raise SystemExit("error: no images (*_sat.jpg, .jpg, .png) in {}".format(args.input_dir))
+    model, ckpt = load_segmenter(args.checkpoint, device)
+    config = ckpt["model_config"]
+    dtype = amp_dtype(device, args.amp)
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise SystemExit("error: output path {} exists and is not a folder".format(args.output_dir))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    loader = torch.utils.data.DataLoader(InferenceImages(files), batch_size=args.batch_size,
+                                         num_workers=args.workers, collate_fn=collate_list,
+                                         pin_memory=device.type == "cuda")
+    failed = []  # type: List[str]
+    written = 0
+    # PNG encoding is CPU work that releases the GIL: overlap it with the next batch's forward pass.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = []
+        for samples in tqdm(loader, desc="segmenting", unit="batch", dynamic_ncols=True):
+            for index, image, error in samples:
+                if image is None:
+                    failed.append(error)
+                    print("error: {}".format(error), file=sys.stderr)
+            for group in _groups_by_size(samples):
+                images = torch.stack([s[1] for s in group]).to(device, non_blocking=True)
+                preds = predict_classes(model, images, config, dtype, tta=args.tta).to(torch.uint8).cpu().numpy()
+                for (index, _, _), pred in zip(group, preds):
+                    target = args.output_dir / mask_name_for(files[index])
+                    pending.append(pool.submit(write_mask, target, pred))
+                while len(pending) > 4 * args.batch_size:  # bound the masks held in memory
+                    pending.pop(0).result()
+                    written += 1
+        for future in pending:
+            future.result()
+            written += 1
+    result = {"written": written, "failed": failed, "seconds": round(time.time() - t0, 2),
+              "checkpoint": str(args.checkpoint), "arch": config.get("arch")}
+    print("wrote {} mask(s) to {} in {:.1f} s{}".format(
+        written, args.output_dir, result["seconds"], "; {} image(s) failed".format(len(failed)) if failed else ""))
+    return result
+
+
+if __name__ == "__main__":
+    outcome = main(get_args_parser().parse_args())
+    sys.exit(1 if outcome["failed"] else 0)

@@ -1,0 +1,108 @@
+"""Checkpoint io: atomic writes and safe loads.
+
+Every checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: a file crafted to run code on unpickling is refused. Writes go to a
+temporary file in the same folder, are fsynced, then renamed over the target, so a kill at any moment
+leaves the previous checkpoint intact.
+"""
+import argparse
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+FORMAT_VERSION = 1
+PathLike = Union[str, Path]
+
+
+def save_atomic(obj: Any, path: PathLike) -> None:
+    """torch.save ``obj`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_safe(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """torch.load with ``weights_only=True`` and one-line errors for missing, corrupt or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError("checkpoint not found: {}".format(path))
+    if path.stat().st_size == 0:
+        raise ValueError("checkpoint {} is empty (0 bytes)".format(path))
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            "refusing to load {}: it holds objects other than tensors and plain containers "
+            "(weights_only=True). Only load files you trust; details: {}".format(path, str(exc).splitlines()[0])
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError("cannot load checkpoint {}: corrupt or truncated ({})".format(
+            path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+
+
+def plain(value: Any) -> Any:
+    """Convert argparse values (Paths, tuples, Namespaces) into types that weights_only loading accepts."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def make_checkpoint(kind: str, model_config: Dict[str, Any], model_state: Dict[str, torch.Tensor],
+                    args: Optional[argparse.Namespace] = None, **extra: Any) -> Dict[str, Any]:
+    """A self-describing checkpoint: task kind, format version, model config, weights, arguments."""
+    ckpt = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model_config": plain(model_config),
+        "model": model_state,
+        "args": plain(args) if args is not None else {},
+    }
+    ckpt.update(extra)
+    return ckpt
+
+
+def load_checkpoint(path: PathLike, expected_kind: Optional[str] = None,
+                    map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load one of our checkpoints and check its format version and task kind with clear errors."""
+    ckpt = load_safe(path, map_location)
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
+        raise ValueError("{} is not a checkpoint written by this project (no format_version/model entries); "
+                         "a bare state_dict belongs to the loaders of pretrained weights instead".format(path))
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise ValueError("{} has checkpoint format {}, newer than this code's {}: update the code".format(
+            path, ckpt["format_version"], FORMAT_VERSION))
+    if expected_kind is not None and ckpt.get("kind") != expected_kind:
+        raise ValueError("{} is a '{}' checkpoint, but a '{}' checkpoint is needed here".format(
+            path, ckpt.get("kind"), expected_kind))
+    return ckpt

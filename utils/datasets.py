@@ -1,0 +1,142 @@
+"""Datasets and image reading with one-line errors that name the file."""
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from utils.masks import read_mask
+
+PathLike = Union[str, Path]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_rgb(path: PathLike) -> np.ndarray:
+    """Decode any image PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) to (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: scale to 8 bits rather than clip (PIL's convert would saturate)
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.stack([arr] * 3, axis=-1)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # composite transparent pixels on black instead of keeping their hidden colour
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError("image not found: {}".format(path)) from None
+    except Exception as exc:  # PIL raises many unrelated types for damaged files
+        raise ValueError("cannot read image {}: {}".format(path, exc or type(exc).__name__)) from exc
+
+
+def to_chw_uint8(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 array -> contiguous (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def list_satellite_pairs(folder: PathLike) -> List[Tuple[Path, Path]]:
+    """Sorted (xxxx_sat.jpg, xxxx_mask.png) pairs of a p2 split; a clear error for missing masks or sizes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("data folder not found: {}".format(folder))
+    images = sorted(folder.glob("*_sat.jpg"))
+    if not images:
+        raise FileNotFoundError("no *_sat.jpg images in {}".format(folder))
+    pairs, missing = [], []
+    for image in images:
+        mask = image.with_name(image.name[: -len("_sat.jpg")] + "_mask.png")
+        if mask.is_file():
+            pairs.append((image, mask))
+        else:
+            missing.append(mask.name)
+    if missing:
+        raise FileNotFoundError("{} image(s) in {} have no mask, e.g. {}".format(
+            len(missing), folder, ", ".join(missing[:5])))
+    return pairs
+
+
+def check_pair_sizes(pairs: List[Tuple[Path, Path]]) -> None:
+    """Read only the headers and fail on the first image whose mask has another size (names both)."""
+    for image, mask in pairs:
+        try:
+            with Image.open(image) as a, Image.open(mask) as b:
+                if a.size != b.size:
+                    raise ValueError("mask {} is {}x{} but its image {} is {}x{}".format(
+                        mask, b.size[0], b.size[1], image, a.size[0], a.size[1]))
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError("cannot read {} / {}: {}".format(image, mask, exc)) from exc
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """p2 split of (xxxx_sat.jpg, xxxx_mask.png) pairs -> (uint8 image (3, H, W), int64 mask (H, W))."""
+
+    def __init__(self, folder: PathLike, transform: Optional[Callable] = None) -> None:
+        self.folder = Path(folder)
+        self.pairs = list_satellite_pairs(self.folder)
+        check_pair_sizes(self.pairs)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def image_id(self, index: int) -> str:
+        """'0018' for 0018_sat.jpg."""
+        return self.pairs[index][0].name[: -len("_sat.jpg")]
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.pairs[index]
+        image = tv_tensors.Image(to_chw_uint8(read_rgb(image_path)))
+        mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path)).long())
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def list_input_images(folder: PathLike) -> List[Path]:
+    """Images to segment: every *_sat.jpg, or else every .jpg/.jpeg/.png that is not a *_mask.png."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("input folder not found: {}".format(folder))
+    sat = sorted(folder.glob("*_sat.jpg"))
+    if sat:
+        return sat
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith("_mask.png"))
+
+
+def mask_name_for(image: Path) -> str:
+    """0013_sat.jpg -> 0013_mask.png; other.png -> other_mask.png."""
+    stem = image.stem
+    if stem.endswith("_sat"):
+        stem = stem[: -len("_sat")]
+    return stem + "_mask.png"
+
+
+class InferenceImages(torch.utils.data.Dataset):
+    """Images for prediction; a file that cannot be read yields its error message instead of a tensor."""
+
+    def __init__(self, files: List[Path]) -> None:
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
+        try:
+            return index, to_chw_uint8(read_rgb(self.files[index])), None
+        except (OSError, ValueError) as exc:
+            return index, None, str(exc)
+
+
+def collate_list(batch: list) -> list:
+    """Keep samples as a list (sizes may differ; the caller groups equal sizes)."""
+    return batch

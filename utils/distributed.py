@@ -1,0 +1,84 @@
+"""One distributed path: torchrun's environment, or a single process. Helpers are no-ops when alone.
+
+NCCL on CUDA, gloo on CPU. Launch with ``torchrun --nproc_per_node=N script.py ...``; several nodes
+use torchrun's own ``--nnodes/--node_rank/--rdzv_endpoint`` flags, nothing here changes.
+"""
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    """True when a process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank, 0 when not distributed."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes, 1 when not distributed."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes files and prints progress."""
+    return get_rank() == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> this process's GPU when CUDA is available (LOCAL_RANK under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device {} asked for, but CUDA is not available".format(name))
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group when launched by torchrun; return whether distributed."""
+    if is_dist():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    dist.barrier()
+    return True
+
+
+def cleanup() -> None:
+    """Tear the process group down (so repeated in-process runs in tests start clean)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Synchronise processes; no-op when alone."""
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across processes in place and return it; identity when alone."""
+    if is_dist():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(obj: Optional[object], src: int = 0) -> Optional[object]:
+    """Send a picklable object from ``src`` to every rank; identity when alone."""
+    if not is_dist():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

@@ -1,0 +1,70 @@
+"""Land-cover mask colours, decoded exactly as the course's grader decodes them.
+
+The grader thresholds every channel at >= 128 and computes ``code = 4R + 2G + B``. Seven of the eight
+codes are classes; code 4 (pure red) is not a class and the grader leaves it undefined. We map it to
+``IGNORE_INDEX`` so training skips such pixels and our mIoU leaves them out, and we never write it.
+"""
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+NUM_CLASSES = 7  # six land-cover classes + "unknown"
+NUM_EVAL_CLASSES = 6  # the grader averages IoU over classes 0..5 only
+IGNORE_INDEX = 255
+CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
+
+# class index -> RGB, the official colours
+PALETTE = np.array(
+    [
+        [0, 255, 255],  # 0 urban, cyan, code 3
+        [255, 255, 0],  # 1 agriculture, yellow, code 6
+        [255, 0, 255],  # 2 rangeland, purple, code 5
+        [0, 255, 0],  # 3 forest, green, code 2
+        [0, 0, 255],  # 4 water, blue, code 1
+        [255, 255, 255],  # 5 barren, white, code 7
+        [0, 0, 0],  # 6 unknown, black, code 0
+    ],
+    dtype=np.uint8,
+)
+
+# grader code (4R + 2G + B) -> class index; code 4 (red) is not a class
+CODE_TO_CLASS = np.array([6, 4, 3, 0, IGNORE_INDEX, 2, 1, 5], dtype=np.uint8)
+
+
+def rgb_to_class(rgb: np.ndarray) -> np.ndarray:
+    """Decode an (H, W, 3) uint8 mask to (H, W) class indices with the grader's threshold rule."""
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError("expected an (H, W, 3) RGB mask, got shape {}".format(rgb.shape))
+    bits = (rgb[..., :3] >= 128).astype(np.uint8)
+    code = 4 * bits[..., 0] + 2 * bits[..., 1] + bits[..., 2]
+    return CODE_TO_CLASS[code]
+
+
+def class_to_rgb(classes: np.ndarray) -> np.ndarray:
+    """Encode (H, W) class indices 0..6 as an (H, W, 3) uint8 mask in the official colours."""
+    classes = np.asarray(classes)
+    if classes.size and (classes.min() < 0 or classes.max() >= NUM_CLASSES):
+        raise ValueError("class indices must lie in 0..{}; got {}..{}".format(
+            NUM_CLASSES - 1, classes.min(), classes.max()))
+    return PALETTE[classes]
+
+
+def read_mask(path: Union[str, Path]) -> np.ndarray:
+    """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            # Palette, grayscale, RGBA and 16-bit masks all go through PIL's RGB conversion first.
+            rgb = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError("mask not found: {}".format(path)) from None
+    except Exception as exc:  # PIL raises several unrelated types for damaged files
+        raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
+    return rgb_to_class(rgb)
+
+
+def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
+    """Write (H, W) class indices as an RGB PNG in the official colours (never red)."""
+    Image.fromarray(class_to_rgb(classes)).save(str(path), format="PNG")

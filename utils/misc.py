@@ -1,0 +1,160 @@
+"""Small shared pieces: the trainers' common flags, seeding, precision, JSON-lines logs and curves."""
+import argparse
+import contextlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """Add ``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9)."""
+    dest = name.replace("-", "_")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--" + name, dest=dest, action="store_true",
+                       help="{} (default: {})".format(help, "on" if default else "off"))
+    group.add_argument("--no-" + name, dest=dest, action="store_false", help="turn --{} off".format(name))
+    parser.set_defaults(**{dest: default})
+
+
+def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
+                          workers: int, data_dir: str, output_dir: str) -> None:
+    """Flags every trainer of this project shares, with the experiment's own defaults."""
+    g = parser.add_argument_group("common training flags")
+    g.add_argument("--data-dir", type=Path, default=Path(data_dir), help="dataset folder (default: %(default)s)")
+    g.add_argument("--output-dir", type=Path, default=Path(output_dir),
+                   help="where checkpoints, logs and figures go; a run there is resumed automatically "
+                        "(default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=epochs, help="training epochs (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help="images per process per step; the total batch is this times the number of processes "
+                        "(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=lr,
+                   help="peak learning rate for the total batch (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=workers,
+                   help="data-loader worker processes per GPU; 0 loads in the main process (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_bool_flag(g, "amp", True, "mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler); "
+                                  "ignored on CPU")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms and no cudnn autotuning: bit-reproducible CPU runs, slower GPU")
+    g.add_argument("--resume", type=Path, default=None,
+                   help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth when it exists)")
+    g.add_argument("--eval-only", action="store_true", help="evaluate the resumed/--resume model and exit")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an output folder that holds a different run (otherwise refused)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="also keep the full resumable state as checkpoint_epochNNN.pth every K epochs; 0 keeps only "
+                        "the latest checkpoint.pth (default: %(default)s)")
+    g.add_argument("--print-freq", type=int, default=20, help="steps between progress-bar loss updates")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def setup_determinism(deterministic: bool) -> None:
+    """Pick cudnn autotuning for speed, or deterministic kernels for bit-reproducible runs."""
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """bf16 on GPUs that support it, else fp16; None (fp32) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Any:
+    """Autocast context for ``dtype``, or a no-op context for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(dtype: Optional[torch.dtype]) -> Any:
+    """A GradScaler that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
+    enabled = dtype == torch.float16
+    try:
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    except (AttributeError, TypeError):  # torch < 2.3
+        return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+class JsonlLogger:
+    """Appends one JSON object per line; safe to reopen when a run resumes."""
+
+    def __init__(self, path: Union[str, Path], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` (with a wall-clock timestamp)."""
+        if not self.enabled:
+            return
+        record = dict(record, time=round(time.time(), 3))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop records of epochs after ``epoch`` (a resumed run redoes them)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) <= epoch]
+        with open(self.path, "w") as f:
+            for r in kept:
+                f.write(json.dumps(r) + "\n")
+
+
+def read_jsonl(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """Read a JSON-lines file, skipping a torn last line."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def plot_curves(records: Sequence[Dict[str, Any]], keys: Iterable[str], path: Union[str, Path],
+                title: str = "") -> None:
+    """One panel per key against epoch, saved as PNG (keys missing from the log are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r and r[k] is not None for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["epoch"], r[key]) for r in records if key in r and r[key] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
