@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from tqdm import tqdm
 
 from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.misc import add_bool_flag, amp_dtype
+from utils.misc import add_bool_flag, amp_dtype, progress
 from utils.predict import load_segmenter, predict_classes
 
 
@@ -75,7 +74,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     # PNG encoding is CPU work that releases the GIL: overlap it with the next batch's forward pass.
     with ThreadPoolExecutor(max_workers=4) as pool:
         pending = []
-        for samples in tqdm(loader, desc="segmenting", unit="batch", dynamic_ncols=True):
+        for samples in progress(loader, desc="segmenting", unit="batch"):
             for index, image, error in samples:
                 if image is None:
                     failed.append(error)

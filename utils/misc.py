@@ -55,6 +55,16 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
     g.add_argument("--print-freq", type=int, default=20, help="steps between progress-bar loss updates")
 
 
+def progress(iterable: Any, **kwargs: Any) -> Any:
+    """A tqdm bar on the main process only; TQDM_DISABLE=1 silences it (tests, batch jobs)."""
+    from tqdm import tqdm
+
+    from utils.distributed import is_main_process
+
+    quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not is_main_process()
+    return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

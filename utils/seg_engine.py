@@ -12,14 +12,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.masks import IGNORE_INDEX, NUM_CLASSES, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
-from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
+from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves, progress,
                         read_jsonl, seed_everything, setup_determinism)
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, predict_classes
@@ -131,8 +129,7 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     model.train()
     loss_sum = torch.zeros((), device=device)
     count = 0
-    bar = tqdm(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False, dynamic_ncols=True,
-               disable=not dist_utils.is_main_process())
+    bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     t0 = time.time()
     for i, (images, masks) in enumerate(bar):
         lr = lr_at(step, total_steps, warmup_steps, args.lr, args.schedule)
@@ -170,8 +167,7 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device
     """Pooled 7x7 confusion matrix over the whole validation set (all ranks), then IoU as graded."""
     model.eval()
     cm = ConfusionMatrix(NUM_CLASSES, device=device)
-    for images, masks in tqdm(loader, desc="validate", leave=False, dynamic_ncols=True,
-                              disable=not dist_utils.is_main_process()):
+    for images, masks in progress(loader, desc="validate", leave=False):
         pred = predict_classes(model, images.to(device, non_blocking=True), config, dtype)
         cm.update(pred, masks.to(device, non_blocking=True))
     cm.reduce()
