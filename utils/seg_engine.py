@@ -300,7 +300,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     train_set = SegmentationDataset(Path(args.data_dir) / "train",
                                     seg_train_transform(args.crop_size, args.min_scale, args.color_jitter))
     if distributed:
-        if device.type == "cuda":
+        if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only; CPU ranks keep local BN statistics
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
