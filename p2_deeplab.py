@@ -19,6 +19,7 @@ Snapshots for the report: ``--snapshot-epochs 1 50 100 --snapshot-images 0018_sa
 import argparse
 from typing import Any, Dict, List, Optional
 
+from utils.misc import run_cli
 from utils.seg_engine import add_seg_train_args, fit
 
 
@@ -60,4 +61,4 @@ def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(main, get_args_parser())

@@ -21,7 +21,7 @@ import torch
 from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.misc import add_bool_flag, amp_dtype, progress
+from utils.misc import add_bool_flag, amp_dtype, progress, run_cli
 from utils.predict import load_segmenter, predict_classes
 
 
@@ -99,5 +99,5 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    outcome = main(get_args_parser().parse_args())
+    outcome = run_cli(main, get_args_parser())
     sys.exit(1 if outcome["failed"] else 0)

@@ -17,6 +17,7 @@ A killed run resumes from OUTPUT_DIR/checkpoint.pth when started again with the 
 import argparse
 from typing import Any, Dict, List, Optional
 
+from utils.misc import run_cli
 from utils.seg_engine import add_seg_train_args, fit
 
 
@@ -56,4 +57,4 @@ def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(main, get_args_parser())

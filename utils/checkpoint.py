@@ -9,7 +9,6 @@ import argparse
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -54,13 +53,16 @@ def load_safe(path: PathLike, map_location: Union[str, torch.device] = "cpu") ->
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(str(path)):
+            raise ValueError("cannot load checkpoint {}: corrupt, truncated or not a torch file".format(path)) from None
         raise ValueError(
             "refusing to load {}: it holds objects other than tensors and plain containers "
-            "(weights_only=True). Only load files you trust; details: {}".format(path, str(exc).splitlines()[0])
+            "(weights_only=True loading refuses them); details: {}".format(path, str(exc).splitlines()[0])
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ValueError("cannot load checkpoint {}: corrupt or truncated ({})".format(
-            path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+    except Exception as exc:  # junk makes torch raise RuntimeError, EOFError, BadZipFile, KeyError, ...
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError("cannot load checkpoint {}: corrupt or truncated ({}{})".format(
+            path, type(exc).__name__, ": " + detail if detail else "")) from None
 
 
 def plain(value: Any) -> Any:

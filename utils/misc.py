@@ -65,6 +65,19 @@ def progress(iterable: Any, **kwargs: Any) -> Any:
     return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)
 
 
+def run_cli(main: Any, parser: argparse.ArgumentParser) -> Any:
+    """Parse flags and run ``main``; bad input (missing or corrupt files, wrong formats) ends with a one-line
+    'error: ...' naming the file and exit code 2 instead of a traceback."""
+    import sys
+
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        sys.exit(2)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
