@@ -10,6 +10,7 @@ and nothing else in the output folder. The checkpoint alone rebuilds the model (
 An unreadable image is reported by name, every other mask is still written, and the exit code is 1.
 """
 import argparse
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="a checkpoint written by p2_unet.py or p2_deeplab.py (best.pth or snapshot)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda:N'")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (lower on OOM)")
-    parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="image-decoding worker processes (default: up to 4, no more than the CPU count)")
     parser.add_argument("--tta", action="store_true",
                         help="average the prediction with that of the horizontally flipped image (2x slower)")
     add_bool_flag(parser, "amp", True, "mixed precision on CUDA")

@@ -16,12 +16,12 @@ Commands (one GPU is picked automatically when available; CPU works too, ~1 min 
     # the report figure: three validation images, SAM vit_h, our model and the ground truth
     python p2_sam.py --images hw1_data/p2_data/validation/{0018,0065,0109}_sat.jpg \\
         --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
-        --seg-checkpoint output/p2_deeplab/checkpoint.pth --masks-dir hw1_data/p2_data/validation \\
-        --output-dir output/p2_sam
+        --seg-checkpoint runs/p2_deeplab/checkpoint.pth --masks-dir hw1_data/p2_data/validation \\
+        --output-dir runs/p2_sam
 
     # plumbing only (random SAM weights, meaningless masks, no checkpoint needed)
     python p2_sam.py --images demo/0000_sat.jpg --random-init --model-type vit_b --device cpu \\
-        --points-per-side 4 --pred-iou-thresh 0 --stability-score-thresh 0 --output-dir output/p2_sam_smoke
+        --points-per-side 4 --pred-iou-thresh 0 --stability-score-thresh 0 --output-dir runs/p2_sam_smoke
 
 Outputs in ``--output-dir``: ``<stem>_sam.png`` (figure), ``<stem>_sam_masks.npz`` (``labels``: uint16
 (H, W), each pixel holds index+1 of the smallest mask covering it, 0 = no mask; ``areas``,

@@ -9,6 +9,7 @@ import argparse
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -28,6 +29,9 @@ def save_atomic(obj: Any, path: PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, str(path))
     except BaseException:
         if os.path.exists(tmp):

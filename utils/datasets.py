@@ -21,7 +21,8 @@ def read_rgb(path: PathLike) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grayscale: scale to 8 bits rather than clip (PIL's convert would saturate)
                 arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
+                # 16-bit modes span 0..65535 whatever the content; 32-bit "I" has no fixed range, so guess
+                peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 return np.stack([arr] * 3, axis=-1)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

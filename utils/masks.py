@@ -45,6 +45,8 @@ def rgb_to_class(rgb: np.ndarray) -> np.ndarray:
 def class_to_rgb(classes: np.ndarray) -> np.ndarray:
     """Encode (H, W) class indices 0..6 as an (H, W, 3) uint8 mask in the official colours."""
     classes = np.asarray(classes)
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError("class indices must be integers, got dtype {}".format(classes.dtype))
     if classes.size and (classes.min() < 0 or classes.max() >= NUM_CLASSES):
         raise ValueError("class indices must lie in 0..{}; got {}..{}".format(
             NUM_CLASSES - 1, classes.min(), classes.max()))

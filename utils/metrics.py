@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 from utils.masks import CLASS_NAMES, NUM_CLASSES, NUM_EVAL_CLASSES
@@ -117,7 +116,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = parser.parse_args(argv)
     result = evaluate_folders(args.labels, args.pred)
     if args.json:
-        print(json.dumps(result))
+        # strict JSON: NaN (a class absent from both folders) becomes null
+        print(json.dumps({k: ([None if isinstance(v, float) and math.isnan(v) else v for v in val]
+                              if isinstance(val, list) else (None if isinstance(val, float) and math.isnan(val) else val))
+                          for k, val in result.items()}))
     else:
         print(format_iou(result))
     return result

@@ -1,0 +1,263 @@
+"""Tests for utils/checkpoint.py: atomic writes, safe (weights_only) loads, self-describing checkpoints."""
+import argparse
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils import checkpoint
+from utils.checkpoint import FORMAT_VERSION, load_checkpoint, load_safe, make_checkpoint, plain, save_atomic
+
+
+def _sample():
+    return {
+        "weights": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "ints": torch.tensor([1, 2, 3], dtype=torch.int64),
+        "epoch": 7,
+        "lr": 0.125,
+        "name": "unet",
+        "history": [0.5, 0.25, [1, "two"]],
+        "nested": {"a": torch.ones(2), "b": None, "c": True},
+    }
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b) or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert set(a) == set(b)
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def _valid_bytes(tmp_path):
+    path = tmp_path / "valid_source.pt"
+    torch.save(_sample(), str(path))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_save_atomic_load_safe_round_trip(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"  # the parent folder is created
+    obj = _sample()
+    save_atomic(obj, path)
+    assert path.is_file()
+    _assert_same(load_safe(path), obj)
+    assert sorted(os.listdir(str(path.parent))) == ["ckpt.pt"]  # no temp file left behind
+
+    # overwrite in place: still one file, new content
+    obj2 = {"epoch": 8}
+    save_atomic(obj2, str(path))
+    assert load_safe(str(path)) == obj2
+    assert sorted(os.listdir(str(path.parent))) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
+def test_failed_save_keeps_previous_file(tmp_path, monkeypatch, exc_type):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    calls = []
+
+    def broken_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        f.write(b"PK\x03\x04 partial bytes")  # part of a zip header, then die
+        raise exc_type("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(exc_type):
+        save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+
+    assert calls == [1]  # the patched save was really used
+    assert path.read_bytes() == before
+    loaded = load_safe(path)
+    assert loaded["epoch"] == 1
+    assert torch.equal(loaded["w"], torch.ones(3))
+    assert sorted(os.listdir(str(tmp_path))) == ["ckpt.pt"]
+
+
+class _WritesMarker:
+    """Unpickling this runs ``Path.write_text(marker, 'pwned')``: harmless, but code execution all the same."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch '{}'".format(self.marker),))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("payload", [_WritesMarker, _RunsShell])
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_code_running_pickle_is_refused(tmp_path, payload, writer):
+    marker = tmp_path / "marker"
+    control_marker = tmp_path / "control_marker"
+    evil, control = tmp_path / "evil.pt", tmp_path / "control.pt"
+    for path, target in ((evil, marker), (control, control_marker)):
+        obj = {"model": {"w": torch.ones(2)}, "payload": payload(str(target))}
+        if writer == "torch":
+            torch.save(obj, str(path))
+        else:
+            with open(str(path), "wb") as f:
+                pickle.dump(obj, f)
+
+    with pytest.raises(ValueError) as info:
+        load_safe(evil)
+    assert str(evil) in str(info.value)
+    assert not marker.exists()
+    with pytest.raises(ValueError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+    # control: the same payload does run when loaded unsafely, so the test above is meaningful
+    if writer == "torch":
+        torch.load(str(control), map_location="cpu", weights_only=False)
+    else:
+        with open(str(control), "rb") as f:
+            pickle.load(f)
+    assert control_marker.exists()
+
+
+def test_truncated_checkpoint(tmp_path):
+    data = _valid_bytes(tmp_path)
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as info:
+        load_safe(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_bytes(tmp_path, seed):
+    path = tmp_path / "random.pt"
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError) as info:
+        load_safe(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"hello world", b"\x80\x02}q\x00.", b"PK\x03\x04", b"\x00" * 64])
+def test_junk_files(tmp_path, content):
+    # a text file, a pickle cut after its header, a zip header alone, zeros
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_safe(path)
+    assert str(path) in str(info.value)
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        load_safe(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere" / "missing.pt"
+    with pytest.raises(FileNotFoundError) as info:
+        load_safe(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(path)
+
+
+def _state():
+    return {"conv.weight": torch.randn(2, 3), "conv.bias": torch.zeros(2)}
+
+
+def test_make_and_load_checkpoint_right_kind(tmp_path):
+    args = argparse.Namespace(data=Path("/data/p2"), crop=(256, 256), lr=1e-3, epochs=3, note=None, amp=True)
+    state = _state()
+    ckpt = make_checkpoint("p2_unet", {"arch": "unet", "skips": (True, False)}, state, args, epoch=3,
+                           best_miou=0.5)
+    path = tmp_path / "unet.pt"
+    save_atomic(ckpt, path)
+    loaded = load_checkpoint(path, expected_kind="p2_unet")
+    assert loaded["kind"] == "p2_unet"
+    assert loaded["format_version"] == FORMAT_VERSION
+    assert loaded["model_config"] == {"arch": "unet", "skips": [True, False]}
+    assert loaded["args"] == {"data": "/data/p2", "crop": [256, 256], "lr": 1e-3, "epochs": 3, "note": None,
+                              "amp": True}
+    assert loaded["epoch"] == 3 and loaded["best_miou"] == 0.5
+    for key, value in state.items():
+        assert torch.equal(loaded["model"][key], value)
+    # expected_kind=None accepts any kind
+    assert load_checkpoint(path)["kind"] == "p2_unet"
+
+
+def test_load_checkpoint_wrong_kind(tmp_path):
+    path = tmp_path / "deeplab.pt"
+    save_atomic(make_checkpoint("p2_deeplab", {"arch": "deeplabv3"}, _state()), path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path, expected_kind="p1_classifier")
+    message = str(info.value)
+    assert "p2_deeplab" in message and "p1_classifier" in message
+    assert str(path) in message
+
+
+def test_bare_state_dict_is_not_our_checkpoint(tmp_path):
+    path = tmp_path / "resnet50.pt"
+    torch.save(_state(), str(path))
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path, expected_kind="p2_unet")
+    message = str(info.value)
+    assert "not a checkpoint written by this project" in message
+    assert str(path) in message
+
+
+def test_future_format_version(tmp_path):
+    path = tmp_path / "future.pt"
+    ckpt = make_checkpoint("p2_unet", {}, _state())
+    ckpt["format_version"] = FORMAT_VERSION + 1
+    save_atomic(ckpt, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path, expected_kind="p2_unet")
+    assert str(FORMAT_VERSION + 1) in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def _only_plain_types(value):
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _only_plain_types(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_only_plain_types(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def test_plain_converts_argparse_values():
+    args = argparse.Namespace(out=Path("runs/x"), size=(128, 128), nested={"p": Path("a/b"), 1: (Path("c"),)},
+                              device=torch.device("cpu"), flag=False, count=2, rate=0.5, name="n", none=None)
+    result = plain(args)
+    assert _only_plain_types(result)
+    assert result == {"out": str(Path("runs/x")), "size": [128, 128],
+                      "nested": {"p": str(Path("a/b")), "1": [str(Path("c"))]},
+                      "device": "cpu", "flag": False, "count": 2, "rate": 0.5, "name": "n", "none": None}
+    # and it loads with weights_only=True
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == result

@@ -1,0 +1,288 @@
+"""Tests for utils/datasets.py: robust image decoding, p2 pair listing, datasets, inference inputs."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.datasets import (
+    InferenceImages,
+    SegmentationDataset,
+    list_input_images,
+    list_satellite_pairs,
+    mask_name_for,
+    read_rgb,
+)
+
+# GRADING.md's colours, by class
+COLOURS = {0: (0, 255, 255), 1: (255, 255, 0), 2: (255, 0, 255), 3: (0, 255, 0), 4: (0, 0, 255),
+           5: (255, 255, 255), 6: (0, 0, 0)}
+
+
+def _blocks(h=16, w=24):
+    """An image of flat 8x8 blocks (JPEG reproduces flat, block-aligned colours almost exactly)."""
+    colours = [(200, 30, 40), (20, 180, 60), (30, 60, 220), (240, 240, 20), (128, 128, 128), (10, 10, 10)]
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    k = 0
+    for y in range(0, h, 8):
+        for x in range(0, w, 8):
+            arr[y:y + 8, x:x + 8] = colours[k % len(colours)]
+            k += 1
+    return arr
+
+
+def _write_jpg(path, arr, quality=95):
+    # no chroma subsampling, so flat 8x8 blocks survive
+    Image.fromarray(arr, "RGB").save(str(path), format="JPEG", quality=quality, subsampling=0)
+
+
+def _write_colour_mask(path, classes):
+    rgb = np.zeros(classes.shape + (3,), dtype=np.uint8)
+    for cls, colour in COLOURS.items():
+        rgb[classes == cls] = colour
+    Image.fromarray(rgb, "RGB").save(str(path), format="PNG")
+
+
+def _check_rgb(arr, shape):
+    assert isinstance(arr, np.ndarray)
+    assert arr.dtype == np.uint8
+    assert arr.shape == shape + (3,)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# read_rgb
+# ----------------------------------------------------------------------------------------------------------
+
+def test_read_rgb_jpeg(tmp_path):
+    src = _blocks()
+    path = tmp_path / "rgb.jpg"
+    _write_jpg(path, src)
+    arr = read_rgb(path)
+    _check_rgb(arr, (16, 24))
+    assert np.abs(arr.astype(int) - src.astype(int)).max() <= 8
+
+
+def test_read_rgb_grayscale_png(tmp_path):
+    gray = np.arange(6 * 7, dtype=np.uint8).reshape(6, 7) * 6
+    path = tmp_path / "gray.png"
+    Image.fromarray(gray, "L").save(str(path))
+    arr = read_rgb(path)
+    _check_rgb(arr, (6, 7))
+    for c in range(3):
+        np.testing.assert_array_equal(arr[..., c], gray)
+
+
+def test_read_rgb_rgba_transparent_becomes_black(tmp_path):
+    rgb = np.full((4, 6, 3), (90, 160, 230), dtype=np.uint8)
+    alpha = np.full((4, 6), 255, dtype=np.uint8)
+    alpha[:, :3] = 0  # left half fully transparent (its hidden colour must not leak through)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(str(path))
+    arr = read_rgb(path)
+    _check_rgb(arr, (4, 6))
+    assert np.all(arr[:, :3] == 0)
+    assert np.all(arr[:, 3:] == np.array([90, 160, 230], dtype=np.uint8))
+
+
+def test_read_rgb_palette_png(tmp_path):
+    palette = np.array([[255, 0, 0], [0, 128, 0], [10, 20, 250], [7, 8, 9]], dtype=np.uint8)
+    index = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [1, 1, 3, 2]], dtype=np.uint8)
+    img = Image.fromarray(index, "P")
+    img.putpalette(palette.reshape(-1).tolist() + [0] * (768 - palette.size))
+    path = tmp_path / "palette.png"
+    img.save(str(path))
+    with Image.open(path) as check:
+        assert check.mode == "P"
+    arr = read_rgb(path)
+    _check_rgb(arr, (3, 4))
+    np.testing.assert_array_equal(arr, palette[index])
+
+
+def test_read_rgb_palette_png_with_transparency(tmp_path):
+    palette = np.array([[255, 255, 255], [0, 128, 0]], dtype=np.uint8)
+    index = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    img = Image.fromarray(index, "P")
+    img.putpalette(palette.reshape(-1).tolist() + [0] * (768 - palette.size))
+    path = tmp_path / "palette_t.png"
+    img.save(str(path), transparency=0)  # index 0 fully transparent
+    arr = read_rgb(path)
+    _check_rgb(arr, (2, 2))
+    np.testing.assert_array_equal(arr, np.array([[[0, 0, 0], [0, 128, 0]], [[0, 128, 0], [0, 0, 0]]]))
+
+
+def test_read_rgb_cmyk_jpeg(tmp_path):
+    src = _blocks()
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(src, "RGB").convert("CMYK").save(str(path), format="JPEG", quality=95)
+    with Image.open(path) as check:
+        assert check.mode == "CMYK"
+    arr = read_rgb(path)
+    _check_rgb(arr, (16, 24))
+    assert np.abs(arr.astype(int) - src.astype(int)).max() <= 12
+
+
+def test_read_rgb_16bit_png_is_scaled(tmp_path):
+    values = np.array([[0, 32768, 65535], [1000, 16384, 49152]], dtype=np.uint16)
+    path = tmp_path / "depth16.png"
+    Image.fromarray(values).save(str(path))
+    with Image.open(path) as check:
+        assert check.mode in ("I;16", "I;16B", "I;16L", "I")  # 16 bits per pixel on disk
+    arr = read_rgb(path)
+    _check_rgb(arr, (2, 3))
+    expected = values.astype(np.float64) / 65535.0 * 255.0
+    for c in range(3):
+        assert np.abs(arr[..., c].astype(np.float64) - expected).max() <= 1.0
+    assert arr[0, 0, 0] == 0
+    assert arr[0, 2, 0] == 255  # not clipped flat: 65535 -> 255, 32768 -> ~128
+    assert abs(int(arr[0, 1, 0]) - 128) <= 1
+
+
+def test_read_rgb_truncated_jpeg(tmp_path):
+    good = tmp_path / "good.jpg"
+    _write_jpg(good, _blocks(64, 64))
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ValueError) as info:
+        read_rgb(path)
+    assert "truncated.jpg" in str(info.value)
+
+
+def test_read_rgb_zero_byte_jpeg(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        read_rgb(path)
+    assert "empty.jpg" in str(info.value)
+
+
+def test_read_rgb_text_named_jpeg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not an image\n")
+    with pytest.raises(ValueError) as info:
+        read_rgb(path)
+    assert "notes.jpg" in str(info.value)
+
+
+def test_read_rgb_missing_file(tmp_path):
+    path = tmp_path / "missing_sat.jpg"
+    with pytest.raises(FileNotFoundError) as info:
+        read_rgb(path)
+    assert "missing_sat.jpg" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# p2 pairs and SegmentationDataset
+# ----------------------------------------------------------------------------------------------------------
+
+def test_list_satellite_pairs_sorted(tmp_path):
+    for stem in ("0002", "0000", "0001"):
+        _write_jpg(tmp_path / (stem + "_sat.jpg"), _blocks(8, 8))
+        _write_colour_mask(tmp_path / (stem + "_mask.png"), np.zeros((8, 8), dtype=np.uint8))
+    pairs = list_satellite_pairs(tmp_path)
+    assert [(a.name, b.name) for a, b in pairs] == [
+        ("0000_sat.jpg", "0000_mask.png"), ("0001_sat.jpg", "0001_mask.png"), ("0002_sat.jpg", "0002_mask.png")]
+
+
+def test_list_satellite_pairs_missing_mask(tmp_path):
+    _write_jpg(tmp_path / "0000_sat.jpg", _blocks(8, 8))
+    _write_colour_mask(tmp_path / "0000_mask.png", np.zeros((8, 8), dtype=np.uint8))
+    _write_jpg(tmp_path / "0001_sat.jpg", _blocks(8, 8))
+    with pytest.raises(FileNotFoundError) as info:
+        list_satellite_pairs(tmp_path)
+    assert "0001_mask.png" in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        SegmentationDataset(tmp_path)
+
+
+def test_list_satellite_pairs_empty_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError) as info:
+        list_satellite_pairs(tmp_path)
+    assert str(tmp_path) in str(info.value)
+    assert "_sat.jpg" in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        list_satellite_pairs(tmp_path / "does_not_exist")
+    assert "does_not_exist" in str(info.value)
+
+
+def test_segmentation_dataset_size_mismatch(tmp_path):
+    image, mask = tmp_path / "0000_sat.jpg", tmp_path / "0000_mask.png"
+    _write_jpg(image, _blocks(16, 16))
+    _write_colour_mask(mask, np.zeros((16, 8), dtype=np.uint8))
+    with pytest.raises(ValueError) as info:
+        SegmentationDataset(tmp_path)
+    message = str(info.value)
+    assert "0000_sat.jpg" in message and "0000_mask.png" in message
+
+
+def test_segmentation_dataset_valid_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    h, w = 16, 24
+    classes = rng.integers(0, 7, size=(h, w)).astype(np.uint8)
+    _write_jpg(tmp_path / "0007_sat.jpg", _blocks(h, w))
+    _write_colour_mask(tmp_path / "0007_mask.png", classes)
+    ds = SegmentationDataset(tmp_path)
+    assert len(ds) == 1
+    assert ds.image_id(0) == "0007"
+    image, mask = ds[0]
+    assert type(image) is torch.Tensor and type(mask) is torch.Tensor  # plain tensors, not tv_tensors
+    assert image.dtype == torch.uint8 and image.shape == (3, h, w)
+    assert mask.dtype == torch.int64 and mask.shape == (h, w)
+    np.testing.assert_array_equal(mask.numpy(), classes.astype(np.int64))
+    with Image.open(tmp_path / "0007_sat.jpg") as img:
+        decoded = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), decoded)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inference inputs
+# ----------------------------------------------------------------------------------------------------------
+
+def test_list_input_images_prefers_sat(tmp_path):
+    for name in ("0001_sat.jpg", "0000_sat.jpg"):
+        _write_jpg(tmp_path / name, _blocks(8, 8))
+    _write_jpg(tmp_path / "extra.jpg", _blocks(8, 8))
+    Image.fromarray(_blocks(8, 8)).save(str(tmp_path / "other.png"))
+    _write_colour_mask(tmp_path / "0000_mask.png", np.zeros((8, 8), dtype=np.uint8))
+    assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg"]
+
+
+def test_list_input_images_without_sat(tmp_path):
+    _write_jpg(tmp_path / "b.jpg", _blocks(8, 8))
+    _write_jpg(tmp_path / "c.jpeg", _blocks(8, 8))
+    Image.fromarray(_blocks(8, 8)).save(str(tmp_path / "a.png"))
+    _write_colour_mask(tmp_path / "a_mask.png", np.zeros((8, 8), dtype=np.uint8))
+    _write_colour_mask(tmp_path / "b_mask.png", np.zeros((8, 8), dtype=np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
+    assert [p.name for p in list_input_images(tmp_path)] == ["a.png", "b.jpg", "c.jpeg"]
+
+
+def test_mask_name_for():
+    assert mask_name_for(Path("0013_sat.jpg")) == "0013_mask.png"
+    assert mask_name_for(Path("/data/test/0104_sat.jpg")) == "0104_mask.png"
+    assert mask_name_for(Path("x.png")) == "x_mask.png"
+    assert mask_name_for(Path("y.jpeg")) == "y_mask.png"
+
+
+def test_inference_images_good_and_corrupt(tmp_path):
+    good, bad = tmp_path / "good_sat.jpg", tmp_path / "bad_sat.jpg"
+    _write_jpg(good, _blocks(16, 8))
+    bad.write_bytes(good.read_bytes()[:100])
+    ds = InferenceImages([good, bad, tmp_path / "gone_sat.jpg"])
+    assert len(ds) == 3
+
+    index, tensor, message = ds[0]
+    assert index == 0 and message is None
+    assert isinstance(tensor, torch.Tensor)
+    assert tensor.dtype == torch.uint8 and tensor.shape == (3, 16, 8)
+    assert tensor.is_contiguous()
+
+    index, tensor, message = ds[1]
+    assert index == 1 and tensor is None
+    assert isinstance(message, str) and "bad_sat.jpg" in message
+
+    index, tensor, message = ds[2]
+    assert index == 2 and tensor is None
+    assert isinstance(message, str) and "gone_sat.jpg" in message

@@ -1,0 +1,390 @@
+"""Tests for utils/metrics.py and utils/masks.py against the course's grading contract (../shared/GRADING.md).
+
+Every expected value is computed independently in this file (plain numpy counting, the grader's threshold
+rule written out by hand); the code under test is never used to produce an expectation.
+"""
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils import masks, metrics
+from utils.masks import IGNORE_INDEX, PALETTE, class_to_rgb, read_mask, rgb_to_class, write_mask
+from utils.metrics import ConfusionMatrix, confusion_matrix, iou_from_confusion
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# GRADING.md's table, copied by hand: class -> (name, (R, G, B), code = 4R + 2G + B after thresholding)
+GRADING_TABLE = {
+    0: ("urban", (0, 255, 255), 3),
+    1: ("agriculture", (255, 255, 0), 6),
+    2: ("rangeland", (255, 0, 255), 5),
+    3: ("forest", (0, 255, 0), 2),
+    4: ("water", (0, 0, 255), 1),
+    5: ("barren", (255, 255, 255), 7),
+    6: ("unknown", (0, 0, 0), 0),
+}
+RED_CODE = 4  # not a class; we decode it as IGNORE_INDEX and never write it
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Independent reference implementations (the course's formulas, written out)
+# ----------------------------------------------------------------------------------------------------------
+
+def ref_code(r, g, b):
+    """The grader's decoding of one pixel: threshold each channel at >= 128, code = 4R + 2G + B."""
+    return 4 * int(r >= 128) + 2 * int(g >= 128) + int(b >= 128)
+
+
+def ref_class_of_code(code):
+    for cls, (_, _, c) in GRADING_TABLE.items():
+        if c == code:
+            return cls
+    assert code == RED_CODE
+    return IGNORE_INDEX
+
+
+def ref_pooled_iou(pairs):
+    """Course mIoU, pooled over all (pred, label) pairs; IGNORE label pixels dropped; NaN classes skipped."""
+    tp = [0] * 6
+    n_pred = [0] * 6
+    n_label = [0] * 6
+    for pred, label in pairs:
+        pred = np.asarray(pred).reshape(-1)
+        label = np.asarray(label).reshape(-1)
+        keep = (label != IGNORE_INDEX) & (pred != IGNORE_INDEX)
+        pred, label = pred[keep], label[keep]
+        for c in range(6):
+            tp[c] += int(np.sum((pred == c) & (label == c)))
+            n_pred[c] += int(np.sum(pred == c))
+            n_label[c] += int(np.sum(label == c))
+    ious = []
+    for c in range(6):
+        union = n_pred[c] + n_label[c] - tp[c]
+        ious.append(tp[c] / union if union > 0 else float("nan"))
+    present = [v for v in ious if not math.isnan(v)]
+    miou = sum(present) / len(present) if present else float("nan")
+    return ious, miou
+
+
+def assert_iou_equal(got, expected, tol=1e-12):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        if math.isnan(e):
+            assert math.isnan(g), (got, expected)
+        else:
+            assert g == pytest.approx(e, abs=tol), (got, expected)
+
+
+def random_pair(rng, shape, noise=0.4, with_ignore=False):
+    """A label with all 7 classes and a prediction that agrees on ~(1-noise) of the pixels."""
+    label = rng.integers(0, 7, size=shape).astype(np.uint8)
+    pred = label.copy()
+    flip = rng.random(shape) < noise
+    pred[flip] = rng.integers(0, 7, size=int(flip.sum())).astype(np.uint8)
+    if with_ignore:
+        label[rng.random(shape) < 0.1] = IGNORE_INDEX
+    return pred, label
+
+
+# ----------------------------------------------------------------------------------------------------------
+# confusion matrix and IoU
+# ----------------------------------------------------------------------------------------------------------
+
+def test_confusion_matrix_matches_direct_count():
+    rng = np.random.default_rng(0)
+    pred, label = random_pair(rng, (2, 13, 17), with_ignore=True)
+    mat = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(label))
+    assert mat.shape == (7, 7)
+    assert mat.dtype == torch.int64
+    expected = np.zeros((7, 7), dtype=np.int64)
+    for l_val, p_val in zip(label.reshape(-1), pred.reshape(-1)):
+        if l_val < 7 and p_val < 7:
+            expected[l_val, p_val] += 1  # rows: label, columns: prediction
+    np.testing.assert_array_equal(mat.numpy(), expected)
+
+
+def test_pooled_iou_matches_course_formula_batch_by_batch():
+    rng = np.random.default_rng(1)
+    pairs = [random_pair(rng, (3, 11, 9)), random_pair(rng, (2, 20, 7)), random_pair(rng, (1, 5, 31))]
+    cm = ConfusionMatrix()
+    total = torch.zeros(7, 7, dtype=torch.int64)
+    for pred, label in pairs:  # batches of several "images"
+        cm.update(torch.from_numpy(pred), torch.from_numpy(label))
+        total += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(label))
+    expected_iou, expected_miou = ref_pooled_iou(pairs)
+    assert all(not math.isnan(v) for v in expected_iou)
+    for result in (cm.compute(), iou_from_confusion(total)):
+        assert_iou_equal(result["iou"], expected_iou)
+        assert result["miou"] == pytest.approx(expected_miou, abs=1e-12)
+    # the six classes are averaged, not seven: unknown (6) is not in the list
+    assert len(cm.compute()["iou"]) == 6
+
+
+def test_counts_are_pooled_not_averaged_per_image():
+    # image A: a large, perfectly predicted class-0 region
+    label_a = np.zeros((10, 10), dtype=np.uint8)
+    pred_a = label_a.copy()
+    # image B: small, everything wrong (0 <-> 1 swapped)
+    label_b = np.array([[0, 0, 1, 1]], dtype=np.uint8)
+    pred_b = np.array([[1, 1, 0, 0]], dtype=np.uint8)
+
+    per_image = [ref_pooled_iou([(pred_a, label_a)])[1], ref_pooled_iou([(pred_b, label_b)])[1]]
+    averaged = sum(per_image) / 2.0  # (1.0 + 0.0) / 2 = 0.5
+    _, pooled = ref_pooled_iou([(pred_a, label_a), (pred_b, label_b)])  # (100/104 + 0) / 2
+    assert abs(pooled - averaged) > 1e-2  # the construction really separates the two rules
+    assert pooled == pytest.approx((100.0 / 104.0 + 0.0) / 2.0)
+
+    cm = ConfusionMatrix()
+    cm.update(torch.from_numpy(pred_a), torch.from_numpy(label_a))
+    cm.update(torch.from_numpy(pred_b), torch.from_numpy(label_b))
+    got = cm.compute()["miou"]
+    assert got == pytest.approx(pooled, abs=1e-12)
+    assert abs(got - averaged) > 1e-2
+
+
+def test_real_class_on_unknown_pixel_is_a_false_positive():
+    label = np.array([[0, 0, 0, 0, 6, 6, 6, 6]], dtype=np.uint8)
+    pred_ok = np.array([[0, 0, 0, 0, 6, 6, 6, 6]], dtype=np.uint8)
+    pred_fp = np.array([[0, 0, 0, 0, 0, 0, 6, 6]], dtype=np.uint8)  # urban on two unknown pixels
+
+    def run(pred):
+        cm = ConfusionMatrix()
+        cm.update(torch.from_numpy(pred), torch.from_numpy(label))
+        return cm.compute()
+
+    ok, fp = run(pred_ok), run(pred_fp)
+    assert ok["iou"][0] == pytest.approx(1.0)
+    assert fp["iou"][0] == pytest.approx(4.0 / 6.0)  # 4 / (6 predicted + 4 labelled - 4)
+    assert fp["miou"] < ok["miou"]
+    assert fp["iou"][0] == pytest.approx(ref_pooled_iou([(pred_fp, label)])[0][0])
+
+
+def test_class_absent_from_both_is_nan_and_left_out_of_mean():
+    rng = np.random.default_rng(2)
+    label = rng.choice(np.array([0, 1, 6], dtype=np.uint8), size=(9, 9))
+    pred = rng.choice(np.array([0, 1, 3, 6], dtype=np.uint8), size=(9, 9))  # 3: predicted, never labelled
+    cm = ConfusionMatrix()
+    cm.update(torch.from_numpy(pred), torch.from_numpy(label))
+    result = cm.compute()
+    iou = result["iou"]
+    for c in (2, 4, 5):
+        assert math.isnan(iou[c])
+    assert iou[3] == 0.0  # predicted but absent from the label: a real 0, not NaN
+    expected_iou, expected_miou = ref_pooled_iou([(pred, label)])
+    assert_iou_equal(iou, expected_iou)
+    assert result["miou"] == pytest.approx((iou[0] + iou[1] + iou[3]) / 3.0)
+    assert result["miou"] == pytest.approx(expected_miou)
+    assert not math.isnan(result["miou"])
+
+
+def test_ignore_label_pixels_are_not_counted():
+    rng = np.random.default_rng(3)
+    pred, label = random_pair(rng, (4, 16, 16), with_ignore=True)
+    assert np.sum(label == IGNORE_INDEX) > 0
+    cm = ConfusionMatrix()
+    cm.update(torch.from_numpy(pred), torch.from_numpy(label))
+    result = cm.compute()
+    expected_iou, expected_miou = ref_pooled_iou([(pred, label)])
+    assert_iou_equal(result["iou"], expected_iou)
+    assert result["miou"] == pytest.approx(expected_miou, abs=1e-12)
+    assert int(cm.mat.sum()) == int(np.sum(label != IGNORE_INDEX))
+
+    # whatever is predicted on ignored pixels does not matter
+    pred2 = pred.copy()
+    pred2[label == IGNORE_INDEX] = (pred2[label == IGNORE_INDEX] + 1) % 7
+    cm2 = ConfusionMatrix()
+    cm2.update(torch.from_numpy(pred2), torch.from_numpy(label))
+    assert torch.equal(cm.mat, cm2.mat)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mask colours
+# ----------------------------------------------------------------------------------------------------------
+
+def test_palette_matches_grading_table():
+    assert PALETTE.shape == (7, 3)
+    assert PALETTE.dtype == np.uint8
+    for cls, (name, rgb, code) in GRADING_TABLE.items():
+        assert tuple(int(v) for v in PALETTE[cls]) == rgb, name
+        assert ref_code(*rgb) == code  # the table itself is consistent
+        assert masks.CLASS_NAMES[cls] == name
+    assert masks.NUM_CLASSES == 7
+    assert masks.NUM_EVAL_CLASSES == 6
+
+
+def test_class_to_rgb_round_trip_all_classes():
+    classes = np.array([[0, 1, 2, 3], [4, 5, 6, 0]], dtype=np.int64)
+    rgb = class_to_rgb(classes)
+    assert rgb.shape == (2, 4, 3)
+    assert rgb.dtype == np.uint8
+    for y in range(2):
+        for x in range(4):
+            assert tuple(int(v) for v in rgb[y, x]) == GRADING_TABLE[int(classes[y, x])][1]
+    np.testing.assert_array_equal(rgb_to_class(rgb), classes)
+
+
+def test_class_to_rgb_never_writes_red():
+    for cls in range(7):
+        rgb = class_to_rgb(np.full((2, 2), cls, dtype=np.uint8))
+        assert not np.any(np.all(rgb == np.array([255, 0, 0], dtype=np.uint8), axis=-1))
+        for pixel in rgb.reshape(-1, 3):
+            assert ref_code(*pixel) != RED_CODE
+
+
+@pytest.mark.parametrize("bad", [-1, 7, 8, IGNORE_INDEX])
+def test_class_to_rgb_rejects_out_of_range(bad):
+    classes = np.array([[0, 1], [bad, 2]], dtype=np.int64)
+    with pytest.raises(ValueError):
+        class_to_rgb(classes)
+
+
+@pytest.mark.parametrize("rgb, expected", [
+    ((130, 250, 10), 1),  # code 6 -> agriculture
+    ((127, 127, 127), 6),  # all below 128 -> black -> unknown
+    ((128, 128, 128), 5),  # exactly 128 counts as on -> white -> barren
+    ((200, 30, 30), IGNORE_INDEX),  # red-ish: code 4, not a class
+    ((255, 0, 0), IGNORE_INDEX),
+    ((10, 140, 250), 0),  # cyan-ish -> urban
+    ((240, 20, 129), 2),  # purple-ish -> rangeland
+    ((3, 200, 100), 3),  # green-ish -> forest
+    ((0, 60, 190), 4),  # blue-ish -> water
+])
+def test_damaged_colours_decode_like_the_grader(rgb, expected):
+    pixel = np.array([[rgb]], dtype=np.uint8)
+    assert int(rgb_to_class(pixel)[0, 0]) == expected
+    assert ref_class_of_code(ref_code(*rgb)) == expected
+
+
+def test_rgb_to_class_matches_threshold_rule_on_a_grid():
+    levels = [0, 1, 64, 126, 127, 128, 129, 200, 254, 255]
+    pixels = [(r, g, b) for r in levels for g in levels for b in levels]
+    arr = np.array(pixels, dtype=np.uint8).reshape(len(levels) ** 2, len(levels), 3)
+    got = rgb_to_class(arr).reshape(-1)
+    expected = [ref_class_of_code(ref_code(*p)) for p in pixels]
+    np.testing.assert_array_equal(got, np.array(expected))
+
+
+def test_write_read_mask_png_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    classes = rng.integers(0, 7, size=(5, 9)).astype(np.uint8)  # non-square: catches H/W swaps
+    path = tmp_path / "0000_mask.png"
+    write_mask(path, classes)
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.mode == "RGB"
+        assert img.size == (9, 5)
+        pixels = np.asarray(img)
+    for y in range(5):
+        for x in range(9):
+            assert tuple(int(v) for v in pixels[y, x]) == GRADING_TABLE[int(classes[y, x])][1]
+    back = read_mask(path)
+    assert back.shape == (5, 9)
+    np.testing.assert_array_equal(back, classes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command-line evaluator (subprocesses start together: each pays torch's import time)
+# ----------------------------------------------------------------------------------------------------------
+
+def _write_colour_mask(path, classes):
+    """Write a mask with the table's colours, independently of write_mask."""
+    rgb = np.zeros(classes.shape + (3,), dtype=np.uint8)
+    for cls, (_, colour, _) in GRADING_TABLE.items():
+        rgb[classes == cls] = colour
+    Image.fromarray(rgb, "RGB").save(str(path), format="PNG")
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(5)
+    names = ["0000_mask.png", "0001_mask.png", "0002_mask.png"]
+    shapes = [(12, 12), (12, 12), (8, 20)]
+    gt, pred, other, sized, empty = (base / n for n in ("gt", "pred", "other", "sized", "empty"))
+    for folder in (gt, pred, other, sized, empty):
+        folder.mkdir()
+    pairs = []
+    for name, shape in zip(names, shapes):
+        p, l = random_pair(rng, shape, noise=0.3)
+        _write_colour_mask(gt / name, l)
+        _write_colour_mask(pred / name, p)
+        pairs.append((p, l))
+        _write_colour_mask(sized / name, p if name != "0001_mask.png" else p[:, :-3])
+    # same count, different names: 0002 is missing from the predictions
+    for name in ("0000_mask.png", "0001_mask.png", "0009_mask.png"):
+        _write_colour_mask(other / name, np.zeros((12, 12), dtype=np.uint8))
+    (pred / "notes.txt").write_text("not a mask")  # non-png files are ignored, as by the grader
+
+    commands = {
+        "text": ["-g", str(gt), "-p", str(pred)],
+        "json": ["-g", str(gt), "-p", str(pred), "--json"],
+        "names": ["-g", str(gt), "-p", str(other)],
+        "size": ["-g", str(gt), "-p", str(sized)],
+        "empty": ["-g", str(gt), "-p", str(empty)],
+    }
+    procs = {key: subprocess.Popen([sys.executable, "-m", "utils.metrics"] + argv, cwd=str(ROOT),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+             for key, argv in commands.items()}
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[key] = (proc.returncode, out, err)
+    results["expected"] = ref_pooled_iou(pairs)
+    results["folders"] = {"gt": gt, "pred": pred, "other": other, "sized": sized, "empty": empty}
+    return results
+
+
+def test_cli_text_output(cli_runs):
+    rc, out, err = cli_runs["text"]
+    assert rc == 0, err
+    expected_iou, expected_miou = cli_runs["expected"]
+    class_lines = re.findall(r"class #(\d+)\s*:\s*([0-9.]+|nan)", out)
+    assert [int(c) for c, _ in class_lines] == [0, 1, 2, 3, 4, 5]
+    for (_, value), exp in zip(class_lines, expected_iou):
+        assert float(value) == pytest.approx(exp, abs=1e-5)
+    match = re.search(r"mean_iou:\s*([0-9.]+)", out)
+    assert match, out
+    assert float(match.group(1)) == pytest.approx(expected_miou, abs=1e-6)
+
+
+def test_cli_json_output(cli_runs):
+    rc, out, err = cli_runs["json"]
+    assert rc == 0, err
+    result = json.loads(out)
+    expected_iou, expected_miou = cli_runs["expected"]
+    assert result["miou"] == pytest.approx(expected_miou, abs=1e-12)
+    assert_iou_equal(result["iou"], expected_iou)
+    assert result["num_images"] == 3
+
+
+def test_cli_different_file_names(cli_runs):
+    rc, out, err = cli_runs["names"]
+    assert rc != 0
+    assert "0002_mask.png" in out + err
+    assert "Traceback" not in err
+
+
+def test_cli_size_mismatch(cli_runs):
+    rc, out, err = cli_runs["size"]
+    assert rc != 0
+    message = out + err
+    assert "0001_mask.png" in message
+    assert "size" in message.lower()
+    assert "Traceback" not in err
+
+
+def test_cli_empty_folder(cli_runs):
+    rc, out, err = cli_runs["empty"]
+    assert rc != 0
+    message = out + err
+    assert str(cli_runs["folders"]["empty"]) in message
+    assert ".png" in message
+    assert "Traceback" not in err
