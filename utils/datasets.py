@@ -141,3 +141,119 @@ class InferenceImages(torch.utils.data.Dataset):
 def collate_list(batch: list) -> list:
     """Keep samples as a list (sizes may differ; the caller groups equal sizes)."""
     return batch
+
+
+def list_images(folder: PathLike) -> List[Path]:
+    """Sorted image files (.jpg/.jpeg/.png) of a folder; a clear error for a missing or empty folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("image folder not found: {}".format(folder))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError("no .jpg/.png images in {}".format(folder))
+    return files
+
+
+class UnlabeledImages(torch.utils.data.Dataset):
+    """Every image of a folder (e.g. Mini-ImageNet ``mini/train``) -> ``transform(uint8 (3, H, W) tensor)``."""
+
+    def __init__(self, folder: PathLike, transform: Optional[Callable] = None,
+                 max_images: Optional[int] = None) -> None:
+        self.files = list_images(folder)
+        if max_images is not None:
+            self.files = self.files[:max_images]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        image = to_chw_uint8(read_rgb(self.files[index]))
+        return self.transform(image) if self.transform is not None else image
+
+
+class CsvRow(object):
+    """One row of an images csv: its position, id, bare filename and label (None when unlabeled)."""
+
+    __slots__ = ("row", "id", "filename", "label")
+
+    def __init__(self, row: int, id: str, filename: str, label: Optional[int]) -> None:
+        self.row, self.id, self.filename, self.label = row, id, filename, label
+
+
+def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[CsvRow]:
+    """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
+
+    Labels 'None' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
+    non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError("csv not found: {}".format(path))
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise ValueError("csv {} is empty".format(path))
+        fields = {name.strip().lower(): name for name in reader.fieldnames if name is not None}
+        if "filename" not in fields:
+            raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
+        rows = []
+        for i, record in enumerate(reader):
+            line = i + 2  # 1-based, after the header
+            filename = (record.get(fields["filename"]) or "").strip()
+            if not filename:
+                raise ValueError("csv {} line {}: empty filename".format(path, line))
+            raw_id = (record.get(fields["id"]) or "").strip() if "id" in fields else str(i)
+            raw_label = (record.get(fields["label"]) or "").strip() if "label" in fields else ""
+            label = None  # type: Optional[int]
+            if raw_label and raw_label.lower() not in ("none", "nan", "-1"):
+                try:
+                    label = int(float(raw_label))
+                except ValueError:
+                    raise ValueError("csv {} line {}: label {!r} is not an integer".format(
+                        path, line, raw_label)) from None
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    raise ValueError("csv {} line {}: label {} outside 0..{}".format(
+                        path, line, label, (num_classes or 1) - 1))
+            rows.append(CsvRow(i, raw_id, Path(filename).name, label))
+    if not rows:
+        raise ValueError("csv {} has a header but no rows".format(path))
+    return rows
+
+
+class CsvImages(torch.utils.data.Dataset):
+    """Images listed in a csv -> (``transform(uint8 (3, H, W))``, label or -1)."""
+
+    def __init__(self, csv_path: PathLike, image_dir: PathLike, transform: Optional[Callable] = None,
+                 num_classes: Optional[int] = None, require_labels: bool = True) -> None:
+        self.rows = read_image_csv(csv_path, num_classes)
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError("image folder not found: {}".format(self.image_dir))
+        missing = [r.filename for r in self.rows if not (self.image_dir / r.filename).is_file()]
+        if missing:
+            raise FileNotFoundError("{} file(s) listed in {} are not in {}, e.g. {}".format(
+                len(missing), csv_path, self.image_dir, ", ".join(missing[:5])))
+        if require_labels:
+            unlabeled = [r.row + 2 for r in self.rows if r.label is None]
+            if unlabeled:
+                raise ValueError("csv {} has rows without a label (lines {}); training and probing need "
+                                 "labels".format(csv_path, unlabeled[:5]))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> List[int]:
+        """Labels in row order (-1 where unlabeled)."""
+        return [-1 if r.label is None else r.label for r in self.rows]
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        image = to_chw_uint8(read_rgb(self.image_dir / row.filename))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, -1 if row.label is None else row.label

@@ -461,3 +461,21 @@ __all__ = [
     "load_resnet_state_dict",
     "load_backbone_weights",
 ]
+
+
+CLASSIFIER_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def build_resnet_backbone(arch: str = "resnet50") -> nn.Module:
+    """A randomly initialised torchvision ResNet with ``fc`` replaced by identity (returns pooled features).
+
+    Its state_dict keys are exactly torchvision's minus ``fc.*``, so an exported backbone loads into
+    ``torchvision.models.resnet50()`` with only ``fc`` missing. ``model.feature_dim`` is 2048 for
+    ResNet-50/101 and 512 for ResNet-18/34. Nothing is downloaded (``weights=None``).
+    """
+    if arch not in CLASSIFIER_BACKBONES:
+        raise ValueError("unknown backbone {!r}; choose from {}".format(arch, list(CLASSIFIER_BACKBONES)))
+    model = getattr(torchvision.models, arch)(weights=None)
+    model.feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model

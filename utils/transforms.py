@@ -44,3 +44,8 @@ def seg_train_transform(crop_size: int, min_scale: float = 0.25, color_jitter: f
         ops.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter,
                                   saturation=color_jitter, hue=min(color_jitter / 4.0, 0.5)))
     return v2.Compose(ops)
+
+
+def classify_eval_transform(size: int) -> v2.Compose:
+    """Evaluation view for classification and k-NN probes: resize the short side, centre crop (uint8 kept)."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])

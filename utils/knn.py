@@ -1,0 +1,56 @@
+"""Weighted k-NN classification on frozen features, DINO's monitor of what self-supervision learned.
+
+Each test feature votes with its k nearest training features (cosine similarity), each vote weighted by
+exp(similarity / T); k=20 and T=0.07 as in DINO's ``eval_knn.py``.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from utils.misc import autocast, progress
+from utils.transforms import normalize
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                     amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode over a loader of (uint8 images, labels); return (N, D) float features, labels."""
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    for images, target in progress(loader, desc="features", leave=False):
+        x = normalize(images.to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            out = model(x)
+        feats.append(out.float())
+        labels.append(torch.as_tensor(target).to(device))
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Predicted labels of ``test_features`` by temperature-weighted cosine k-NN votes."""
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    preds = []
+    for start in range(0, test.shape[0], chunk):
+        sim = test[start:start + chunk] @ train.T  # (b, N)
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_idx].long(), weights)
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 accuracy of ``knn_classify`` on labelled test features."""
+    pred = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
+    return float((pred == test_labels.to(pred.device)).float().mean())
