@@ -1,4 +1,5 @@
-"""Tests for utils.toydata: real layout, official mask colours, determinism, learnable structure, CLI."""
+"""Tests for utils.toydata: real layouts (p1 and p2), mask colours, determinism, learnable structure, CLI."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from utils.masks import NUM_CLASSES, PALETTE, read_mask
-from utils.toydata import P2_SPLITS, main, make_p2_data, p2_tile
+from utils.toydata import (P1_MAX_CLASSES, P1_OFFICE_SIDE, P2_SPLITS, main, make_p1_data, make_p2_data,
+                           p1_class_attributes, p1_image, p1_mini_classes, p2_tile)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COUNTS = {"train": 24, "validation": 8}
@@ -140,10 +142,14 @@ def test_invalid_arguments_raise(tmp_path: Path, kwargs: Dict[str, int]) -> None
 
 
 def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--out", str(tmp_path), "--size", "32", "--num", "2", "--num-val", "1"]) == 0
+    # No --parts: both problems are written by default.
+    argv = ["--out", str(tmp_path), "--size", "32", "--num", "2", "--num-val", "1", "--p1-classes", "3",
+            "--p1-mini-per-class", "2", "--p1-office-per-class", "2", "--p1-office-val-per-class", "1"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "p2" in out
+    assert out.count("\n") == 1 and "p1" in out and "p2" in out
     assert sorted(p.name for p in (tmp_path / "p2_data" / "validation").iterdir()) == _expected_names(1)
+    assert len(list((tmp_path / "p1_data" / "mini" / "train").iterdir())) == 6
 
 
 def test_cli_subprocess_writes_layout(tmp_path: Path) -> None:
@@ -163,4 +169,214 @@ def test_cli_subprocess_writes_layout(tmp_path: Path) -> None:
 def test_cli_rejects_unknown_part(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path), "--parts", "p9"])
+    assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problem 1: mini (unlabeled) and office (labeled) images
+# ---------------------------------------------------------------------------------------------------
+
+P1_DEFAULTS = {"num_classes": 8, "mini_per_class": 40, "office_train_per_class": 12,
+               "office_val_per_class": 4}
+P1_SMALL = {"num_classes": 3, "mini_per_class": 2, "office_train_per_class": 2, "office_val_per_class": 1}
+
+
+def _read_csv(path: Path) -> Tuple[List[str], List[List[str]]]:
+    """Return (header fields, rows as field lists) of a small comma-separated file."""
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), [line.split(",") for line in lines[1:]]
+
+
+def _office_pixels(root: Path, split: str, gray: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (N, D) raw 16x16 pixels in [0, 1] and (N,) labels of one office split, in csv order."""
+    xs, ys = [], []
+    for _, name, label in _read_csv(root / "office" / "{}.csv".format(split))[1]:
+        with Image.open(root / "office" / split / name) as img:
+            small = img.convert("L" if gray else "RGB").resize((16, 16), Image.BILINEAR)
+        xs.append(np.asarray(small, dtype=np.float64).ravel() / 255.0)
+        ys.append(int(label))
+    return np.stack(xs), np.array(ys)
+
+
+def _knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                  k: int = 5) -> float:
+    """Return the accuracy of a Euclidean k-NN majority vote (ties to the lowest label)."""
+    d2 = ((x_val[:, None, :] - x_train[None]) ** 2).sum(axis=-1)
+    nearest = y_train[np.argsort(d2, axis=1, kind="stable")[:, :k]]
+    votes = np.stack([np.bincount(row, minlength=int(y_train.max()) + 1) for row in nearest])
+    return float((votes.argmax(axis=1) == y_val).mean())
+
+
+@pytest.fixture(scope="module")
+def p1_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generate the default p1 data set once for the module (read-only for the tests)."""
+    return make_p1_data(tmp_path_factory.mktemp("toy_p1"))
+
+
+def test_p1_api_returns_p1_data_layout(p1_root: Path) -> None:
+    assert p1_root.name == "p1_data"
+    assert sorted(p.name for p in p1_root.iterdir()) == ["mini", "office"]
+    assert sorted(p.name for p in (p1_root / "mini").iterdir()) == ["train"]
+    assert sorted(p.name for p in (p1_root / "office").iterdir()) == ["train", "train.csv", "val", "val.csv"]
+
+
+@pytest.mark.parametrize("split,per_class", [("train", 12), ("val", 4)])
+def test_p1_office_csv_format(p1_root: Path, split: str, per_class: int) -> None:
+    path = p1_root / "office" / "{}.csv".format(split)
+    assert path.read_text().splitlines()[0] == "id,filename,label"
+    header, rows = _read_csv(path)
+    num_classes = P1_DEFAULTS["num_classes"]
+    assert len(rows) == num_classes * per_class
+    assert [int(r[0]) for r in rows] == list(range(len(rows)))
+    names = [r[1] for r in rows]
+    labels = [int(r[2]) for r in rows]
+    for name, label in zip(names, labels):
+        assert re.fullmatch(r"\d+_\d+\.jpg", name), name  # bare "{label}_{k}.jpg", as in the real data
+        assert int(name.split("_")[0]) == label
+    assert sorted(set(labels)) == list(range(num_classes))
+    assert all(labels.count(c) == per_class for c in range(num_classes))
+    # Every listed file exists and nothing else is in the folder.
+    assert sorted(p.name for p in (p1_root / "office" / split).iterdir()) == sorted(names)
+
+
+def test_p1_office_file_names_unique_across_splits(p1_root: Path) -> None:
+    train = {r[1] for r in _read_csv(p1_root / "office" / "train.csv")[1]}
+    val = {r[1] for r in _read_csv(p1_root / "office" / "val.csv")[1]}
+    assert not train & val
+
+
+def test_p1_mini_images_are_84px_rgb_jpegs_named_by_index(p1_root: Path) -> None:
+    count = P1_DEFAULTS["num_classes"] * P1_DEFAULTS["mini_per_class"]
+    files = sorted((p1_root / "mini" / "train").iterdir())
+    assert [p.name for p in files] == ["{:05d}.jpg".format(i) for i in range(count)]
+    for path in files[:: max(1, count // 40)]:
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB" and img.size == (84, 84)
+
+
+def test_p1_office_images_vary_in_size(p1_root: Path) -> None:
+    sizes = set()
+    for path in sorted((p1_root / "office").glob("*/*.jpg")):
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            sizes.add(img.size)
+    low, high = P1_OFFICE_SIDE
+    assert all(low <= w <= high and low <= h <= high for w, h in sizes)
+    assert len(sizes) > 50
+    assert any(w != h for w, h in sizes)
+
+
+def test_p1_mini_classes_are_balanced_and_hidden() -> None:
+    classes = p1_mini_classes(8, 40, seed=0)
+    assert np.bincount(classes, minlength=8).tolist() == [40] * 8
+    # The order is shuffled: neither sorted blocks nor a repeating cycle, so an index says nothing.
+    assert not np.array_equal(classes, np.sort(classes))
+    assert np.mean(classes == np.arange(classes.size) % 8) < 0.3
+    assert np.mean(classes[1:] == classes[:-1]) < 0.3
+    assert not np.array_equal(classes, p1_mini_classes(8, 40, seed=1))
+    assert np.array_equal(classes, p1_mini_classes(8, 40, seed=0))
+
+
+def test_p1_same_seed_gives_identical_bytes(p1_root: Path, tmp_path: Path) -> None:
+    assert _read_bytes(make_p1_data(tmp_path)) == _read_bytes(p1_root)
+
+
+def test_p1_different_seed_differs(p1_root: Path, tmp_path: Path) -> None:
+    other = _read_bytes(make_p1_data(tmp_path, seed=1))
+    base = _read_bytes(p1_root)
+    assert other.keys() == base.keys()
+    images = [name for name in base if name.endswith(".jpg")]
+    assert len(images) == 8 * (40 + 12 + 4)
+    assert all(other[name] != base[name] for name in images)
+
+
+def test_p1_rerun_replaces_old_images_but_keeps_other_files(tmp_path: Path) -> None:
+    make_p1_data(tmp_path, num_classes=4, mini_per_class=3, office_train_per_class=3, office_val_per_class=2)
+    keep = tmp_path / "p1_data" / "mini" / "train" / "notes.txt"
+    keep.write_text("mine")
+    root = make_p1_data(tmp_path, **P1_SMALL)
+    assert sorted(p.name for p in (root / "mini" / "train").iterdir()) == \
+        ["00000.jpg", "00001.jpg", "00002.jpg", "00003.jpg", "00004.jpg", "00005.jpg", "notes.txt"]
+    for split in ("train", "val"):
+        names = sorted(r[1] for r in _read_csv(root / "office" / "{}.csv".format(split))[1])
+        assert sorted(p.name for p in (root / "office" / split).iterdir()) == names
+
+
+def test_p1_class_cues_are_unique_but_shared() -> None:
+    attributes = [p1_class_attributes(c) for c in range(P1_MAX_CLASSES)]
+    assert len(set(attributes)) == P1_MAX_CLASSES  # every class is a distinct combination
+    first8 = attributes[:8]
+    for cue in range(3):  # ...yet no single cue (shape, hue, texture) tells the 8 default classes apart
+        assert len({a[cue] for a in first8}) < 8
+    with pytest.raises(ValueError):
+        p1_class_attributes(P1_MAX_CLASSES)
+
+
+def test_p1_image_shapes_and_determinism() -> None:
+    image = p1_image(3, np.random.default_rng(7), 84, "mini")
+    assert image.shape == (84, 84, 3) and image.dtype == np.uint8
+    assert np.array_equal(image, p1_image(3, np.random.default_rng(7), 84, "mini"))
+    office = p1_image(3, np.random.default_rng(7), (70, 130), "office")
+    assert office.shape == (70, 130, 3) and office.dtype == np.uint8
+    assert image.std() > 10 and office.std() > 5  # not blank
+    for bad in [dict(latent_class=-1), dict(domain="web"), dict(size=8)]:
+        kwargs = dict(latent_class=0, rng=np.random.default_rng(0), size=84, domain="mini")
+        kwargs.update(bad)
+        with pytest.raises(ValueError):
+            p1_image(**kwargs)
+
+
+def test_p1_office_domain_is_lighter_than_mini() -> None:
+    # Office backgrounds are plain and light, mini backgrounds busy: the domains differ in statistics.
+    mini = [p1_image(c, np.random.default_rng([1, c, i]), 84, "mini") for c in range(8) for i in range(4)]
+    office = [p1_image(c, np.random.default_rng([2, c, i]), 84, "office") for c in range(8) for i in range(4)]
+    assert np.mean([im.mean() for im in office]) > np.mean([im.mean() for im in mini]) + 20
+
+
+def test_p1_raw_pixel_knn_beats_chance_but_leaves_room(tmp_path: Path) -> None:
+    # Office labels must be visible in the images, yet raw pixels must not solve the task (learned
+    # features have to help). Measured for seed 0 (30 train / 15 val per class, 8 classes, k=5 on 16x16):
+    # RGB 0.42, grayscale 0.24 (over seeds 0-9: RGB 0.35-0.47, grayscale 0.15-0.28; chance 0.125). A small
+    # CNN reaches ~0.9 and logistic regression on colour + edge histograms ~0.8.
+    root = make_p1_data(tmp_path, num_classes=8, mini_per_class=0, office_train_per_class=30,
+                        office_val_per_class=15, seed=0)
+    chance = 1.0 / 8
+    rgb = _knn_accuracy(*_office_pixels(root, "train", gray=False), *_office_pixels(root, "val", gray=False))
+    gray = _knn_accuracy(*_office_pixels(root, "train", gray=True), *_office_pixels(root, "val", gray=True))
+    assert rgb > 2 * chance
+    assert rgb < 0.75 and gray < 0.6
+
+
+@pytest.mark.parametrize("kwargs", [{"mini_size": 8}, {"num_classes": 0}, {"num_classes": P1_MAX_CLASSES + 1},
+                                    {"mini_per_class": -1}, {"office_train_per_class": -1},
+                                    {"office_val_per_class": -1}, {"seed": -1}])
+def test_p1_invalid_arguments_raise(tmp_path: Path, kwargs: Dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        make_p1_data(tmp_path, **kwargs)
+
+
+def test_p1_cli_subprocess_writes_layout(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "utils.toydata", "--out", str(tmp_path), "--parts", "p1", "--seed", "3",
+           "--p1-classes", "3", "--p1-mini-per-class", "2", "--p1-office-per-class", "2",
+           "--p1-office-val-per-class", "1"]
+    result = subprocess.run(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1 and "p1" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p1_data"]  # only the part asked for
+    root = tmp_path / "p1_data"
+    assert len(list((root / "mini" / "train").glob("*.jpg"))) == 6
+    header, rows = _read_csv(root / "office" / "val.csv")
+    assert header == ["id", "filename", "label"]
+    assert [r[1] for r in rows] == ["0_2.jpg", "1_2.jpg", "2_2.jpg"]
+    # The CLI writes exactly what the API writes.
+    api = make_p1_data(tmp_path / "api", seed=3, **P1_SMALL)
+    assert _read_bytes(api) == _read_bytes(root)
+
+
+@pytest.mark.parametrize("flag", [["--p1-classes", "0"], ["--p1-classes", "85"],
+                                  ["--p1-mini-per-class", "-1"], ["--p1-mini-size", "8"]])
+def test_cli_rejects_bad_p1_arguments(tmp_path: Path, flag: List[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--parts", "p1"] + flag)
     assert exc.value.code == 2
