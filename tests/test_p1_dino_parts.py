@@ -1,0 +1,146 @@
+"""DINO's pieces against independent computations: loss, center, schedules, EMA, head, clipping."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import p1_ssl_pretrain as dino
+
+
+def _reference_loss(student, teacher, center, num_crops, t_temp, s_temp=0.1):
+    """The DINO loss written out sample by sample in float64 numpy."""
+    s = student.double().numpy() / s_temp
+    t = teacher.double().numpy()
+    c = center.double().numpy()[0]
+    batch = t.shape[0] // 2
+    total, pairs = 0.0, 0
+    for iq in range(2):
+        for v in range(num_crops):
+            if v == iq:
+                continue
+            per_sample = []
+            for b in range(batch):
+                logits_t = (t[iq * batch + b] - c) / t_temp
+                p = np.exp(logits_t - logits_t.max())
+                p /= p.sum()
+                logits_s = s[v * batch + b]
+                log_q = logits_s - logits_s.max() - np.log(np.exp(logits_s - logits_s.max()).sum())
+                per_sample.append(-(p * log_q).sum())
+            total += np.mean(per_sample)
+            pairs += 1
+    return total / pairs
+
+
+def test_loss_and_center_match_the_formula_during_warmup():
+    torch.manual_seed(0)
+    out_dim, batch, crops = 32, 5, 6
+    loss_fn = dino.DINOLoss(out_dim, crops, warmup_teacher_temp=0.04, teacher_temp=0.07,
+                            warmup_teacher_temp_epochs=5, student_temp=0.1, center_momentum=0.9)
+    loss_fn.center.copy_(torch.randn(1, out_dim) * 0.1)
+    center_before = loss_fn.center.clone()
+    student = torch.randn(crops * batch, out_dim)
+    teacher = torch.randn(2 * batch, out_dim)
+    epoch = 2
+    temp = np.linspace(0.04, 0.07, 5)[epoch]
+    assert loss_fn.teacher_temperature(epoch) == pytest.approx(temp)
+    result = loss_fn(student, teacher, epoch)
+    expected = _reference_loss(student, teacher, center_before, crops, temp)
+    assert float(result["loss"]) == pytest.approx(expected, abs=1e-5)
+    expected_center = 0.9 * center_before.double().numpy() + 0.1 * teacher.double().numpy().mean(0, keepdims=True)
+    np.testing.assert_allclose(loss_fn.center.double().numpy(), expected_center, atol=1e-6)
+    # collapse signals: entropy of the teacher distribution, and KL = loss - entropy
+    p = torch.softmax((teacher.double() - center_before.double()) / temp, -1)
+    entropy = float(-(p * p.log()).sum(-1).mean())
+    assert float(result["teacher_entropy"]) == pytest.approx(entropy, abs=1e-5)
+    assert float(result["kl"]) == pytest.approx(expected - entropy, abs=1e-5)
+    # after the warm-up the final temperature holds
+    assert loss_fn.teacher_temperature(5) == pytest.approx(0.07)
+    assert loss_fn.teacher_temperature(100) == pytest.approx(0.07)
+
+
+def test_loss_skips_same_view_pairs():
+    # identical teacher and student logits on a global view give no advantage to that pair: changing the
+    # student's view-0 output changes the loss only through pairs with teacher view 1
+    torch.manual_seed(1)
+    loss_fn = dino.DINOLoss(8, 2, 0.04, 0.04, 1)
+    teacher = torch.randn(2 * 3, 8)
+    student = torch.randn(2 * 3, 8)
+    a = float(loss_fn(student, teacher, 0)["loss"])
+    loss_fn.center.zero_()
+    student2 = student.clone()
+    student2[:3] = teacher[:3]  # student view 0 := teacher view 0 -- irrelevant for the loss (pair skipped)
+    b = float(loss_fn(student2, teacher, 0)["loss"])
+    loss_fn.center.zero_()
+    ref_a = _reference_loss(student, teacher, torch.zeros(1, 8), 2, 0.04)
+    ref_b = _reference_loss(student2, teacher, torch.zeros(1, 8), 2, 0.04)
+    assert a == pytest.approx(ref_a, abs=1e-5) and b == pytest.approx(ref_b, abs=1e-5)
+
+
+def test_schedules_at_known_points():
+    # lr: linear warm-up from 0 over 10 steps to 1.0, cosine to 0.01 at step 110
+    assert dino.cosine_schedule(0, 1.0, 0.01, 110, 10) == pytest.approx(0.0)
+    assert dino.cosine_schedule(5, 1.0, 0.01, 110, 10) == pytest.approx(0.5)
+    assert dino.cosine_schedule(10, 1.0, 0.01, 110, 10) == pytest.approx(1.0)
+    assert dino.cosine_schedule(60, 1.0, 0.01, 110, 10) == pytest.approx(0.505)
+    assert dino.cosine_schedule(110, 1.0, 0.01, 110, 10) == pytest.approx(0.01)
+    # teacher momentum: cosine from 0.996 to 1 over the run, no warm-up
+    assert dino.cosine_schedule(0, 0.996, 1.0, 100) == pytest.approx(0.996)
+    assert dino.cosine_schedule(50, 0.996, 1.0, 100) == pytest.approx(0.998)
+    assert dino.cosine_schedule(100, 0.996, 1.0, 100) == pytest.approx(1.0)
+
+
+def _tiny_config():
+    return {"arch": "resnet18", "out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "use_bn_in_head": False,
+            "norm_last_layer": True}
+
+
+def test_ema_update_and_teacher_has_no_gradients():
+    torch.manual_seed(0)
+    student, teacher = dino.build_dino_net(_tiny_config()), dino.build_dino_net(_tiny_config())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    before = {k: v.clone() for k, v in teacher.named_parameters()}
+    m = 0.9
+    dino.ema_update(teacher, student, m)
+    for (name, t), s in zip(teacher.named_parameters(), student.parameters()):
+        torch.testing.assert_close(t, m * before[name] + (1 - m) * s.detach(), rtol=0, atol=1e-6)
+        assert not t.requires_grad and t.grad is None
+
+
+def test_head_prototypes_have_unit_norm_and_output_shape():
+    head = dino.DINOHead(64, 100, hidden_dim=32, bottleneck_dim=16)
+    assert not head.last_g.requires_grad
+    x = torch.randn(7, 64)
+    out = head(x)
+    assert out.shape == (7, 100)
+    # |output| <= 1 since both the bottleneck vector and every prototype have unit norm
+    assert float(out.abs().max()) <= 1.0 + 1e-5
+    assert dino.DINOHead(64, 10, 32, 16, norm_last_layer=False).last_g.requires_grad
+
+
+def test_multicrop_net_groups_resolutions():
+    net = dino.build_dino_net(_tiny_config()).eval()
+    crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
+    res = net(crops)
+    assert res["out"].shape == (10, 16) and res["features"].shape == (10, 512)
+
+
+def test_per_parameter_gradient_clipping():
+    lin = torch.nn.Linear(4, 3)
+    lin.weight.grad = torch.full((3, 4), 10.0)  # norm 10 * sqrt(12)
+    lin.bias.grad = torch.tensor([0.1, 0.0, 0.0])  # norm 0.1: untouched
+    dino.clip_gradients(lin, 3.0)
+    assert float(lin.weight.grad.norm()) == pytest.approx(3.0, rel=1e-4)
+    torch.testing.assert_close(lin.bias.grad, torch.tensor([0.1, 0.0, 0.0]))
+
+
+def test_collapse_warning():
+    k = 4096
+    assert dino.collapse_warning({"embed_std": 0.5, "loss": 3.0, "teacher_entropy": 2.0, "kl": 1.0}, k, 3) is None
+    assert "zero spread" in dino.collapse_warning({"embed_std": 0.01, "loss": 3.0, "teacher_entropy": 2.0,
+                                                   "kl": 1.0}, k, 3)
+    assert "uniform" in dino.collapse_warning({"embed_std": 0.5, "loss": math.log(k), "teacher_entropy":
+                                               math.log(k), "kl": 0.0}, k, 3)
+    assert "one prototype" in dino.collapse_warning({"embed_std": 0.5, "loss": 0.001, "teacher_entropy": 0.001,
+                                                     "kl": 0.0}, k, 3)

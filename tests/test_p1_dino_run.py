@@ -1,0 +1,92 @@
+"""p1_ssl_pretrain.py end to end on generated data: resume, torchrun, export."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import p1_ssl_pretrain as dino
+from utils.checkpoint import load_checkpoint
+
+TINY = ["--arch", "resnet18", "--batch-size", "16", "--workers", "0", "--global-crop-size", "32",
+        "--local-crop-size", "16", "--local-crops-number", "2", "--out-dim", "64", "--hidden-dim", "64",
+        "--bottleneck-dim", "32", "--warmup-epochs", "1", "--deterministic", "--save-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def toy_p1(tmp_path_factory):
+    from utils.toydata import make_p1_data
+
+    return make_p1_data(tmp_path_factory.mktemp("toyp1"), num_classes=4, mini_per_class=12,
+                        office_train_per_class=4, office_val_per_class=2, seed=0)
+
+
+def _run(data, out, *extra):
+    return dino.cli(["--data-dir", str(data / "mini" / "train"), "--output-dir", str(out)] + TINY + list(extra))
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_resumed_run_follows_the_uninterrupted_trajectory(toy_p1, tmp_path):
+    _run(toy_p1, tmp_path / "full", "--epochs", "3")
+    (tmp_path / "resumed").mkdir()
+    # a run killed after epoch 1 leaves exactly this state as its checkpoint.pth
+    shutil.copy(str(tmp_path / "full" / "checkpoint0001.pth"), str(tmp_path / "resumed" / "checkpoint.pth"))
+    _run(toy_p1, tmp_path / "resumed", "--epochs", "3")
+    full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
+    assert len(full) == 3 and len(resumed) == 2
+    assert resumed == full[1:]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth", "p1_dino")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pth", "p1_dino")
+    assert a["step"] == b["step"] == 3 * (48 // 16)
+    assert torch.equal(a["center"], b["center"])
+    for key in a["teacher"]:
+        assert torch.equal(a["teacher"][key], b["teacher"][key]), key
+
+
+def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
+    out = tmp_path / "r50"
+    result = dino.cli(["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet50",
+                       "--epochs", "1", "--batch-size", "8", "--max-images", "16", "--workers", "0",
+                       "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "1",
+                       "--out-dim", "32", "--hidden-dim", "32", "--bottleneck-dim", "16"])
+    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
+    assert {"student", "teacher", "optimizer", "scaler", "center", "epoch", "step", "args"} <= set(ckpt)
+    assert ckpt["center"].shape == (1, 32) and float(ckpt["center"].abs().sum()) > 0
+    # backbone.pth is a plain torchvision resnet50 state_dict without fc
+    state = torch.load(result["backbone"], weights_only=True)
+    missing, unexpected = torchvision.models.resnet50().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    torch.testing.assert_close(state["conv1.weight"], ckpt["teacher"]["backbone.conv1.weight"])
+    # --export-only from any checkpoint, student on request
+    dino.cli(["--output-dir", str(out), "--export-only", "--export-from", "student",
+              "--export-path", str(tmp_path / "student.pth")])
+    student = torch.load(str(tmp_path / "student.pth"), weights_only=True)
+    torch.testing.assert_close(student["conv1.weight"], ckpt["student"]["backbone.conv1.weight"])
+    # the teacher moved by EMA only: it differs from the student after training
+    assert not torch.equal(student["conv1.weight"], state["conv1.weight"])
+    # a different model in the same folder is refused
+    with pytest.raises(SystemExit, match="another model"):
+        dino.cli(["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet18"])
+
+
+def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+           "p1_ssl_pretrain.py", "--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out),
+           "--epochs", "1", "--device", "cpu"] + TINY[:-2]
+    proc = subprocess.run(cmd, cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) x batch 16 = 32" in proc.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert result["world_size"] == 2 and result["center_rank_max_diff"] == 0.0
+    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
+    assert ckpt["step"] == 48 // 32 and not any(k.startswith("module.") for k in ckpt["student"])
