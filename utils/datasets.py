@@ -175,16 +175,16 @@ class UnlabeledImages(torch.utils.data.Dataset):
 class CsvRow(object):
     """One row of an images csv: its position, id, bare filename and label (None when unlabeled)."""
 
-    __slots__ = ("row", "id", "filename", "label")
+    __slots__ = ("row", "id", "filename", "label", "line")
 
-    def __init__(self, row: int, id: str, filename: str, label: Optional[int]) -> None:
-        self.row, self.id, self.filename, self.label = row, id, filename, label
+    def __init__(self, row: int, id: str, filename: str, label: Optional[int], line: int = 0) -> None:
+        self.row, self.id, self.filename, self.label, self.line = row, id, filename, label, line
 
 
 def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[CsvRow]:
     """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
 
-    Labels 'None' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
+    Labels 'None', 'nan', '-1' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
     non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row.
     """
     import csv
@@ -201,7 +201,7 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[Cs
             raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
         rows = []
         for i, record in enumerate(reader):
-            line = i + 2  # 1-based, after the header
+            line = reader.line_num  # the physical line (blank lines and quoted newlines counted)
             filename = (record.get(fields["filename"]) or "").strip()
             if not filename:
                 raise ValueError("csv {} line {}: empty filename".format(path, line))
@@ -217,7 +217,7 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[Cs
                 if label < 0 or (num_classes is not None and label >= num_classes):
                     raise ValueError("csv {} line {}: label {} outside 0..{}".format(
                         path, line, label, (num_classes or 1) - 1))
-            rows.append(CsvRow(i, raw_id, Path(filename).name, label))
+            rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
     if not rows:
         raise ValueError("csv {} has a header but no rows".format(path))
     return rows
@@ -237,7 +237,7 @@ class CsvImages(torch.utils.data.Dataset):
             raise FileNotFoundError("{} file(s) listed in {} are not in {}, e.g. {}".format(
                 len(missing), csv_path, self.image_dir, ", ".join(missing[:5])))
         if require_labels:
-            unlabeled = [r.row + 2 for r in self.rows if r.label is None]
+            unlabeled = [r.line for r in self.rows if r.label is None]
             if unlabeled:
                 raise ValueError("csv {} has rows without a label (lines {}); training and probing need "
                                  "labels".format(csv_path, unlabeled[:5]))

@@ -16,9 +16,9 @@ def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, hel
     """Add ``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9)."""
     dest = name.replace("-", "_")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--" + name, dest=dest, action="store_true",
-                       help="{} (default: {})".format(help, "on" if default else "off"))
-    group.add_argument("--no-" + name, dest=dest, action="store_false", help="turn --{} off".format(name))
+    group.add_argument("--" + name, dest=dest, action="store_true", help=help + " (default: %(default)s)")
+    group.add_argument("--no-" + name, dest=dest, action="store_false",
+                       help="turn --{} off (its default: %(default)s)".format(name))
     parser.set_defaults(**{dest: default})
 
 
@@ -73,9 +73,14 @@ def run_cli(main: Any, parser: argparse.ArgumentParser) -> Any:
     args = parser.parse_args()
     try:
         return main(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing/unreadable/corrupt files, wrong formats, permissions
         print("error: {}".format(exc), file=sys.stderr)
         sys.exit(2)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # raise SystemExit("error: ...") -> the same exit code 2
+            print(exc.code, file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,140 @@
+"""Problem 1 grading path: predict the class of every image listed in a csv and write ``id,filename,label``.
+
+    python p1_inference.py --csv hw1_data/p1_data/office/val.csv --image-dir hw1_data/p1_data/office/val \
+        --output out/pred.csv --checkpoint checkpoints/p1_best.pth       # prints the accuracy: val.csv has labels
+    bash hw1_1.sh hw1_data/p1_data/office/val.csv hw1_data/p1_data/office/val out/pred.csv   # as the grader runs it
+
+Input: a csv with a ``filename`` column (``id`` and ``label`` optional; any column order, extra columns, a BOM,
+``None`` or empty labels are fine); images are looked up by bare filename in --image-dir.
+Output: header ``id,filename,label``, one row per input row in input order, the input's id (the row index when
+the csv has no id column), the bare filename and the predicted class. The csv is written atomically.
+An unreadable or missing image is reported with its csv line, gets label -1 (every other row is still
+predicted), and the exit code is 1. The checkpoint alone rebuilds the model and its evaluation transform.
+"""
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from utils.classify import classify, eval_transform_for, load_classifier
+from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
+from utils.distributed import resolve_device
+from utils.misc import add_bool_flag, amp_dtype, progress, run_cli
+
+FAILED_LABEL = -1  # written for rows whose image cannot be read: an integer, and never a real class
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Classify every image listed in a csv (id,filename,label).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--csv", type=Path, required=True,
+                        help="images csv with a 'filename' column (the hidden test csv has label 'None')")
+    parser.add_argument("--image-dir", type=Path, required=True, help="folder holding the listed images")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="predictions csv (id,filename,label); its folder is created if missing. Rows whose "
+                             "image cannot be read get label {}".format(FAILED_LABEL))
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/p1_best.pth"),
+                        help="a p1_classifier checkpoint (setting C is the graded model)")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda:N'")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (lower on OOM)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="image-decoding worker processes (default: up to 4, no more than the CPU count)")
+    add_bool_flag(parser, "amp", True, "mixed precision on CUDA")
+    return parser
+
+
+class CsvRowImages(torch.utils.data.Dataset):
+    """Rows of an images csv -> (index, transformed uint8 (3, S, S) or None, error message or None)."""
+
+    def __init__(self, rows: List[CsvRow], image_dir: Path, transform: Callable) -> None:
+        self.rows, self.image_dir, self.transform = rows, image_dir, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
+        row = self.rows[index]
+        try:
+            return index, self.transform(to_chw_uint8(read_rgb(self.image_dir / row.filename))), None
+        except (OSError, ValueError) as exc:
+            return index, None, "csv line {} ({}): {}".format(row.line, row.filename, exc)
+
+
+def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
+    """Write a csv through a temp file in the same folder + os.replace; the temp file never outlives the call."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(records)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, str(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    t0 = time.time()
+    rows = read_image_csv(args.csv)
+    if not args.image_dir.is_dir():
+        raise FileNotFoundError("image folder not found: {}".format(args.image_dir))
+    if not any((args.image_dir / r.filename).is_file() for r in rows):
+        raise FileNotFoundError("none of the {} images listed in {} is in {}, e.g. {}".format(
+            len(rows), args.csv, args.image_dir, rows[0].filename))
+    if args.output.is_dir():
+        raise ValueError("output {} is a folder; give a csv file path".format(args.output))
+    try:  # early: a bad output path fails before the work
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise ValueError("cannot create the output folder {}: {}".format(args.output.parent, exc)) from None
+    device = resolve_device(args.device)
+    model, ckpt = load_classifier(args.checkpoint, device)
+    dtype = amp_dtype(device, args.amp)
+
+    loader = torch.utils.data.DataLoader(CsvRowImages(rows, args.image_dir, eval_transform_for(ckpt)),
+                                         batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate_list, pin_memory=device.type == "cuda")
+    preds = [FAILED_LABEL] * len(rows)
+    failed = []  # type: List[str]
+    bar = progress(loader, desc="classifying", unit="batch")
+    for samples in bar:
+        good = [s for s in samples if s[1] is not None]
+        for _, _, error in samples:
+            if error is not None:
+                failed.append(error)
+                bar.write("error: {}".format(error), file=sys.stderr)  # on its own line, not inside the bar
+        if good:
+            images = torch.stack([s[1] for s in good]).to(device, non_blocking=True)
+            labels = classify(model, images, ckpt, dtype).argmax(dim=1).tolist()
+            for (index, _, _), label in zip(good, labels):
+                preds[index] = int(label)
+    write_csv_atomic(args.output, ["id", "filename", "label"],
+                     [[r.id, r.filename, p] for r, p in zip(rows, preds)])
+
+    result = {"rows": len(rows), "failed": failed, "seconds": round(time.time() - t0, 2),
+              "checkpoint": str(args.checkpoint), "output": str(args.output)}  # type: Dict[str, Any]
+    scored = [(r.label, p) for r, p in zip(rows, preds) if p != FAILED_LABEL]
+    if scored and all(label is not None for label, _ in scored):  # labeled csv: accuracy over readable rows
+        result["accuracy"] = sum(label == p for label, p in scored) / len(scored)
+        print("accuracy {:.4f} on {} image(s){}".format(result["accuracy"], len(scored),
+                                                        " ({} unreadable, not counted)".format(len(failed))
+                                                        if failed else ""))
+    print("wrote {} prediction(s) to {} in {:.1f} s{}".format(
+        len(rows), args.output, result["seconds"], "; {} image(s) failed".format(len(failed)) if failed else ""))
+    return result
+
+
+if __name__ == "__main__":
+    outcome = run_cli(main, get_args_parser())
+    sys.exit(1 if outcome["failed"] else 0)

@@ -1,0 +1,113 @@
+"""p1_finetune.py: the five settings, backbone loading formats, frozen backbones, the report table."""
+import csv
+import json
+
+import pytest
+import torch
+import torchvision
+
+import p1_finetune
+from utils.checkpoint import make_checkpoint, save_atomic
+from utils.classify import load_classifier
+from utils.models import build_resnet_backbone
+
+TINY = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--workers", "0",
+        "--num-classes", "4", "--hidden-dim", "32", "--deterministic", "--warmup-epochs", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def office(tmp_path_factory):
+    from utils.toydata import make_p1_data
+
+    root = make_p1_data(tmp_path_factory.mktemp("p1ft"), num_classes=4, mini_per_class=8,
+                        office_train_per_class=8, office_val_per_class=4, seed=0)
+    return root / "office"
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """A torchvision resnet18 state_dict WITH fc, as the course's pretrain_model_SL.pt is stored."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("bb") / "pretrain_model_SL.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), str(path))
+    return path
+
+
+def _run(office, out, *extra):
+    return p1_finetune.cli(["--data-dir", str(office), "--output-dir", str(out)] + TINY + list(extra))
+
+
+def _backbone_state(path):
+    model, _ = load_classifier(path, torch.device("cpu"))
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("setting", ["A", "B", "C", "D", "E"])
+def test_each_setting_trains_and_freezes_as_specified(office, backbone_file, tmp_path, setting):
+    extra = [] if setting == "A" else ["--backbone", str(backbone_file)]
+    result = _run(office, tmp_path / setting, "--setting", setting, *extra)
+    assert result["setting"] == setting and 0.0 <= result["best_val_acc"] <= 1.0
+    out = tmp_path / setting
+    for name in ("best.pth", "checkpoint.pth", "epoch_001.pth", "epoch_002.pth", "results.json", "log.jsonl",
+                 "curves.png"):
+        assert (out / name).is_file(), name
+    after = _backbone_state(out / "epoch_002.pth")
+    if setting == "A":
+        before = None
+    else:
+        source = torch.load(str(backbone_file), weights_only=True)
+        before = {k: v for k, v in source.items() if not k.startswith("fc.")}
+    if setting in ("D", "E"):
+        # frozen: parameters AND BatchNorm buffers unchanged
+        assert set(after) == set(before)
+        for key in after:
+            assert torch.equal(after[key], before[key]), key
+    elif before is not None:
+        assert any(not torch.equal(after[k], before[k]) for k in after if k.endswith("weight"))
+        changed_bn = [k for k in after if k.endswith("running_mean") and not torch.equal(after[k], before[k])]
+        assert changed_bn  # the backbone trained, so its BN statistics moved
+    ckpt = torch.load(str(out / "best.pth"), weights_only=True)
+    assert ckpt["setting"] == setting and ckpt["image_size"] == 32 and ckpt["model_config"]["num_classes"] == 4
+
+
+def test_backbone_formats_and_mismatch(office, tmp_path):
+    torch.manual_seed(0)
+    reference = build_resnet_backbone("resnet18").state_dict()
+    formats = {
+        "plain_without_fc.pth": dict(reference),
+        "dino_ckpt.pth": {"teacher": {"module.backbone." + k: v for k, v in reference.items()},
+                          "student": {"module.backbone." + k: torch.zeros_like(v) for k, v in reference.items()},
+                          "epoch": 3},
+    }
+    for name, obj in formats.items():
+        torch.save(obj, str(tmp_path / name))
+        out = tmp_path / ("run_" + name)
+        p1_finetune.cli(["--data-dir", str(office), "--output-dir", str(out), "--backbone", str(tmp_path / name),
+                         "--setting", "E"] + TINY[:2] + ["--epochs", "1"] + TINY[4:])
+        loaded = _backbone_state(out / "best.pth")
+        for key in reference:
+            assert torch.equal(loaded[key], reference[key]), (name, key)  # teacher, not student
+    bad = dict(reference)
+    bad.pop("layer1.0.conv1.weight")
+    bad["layer9.weird"] = torch.zeros(1)
+    torch.save(bad, str(tmp_path / "bad.pth"))
+    with pytest.raises(ValueError) as err:
+        _run(office, tmp_path / "bad_run", "--setting", "C", "--backbone", str(tmp_path / "bad.pth"))
+    assert "layer1.0.conv1.weight" in str(err.value) and "layer9.weird" in str(err.value)
+
+
+def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, backbone_file):
+    with pytest.raises(SystemExit, match="frozen random backbone"):
+        _run(office, tmp_path / "x", "--setting", "D", "--backbone", "none")
+    _run(office, tmp_path / "A", "--setting", "A", "--epochs", "1")
+    _run(office, tmp_path / "D", "--setting", "D", "--backbone", str(backbone_file), "--epochs", "1",
+         "--cache-features")
+    from utils.report import main as report
+
+    table = report([str(tmp_path / "D"), str(tmp_path / "A"), "--markdown", str(tmp_path / "t.md")])
+    lines = table.splitlines()
+    assert lines[0].startswith("| Setting | Pre-training | Fine-tuning | Validation accuracy")
+    assert lines[2].startswith("| A | none | full fine-tuning |")
+    assert lines[3].startswith("| D | labeled (course backbone) | classifier only")
+    acc = json.loads((tmp_path / "A" / "results.json").read_text())["best_val_acc"]
+    assert "{:.4f}".format(acc) in lines[2]

@@ -1,0 +1,203 @@
+"""The problem-1 grading path: hw1_1.sh / p1_inference.py against the grader's contract."""
+import csv
+import os
+import random
+import subprocess
+
+import pytest
+import torch
+
+import p1_inference
+from utils.checkpoint import make_checkpoint, save_atomic
+from utils.classify import classify, eval_transform_for, load_classifier
+from utils.datasets import read_rgb, to_chw_uint8
+from utils.models import build_classifier
+from utils.toydata import make_p1_data
+
+CONFIG = {"arch": "resnet18", "num_classes": 5, "hidden_dim": 16, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def p1(tmp_path_factory):
+    """Toy office val split (5 classes x 4 images of varying sizes) and a small random-weight classifier."""
+    root = make_p1_data(tmp_path_factory.mktemp("toy_p1"), num_classes=5, mini_per_class=0,
+                        office_train_per_class=0, office_val_per_class=4, seed=0)
+    torch.manual_seed(0)
+    model = build_classifier(CONFIG)
+    with torch.no_grad():  # non-trivial BatchNorm statistics so that predictions differ between images
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "p1.pth"
+    save_atomic(make_checkpoint("p1_classifier", CONFIG, model.state_dict(), None, image_size=32), checkpoint)
+    return root / "office" / "val.csv", root / "office" / "val", checkpoint
+
+
+def _hw1_1(repo_root, csv_path, image_dir, out_csv, checkpoint):
+    env = dict(os.environ, HW1_P1_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1")
+    return subprocess.run(["bash", "hw1_1.sh", str(csv_path), str(image_dir), str(out_csv)], cwd=str(repo_root),
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _read_output(path):
+    with open(str(path), newline="") as f:
+        lines = list(csv.reader(f))
+    return lines[0], lines[1:]
+
+
+def _val_rows(val_csv):
+    with open(str(val_csv), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_hw1_1_unlabeled_shuffled_csv(p1, tmp_path, repo_root):
+    val_csv, image_dir, checkpoint = p1
+    rows = _val_rows(val_csv)
+    random.Random(0).shuffle(rows)
+    # the hidden test csv's 'None' labels, plus a BOM, an extra column, another column order, an empty label
+    # and a filename with a folder prefix (the output keeps the bare name)
+    lines = ["filename,extra,label,id"]
+    for k, r in enumerate(rows):
+        name = ("val/" + r["filename"]) if k == 1 else r["filename"]
+        lines.append("{},x{},{},{}".format(name, k, "" if k == 2 else "None", 100 + int(r["id"])))
+    in_csv = tmp_path / "test.csv"
+    in_csv.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    out_csv = tmp_path / "nested" / "deeper" / "pred.csv"  # created by the script itself
+    proc = _hw1_1(repo_root, in_csv, image_dir, out_csv, checkpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "error" not in proc.stderr
+    header, out = _read_output(out_csv)
+    assert header == ["id", "filename", "label"]
+    assert [(o[0], o[1]) for o in out] == [(str(100 + int(r["id"])), r["filename"]) for r in rows]
+    labels = [int(o[2]) for o in out]
+    assert all(0 <= label < CONFIG["num_classes"] for label in labels)
+    assert "accuracy" not in proc.stdout  # no labels, no accuracy
+    assert [p.name for p in out_csv.parent.iterdir()] == ["pred.csv"]  # no stray temp file
+
+
+def test_accuracy_equals_an_independent_computation(p1, tmp_path, capsys):
+    val_csv, image_dir, checkpoint = p1
+    out_csv = tmp_path / "pred.csv"
+    args = p1_inference.get_args_parser().parse_args([
+        "--csv", str(val_csv), "--image-dir", str(image_dir), "--output", str(out_csv),
+        "--checkpoint", str(checkpoint), "--device", "cpu", "--batch-size", "7", "--workers", "0"])
+    result = p1_inference.main(args)
+    assert result["rows"] == 20 and result["failed"] == []
+
+    device = torch.device("cpu")
+    model, ckpt = load_classifier(checkpoint, device)
+    transform = eval_transform_for(ckpt)
+    rows = _val_rows(val_csv)
+    expected = []
+    for r in rows:  # one image at a time, no DataLoader
+        image = transform(to_chw_uint8(read_rgb(image_dir / r["filename"])))
+        expected.append(int(classify(model, image[None], ckpt).argmax(dim=1)))
+    assert len(set(expected)) > 1  # the check means something only if predictions differ
+    _, out = _read_output(out_csv)
+    assert [int(o[2]) for o in out] == expected
+    assert [o[0] for o in out] == [r["id"] for r in rows]
+    accuracy = sum(p == int(r["label"]) for p, r in zip(expected, rows)) / len(rows)
+    assert result["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert "accuracy {:.4f} on 20 image(s)".format(accuracy) in capsys.readouterr().out
+
+
+def test_csv_without_id_column_uses_the_row_index(p1, tmp_path):
+    val_csv, image_dir, checkpoint = p1
+    rows = _val_rows(val_csv)[:3]
+    in_csv = tmp_path / "noid.csv"
+    in_csv.write_text("filename\n" + "\n".join(r["filename"] for r in rows) + "\n")
+    out_csv = tmp_path / "pred.csv"
+    args = p1_inference.get_args_parser().parse_args([
+        "--csv", str(in_csv), "--image-dir", str(image_dir), "--output", str(out_csv),
+        "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"])
+    result = p1_inference.main(args)
+    assert "accuracy" not in result
+    _, out = _read_output(out_csv)
+    assert [(o[0], o[1]) for o in out] == [("0", rows[0]["filename"]), ("1", rows[1]["filename"]),
+                                           ("2", rows[2]["filename"])]
+
+
+def test_corrupt_and_missing_images_are_named_and_the_rest_written(p1, tmp_path, repo_root):
+    val_csv, image_dir, checkpoint = p1
+    rows = _val_rows(val_csv)[:6]
+    images = tmp_path / "images"
+    images.mkdir()
+    for r in rows:
+        (images / r["filename"]).write_bytes((image_dir / r["filename"]).read_bytes())
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    names = [r["filename"] for r in rows]
+    names.insert(1, "broken.jpg")    # csv line 3
+    names.insert(4, "missing.jpg")   # csv line 6
+    in_csv = tmp_path / "in.csv"
+    in_csv.write_text("id,filename,label\n" + "".join("{},{},None\n".format(i, n) for i, n in enumerate(names)))
+    out_csv = tmp_path / "out" / "pred.csv"
+    proc = _hw1_1(repo_root, in_csv, images, out_csv, checkpoint)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert any("line 3" in e and "broken.jpg" in e for e in errors), proc.stderr
+    assert any("line 6" in e and "missing.jpg" in e for e in errors), proc.stderr
+    header, out = _read_output(out_csv)
+    assert header == ["id", "filename", "label"]
+    assert [o[1] for o in out] == names
+    labels = [int(o[2]) for o in out]
+    assert labels[1] == -1 and labels[4] == -1
+    assert all(0 <= label < CONFIG["num_classes"] for i, label in enumerate(labels) if i not in (1, 4))
+    assert [p.name for p in out_csv.parent.iterdir()] == ["pred.csv"]
+
+
+def test_csv_without_filename_column_is_a_one_line_error(p1, tmp_path, repo_root):
+    _, image_dir, checkpoint = p1
+    no_filename = tmp_path / "nofile.csv"
+    no_filename.write_text("id,image,label\n0,0_0.jpg,0\n")
+    out_csv = tmp_path / "o" / "pred.csv"
+    proc = _hw1_1(repo_root, no_filename, image_dir, out_csv, checkpoint)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and "nofile.csv" in proc.stderr and "filename" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out_csv.exists()
+
+
+@pytest.mark.parametrize("case", ["absent csv", "absent folder", "empty folder", "output under a file"])
+def test_clear_errors(p1, tmp_path, case):
+    # in-process: run_cli turns these exceptions into 'error: <message>' and exit code 2 (shown just above)
+    val_csv, image_dir, checkpoint = p1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    in_csv, images, out_csv, named = {
+        "absent csv": (tmp_path / "absent.csv", image_dir, tmp_path / "pred.csv", "absent.csv"),
+        "absent folder": (val_csv, tmp_path / "no_such_dir", tmp_path / "pred.csv", "no_such_dir"),
+        "empty folder": (val_csv, tmp_path / "empty", tmp_path / "pred.csv", "empty"),
+        "output under a file": (val_csv, image_dir, tmp_path / "a_file" / "pred.csv", "a_file"),
+    }[case]
+    args = p1_inference.get_args_parser().parse_args([
+        "--csv", str(in_csv), "--image-dir", str(images), "--output", str(out_csv),
+        "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"])
+    with pytest.raises((FileNotFoundError, ValueError), match=named):
+        p1_inference.main(args)
+    assert not out_csv.exists()
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
+    target = tmp_path / "pred.csv"
+    target.write_text("old\n")
+
+    class Unprintable(object):
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        p1_inference.write_csv_atomic(target, ["id", "filename", "label"], [["0", "a.jpg", 1], [Unprintable()]])
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
+
+
+def test_hw1_1_obeys_the_script_rules(repo_root):
+    path = repo_root / "hw1_1.sh"
+    assert os.access(str(path), os.X_OK)
+    code = "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("#"))
+    for word in ("rm", "cp", "mv", "mkdir", "cd", "pip", "sudo", "CUDA_VISIBLE_DEVICES"):
+        assert not any(tok == word for tok in code.replace('"', " ").split()), word
+    assert "CUDA_VISIBLE_DEVICES" not in code
+    assert code.split()[0] == "python3"
+    assert "p1_inference.py" in code and all(a in code for a in ('"$1"', '"$2"', '"$3"'))
