@@ -204,7 +204,7 @@ def cache_backbone_features(model: nn.Module, dataset, args: argparse.Namespace,
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     device = dist_utils.resolve_device(args.device)
-    distributed = dist_utils.init_distributed(device)
+    dist_utils.init_distributed(device)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     setup_determinism(args.deterministic)
     seed_everything(args.seed)
@@ -259,16 +259,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         train_set = CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    plain_model = model
-    if distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            plain_model = model
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                    else None)
-        sampler = torch.utils.data.distributed.DistributedSampler(train_set, seed=args.seed, drop_last=True)
-    else:
-        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator())
+    model = dist_utils.wrap_ddp(model, device)
+    plain_model = unwrap(model)
+    sampler = dist_utils.train_sampler(train_set, args.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=0 if use_cache else args.workers, drop_last=True,
                                          pin_memory=device.type == "cuda",
@@ -308,11 +301,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": args.num_classes}
     metrics = {"val_acc": ckpt.get("val_acc")} if ckpt is not None else {}  # type: Dict[str, Any]
     for epoch in range(start_epoch + 1, args.epochs + 1):
-        torch.manual_seed(args.seed * 1000 + epoch)
-        if distributed:
-            sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed * 1000 + epoch)
+        dist_utils.start_epoch(sampler, args.seed, epoch)
         t0 = time.time()
         stats = train_one_epoch(model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
                                 warmup_steps, setting["frozen"], features=use_cache)

@@ -19,10 +19,8 @@ view, the output distribution that an EMA teacher gives on the global views. Def
 A killed run resumes exactly (schedules, center, optimizer, scaler, epoch, step) from OUTPUT_DIR/checkpoint.pth.
 """
 import argparse
-import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -429,12 +427,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         student = student.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last)
     plain_student = student
-    if distributed:
+    if distributed:  # SyncBatchNorm was applied above, to the teacher as well
         student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, seed=args.seed, drop_last=True)
-    else:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
+    sampler = dist_utils.train_sampler(dataset, args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, pin_memory=device.type == "cuda",
                                          drop_last=True, persistent_workers=args.workers > 0 and not args.deterministic)
@@ -481,11 +477,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     stats = {}  # type: Dict[str, Any]
     for epoch in range(start_epoch, args.epochs):
-        torch.manual_seed(args.seed * 1000 + epoch)  # a resumed run draws the crops the uninterrupted one would
-        if distributed:
-            sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed * 1000 + epoch)
+        dist_utils.start_epoch(sampler, args.seed, epoch)
         stats = train_one_epoch(student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype, epoch,
                                 step, total_steps, lr_peak)
         step = stats.pop("step")

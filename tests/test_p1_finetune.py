@@ -1,5 +1,4 @@
 """p1_finetune.py: the five settings, backbone loading formats, frozen backbones, the report table."""
-import csv
 import json
 
 import pytest
@@ -7,7 +6,6 @@ import torch
 import torchvision
 
 import p1_finetune
-from utils.checkpoint import make_checkpoint, save_atomic
 from utils.classify import load_classifier
 from utils.models import build_resnet_backbone
 

@@ -82,3 +82,30 @@ def broadcast_object(obj: Optional[object], src: int = 0) -> Optional[object]:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def train_sampler(dataset: torch.utils.data.Dataset, seed: int) -> torch.utils.data.Sampler:
+    """Shuffling sampler: a DistributedSampler (equal shards, drop_last) under torchrun, else a seeded one."""
+    if is_dist():
+        return torch.utils.data.distributed.DistributedSampler(dataset, seed=seed, drop_last=True)
+    return torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
+
+
+def start_epoch(sampler: torch.utils.data.Sampler, seed: int, epoch: int) -> None:
+    """Re-seed torch and the sampler from (seed, epoch): a resumed run draws the same shuffles and
+    augmentations as the uninterrupted one would."""
+    torch.manual_seed(seed * 1000 + epoch)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(seed * 1000 + epoch)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """SyncBatchNorm (GPU only: PyTorch's runs on GPUs) and DistributedDataParallel; identity when alone."""
+    if not is_dist():
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -11,7 +11,7 @@ file that cannot be loaded or does not match the backbone is an error, never a s
 import inspect
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F

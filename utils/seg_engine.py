@@ -264,7 +264,7 @@ def _loader(dataset, batch_size: int, sampler, workers: int, device: torch.devic
 def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     """Train (or with --eval-only evaluate) a segmentation model; returns the final metrics."""
     device = dist_utils.resolve_device(args.device)
-    distributed = dist_utils.init_distributed(device)
+    dist_utils.init_distributed(device)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     main_proc = rank == 0
     setup_determinism(args.deterministic)
@@ -299,14 +299,8 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
 
     train_set = SegmentationDataset(Path(args.data_dir) / "train",
                                     seg_train_transform(args.crop_size, args.min_scale, args.color_jitter))
-    if distributed:
-        if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only; CPU ranks keep local BN statistics
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        sampler = torch.utils.data.distributed.DistributedSampler(train_set, seed=args.seed, drop_last=True)
-    else:
-        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator())
+    model = dist_utils.wrap_ddp(model, device)
+    sampler = dist_utils.train_sampler(train_set, args.seed)
     drop_last = len(train_set) // world >= args.batch_size  # a batch of 1 breaks BatchNorm
     train_loader = _loader(train_set, args.batch_size, sampler, args.workers, device,
                            persistent=not args.deterministic, drop_last=drop_last)
@@ -343,12 +337,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     if ckpt is not None:  # a finished run that is resumed reports what it ended with
         metrics = {"val_miou": ckpt.get("val_miou"), "val_iou": ckpt.get("val_iou")}
     for epoch in range(start_epoch + 1, args.epochs + 1):
-        # Re-seed per epoch: a resumed run draws exactly the augmentations the uninterrupted one would.
-        torch.manual_seed(args.seed * 1000 + epoch)
-        if distributed:
-            sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed * 1000 + epoch)
+        dist_utils.start_epoch(sampler, args.seed, epoch)
         train_stats = train_one_epoch(model, train_loader, optimizer, scaler, args, device, dtype, epoch,
                                       step, total_steps, warmup_steps)
         step = train_stats.pop("step")
