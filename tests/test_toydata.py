@@ -215,7 +215,12 @@ def p1_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_p1_api_returns_p1_data_layout(p1_root: Path) -> None:
     assert p1_root.name == "p1_data"
-    assert sorted(p.name for p in p1_root.iterdir()) == ["mini", "office"]
+    # the real layout, plus one generated-only file: the hidden mini labels for the stand-in SL backbone
+    assert sorted(p.name for p in p1_root.iterdir()) == ["mini", "office", "standin_mini_labels.csv"]
+    labels = (p1_root / "standin_mini_labels.csv").read_text().splitlines()
+    assert labels[0] == "id,filename,label" and len(labels) == 1 + len(list((p1_root / "mini" / "train").iterdir()))
+    hidden = p1_mini_classes(P1_DEFAULTS["num_classes"], P1_DEFAULTS["mini_per_class"], 0)
+    assert [int(line.split(",")[2]) for line in labels[1:]] == hidden.tolist()
     assert sorted(p.name for p in (p1_root / "mini").iterdir()) == ["train"]
     assert sorted(p.name for p in (p1_root / "office").iterdir()) == ["train", "train.csv", "val", "val.csv"]
 
@@ -334,17 +339,17 @@ def test_p1_office_domain_is_lighter_than_mini() -> None:
 
 
 def test_p1_raw_pixel_knn_beats_chance_but_leaves_room(tmp_path: Path) -> None:
-    # Office labels must be visible in the images, yet raw pixels must not solve the task (learned,
-    # colour-invariant shape/texture features have to help). Colour is nuisance, so raw pixels sit near
-    # chance. Measured for seed 0 (30 train / 15 val per class, 8 classes, k=5 on 16x16): RGB 0.19,
-    # grayscale 0.20 (chance 0.125).
+    # Office labels must be visible in the images, yet raw pixels must not solve the task (learned
+    # features have to help). Measured for seed 0 (30 train / 15 val per class, 8 classes, k=5 on 16x16):
+    # RGB 0.42, grayscale 0.24 (over seeds 0-9: RGB 0.35-0.47, grayscale 0.15-0.28; chance 0.125). A small
+    # CNN reaches ~0.9 and logistic regression on colour + edge histograms ~0.8.
     root = make_p1_data(tmp_path, num_classes=8, mini_per_class=0, office_train_per_class=30,
                         office_val_per_class=15, seed=0)
     chance = 1.0 / 8
     rgb = _knn_accuracy(*_office_pixels(root, "train", gray=False), *_office_pixels(root, "val", gray=False))
     gray = _knn_accuracy(*_office_pixels(root, "train", gray=True), *_office_pixels(root, "val", gray=True))
-    assert rgb > chance + 0.03 and gray > chance + 0.03
-    assert rgb < 0.5 and gray < 0.5
+    assert rgb > 2 * chance
+    assert rgb < 0.75 and gray < 0.6
 
 
 @pytest.mark.parametrize("kwargs", [{"mini_size": 8}, {"num_classes": 0}, {"num_classes": P1_MAX_CLASSES + 1},

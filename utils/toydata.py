@@ -8,11 +8,9 @@ Problem 1 (self-supervised pre-training, then classification) mimics::
     OUT/p1_data/office/val/{label}_{k}.jpg       (real: 406 images)
     OUT/p1_data/office/train.csv, val.csv        header ``id,filename,label``
 
-Every p1 image shows one object of a *latent class*; a class is a combination of shape and texture (no
-single cue separates all classes) under heavy nuisance variation (colour, position, scale, rotation,
-background, lighting, clutter). The object's hue is nuisance too, drawn per image within a third of the
-hue circle; only classes 28 and up use the other thirds, to stay unique. Class identity thus lies in what
-DINO's augmentations keep (shape, texture) and not in what they randomise (colour), as in real photos. The same latent classes generate the unlabeled "mini" images and the
+Every p1 image shows one object of a *latent class*; a class is a combination of shape, hue and texture
+(no single cue separates all classes) under heavy nuisance variation (position, scale, rotation,
+background, lighting, clutter). The same latent classes generate the unlabeled "mini" images and the
 labeled "office" images (label == latent class), so features learned on mini transfer to office; the
 office domain has plain, light, desk-like backgrounds and varying non-square sizes. Mini files are
 named by a zero-padded index and their classes are shuffled, so a name reveals nothing about the class.
@@ -230,29 +228,28 @@ def make_p2_data(out_dir: PathLike, size: int = 64, num_train: int = 24, num_val
 # ---------------------------------------------------------------------------------------------------
 
 P1_SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent")
+# Hue of each colour, as a fraction of the hue circle: red, yellow, green, cyan, blue, magenta.
+P1_HUES = (0.0, 0.15, 0.33, 0.5, 0.64, 0.83)
 P1_TEXTURES = ("solid", "striped", "dotted", "checker")
-# Class c is (shape c % 7, texture (c // 7 + c % 7) % 4, hue band c // 28): unique for c < 7 * 4 * 3 = 84,
-# which covers the real 64 (mini) and 65 (office) classes, while every single cue is shared by several
-# classes. The hue band is a third of the hue circle from which each image draws its object's hue.
-P1_HUE_BANDS = 3
+# Class c is (shape c % 7, hue c % 6, texture c % 4): unique for c < lcm(7, 6, 4) = 84, which covers
+# the real 64 (mini) and 65 (office) classes, while every single cue is shared by several classes.
 P1_MAX_CLASSES = 84
 P1_DOMAINS = ("mini", "office")
 # Random-stream ids of the p1 splits (the part id P1_PART_ID keeps them apart from p2's streams).
 P1_SPLIT_IDS = {"mini/train": 0, "office/train": 1, "office/val": 2}
 P1_OFFICE_SPLITS = ("train", "val")
+P1_STANDIN_LABELS = "standin_mini_labels.csv"  # generated data only: labels for the stand-in SL backbone
 P1_OFFICE_SIDE = (64, 160)  # office widths and heights are drawn independently from this range
 CSV_HEADER = "id,filename,label"
 _BICUBIC = getattr(Image, "Resampling", Image).BICUBIC  # Pillow >= 9.1 moved the constant
 
 
-def p1_class_attributes(latent_class: int) -> Tuple[str, int, str]:
-    """Return the (shape, hue band, texture) that define latent class ``latent_class``."""
+def p1_class_attributes(latent_class: int) -> Tuple[str, float, str]:
+    """Return the (shape, hue in [0, 1), texture) that define latent class ``latent_class``."""
     if not 0 <= latent_class < P1_MAX_CLASSES:
         raise ValueError("latent class must be in 0..{}, got {}".format(P1_MAX_CLASSES - 1, latent_class))
-    shape = latent_class % len(P1_SHAPES)
-    texture = (latent_class // len(P1_SHAPES) + shape) % len(P1_TEXTURES)
-    band = latent_class // (len(P1_SHAPES) * len(P1_TEXTURES))
-    return P1_SHAPES[shape], band, P1_TEXTURES[texture]
+    return (P1_SHAPES[latent_class % len(P1_SHAPES)], P1_HUES[latent_class % len(P1_HUES)],
+            P1_TEXTURES[latent_class % len(P1_TEXTURES)])
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -371,7 +368,7 @@ def p1_image(latent_class: int, rng: np.random.Generator, size: Union[int, Tuple
     height, width = int(height), int(width)
     if min(height, width) < MIN_SIZE:
         raise ValueError("image sides must be at least {} px, got {}x{}".format(MIN_SIZE, height, width))
-    shape, band, texture = p1_class_attributes(latent_class)
+    shape, hue, texture = p1_class_attributes(latent_class)
     mini = domain == "mini"
     side = min(height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
@@ -398,8 +395,7 @@ def p1_image(latent_class: int, rng: np.random.Generator, size: Union[int, Tuple
     u = (dx * math.cos(theta) + dy * math.sin(theta)) / (radius * stretch)
     v = (-dx * math.sin(theta) + dy * math.cos(theta)) * stretch / radius
     alpha = np.clip(_shape_score(shape, u, v) * radius + 0.5, 0.0, 1.0)
-    hue = (band + rng.uniform()) / P1_HUE_BANDS  # colour is nuisance within the class's band
-    colour = _hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+    colour = _hsv(hue + rng.normal(0.0, 0.015), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
     if rng.uniform() < 0.5:  # the pattern is a dark or a light version of the object colour
         pattern = colour * rng.uniform(0.2, 0.45)
     else:
@@ -460,6 +456,10 @@ def make_p1_data(out_dir: PathLike, mini_size: int = 84, num_classes: int = 8, m
     for index, cls in enumerate(classes.tolist()):
         rng = np.random.default_rng([seed, P1_PART_ID, P1_SPLIT_IDS["mini/train"], index])
         _save_jpeg(p1_image(cls, rng, mini_size, "mini"), mini_dir / "{:0{}d}.jpg".format(index, digits))
+    # Generated data only (not in the real layout): the hidden classes of the mini images, for training the
+    # STAND-IN of the course's labeled backbone (pretrain_model_SL.pt) with p1_finetune.py.
+    lines = [CSV_HEADER] + ["{},{:0{}d}.jpg,{}".format(i, i, digits, c) for i, c in enumerate(classes.tolist())]
+    (root / P1_STANDIN_LABELS).write_text("\n".join(lines) + "\n")
     # Office file names are {label}_{k}.jpg as in the real data; val continues k after train, so a
     # file name is unique across the two splits and a mixed-up folder cannot go unnoticed.
     first_k = {"train": 0, "val": office_train_per_class}
