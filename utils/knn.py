@@ -44,7 +44,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_idx].long(), weights)
+        votes.scatter_add_(1, train_labels[top_idx].to(torch.int64), weights)
         preds.append(votes.argmax(1))
     return torch.cat(preds)
 
