@@ -90,3 +90,23 @@ def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root):
     assert result["world_size"] == 2 and result["center_rank_max_diff"] == 0.0
     ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
     assert ckpt["step"] == 48 // 32 and not any(k.startswith("module.") for k in ckpt["student"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_p1, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    _run(toy_p1, out, "--epochs", "1")
+    good = load_checkpoint(out / "checkpoint.pth", "p1_dino")
+    original = dino.DINOLoss.forward
+
+    def poisoned(self, student_output, teacher_output, epoch):
+        result = original(self, student_output, teacher_output, epoch)
+        result["loss"] = result["loss"] * float("nan")
+        return result
+
+    monkeypatch.setattr(dino.DINOLoss, "forward", poisoned)
+    with pytest.raises(SystemExit, match="last good checkpoint"):
+        _run(toy_p1, out, "--epochs", "2")
+    kept = load_checkpoint(out / "checkpoint.pth", "p1_dino")
+    assert kept["epoch"] == good["epoch"] == 1
+    for key in good["teacher"]:
+        assert torch.equal(kept["teacher"][key], good["teacher"][key])
