@@ -132,3 +132,43 @@ def test_labeled_standin_backbone_beats_random_init(tmp_path):
                                         str(tmp_path / setting), "--epochs", "6"] + extra + common)["best_val_acc"]
     assert acc["B"] > acc["A"] + 0.2
     assert acc["D"] > acc["A"] + 0.2
+
+
+def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root):
+    """Setting C (our DINO backbone, 4 toy epochs) beats A at equal epochs, and hw1_1.sh's accuracy on the val
+    csv equals p1_finetune's val accuracy for the same checkpoint. Measured (8 classes, 80 val images, chance
+    0.125): seeds 0/1/2 give A 0.375/0.30/0.26 and C 0.50/0.49/0.35."""
+    import os
+    import subprocess
+    import sys
+
+    import p1_ssl_pretrain
+    from utils.toydata import make_p1_data
+
+    root = make_p1_data(tmp_path / "data", num_classes=8, mini_per_class=40, office_train_per_class=12,
+                        office_val_per_class=10, seed=0)
+    p1_ssl_pretrain.cli(["--arch", "resnet18", "--workers", "0", "--data-dir", str(root / "mini" / "train"),
+                         "--output-dir", str(tmp_path / "dino"), "--epochs", "4", "--batch-size", "32",
+                         "--global-crop-size", "48", "--local-crop-size", "24", "--local-crops-number", "2",
+                         "--out-dim", "256", "--hidden-dim", "256", "--bottleneck-dim", "64", "--warmup-epochs", "1"])
+    common = ["--arch", "resnet18", "--workers", "0", "--num-classes", "8", "--data-dir", str(root / "office"),
+              "--epochs", "8", "--batch-size", "16", "--image-size", "48", "--lr", "0.05", "--hidden-dim", "128",
+              "--warmup-epochs", "1", "--save-epochs", "--deterministic"]
+    acc = {"A": [], "C": []}
+    for seed in ("0", "1"):
+        for setting, backbone in (("A", "none"), ("C", str(tmp_path / "dino" / "backbone.pth"))):
+            result = p1_finetune.cli(common + ["--setting", setting, "--backbone", backbone, "--seed", seed,
+                                               "--output-dir", str(tmp_path / (setting + seed))])
+            acc[setting].append(result["best_val_acc"])
+    assert sum(acc["C"]) / 2 > sum(acc["A"]) / 2 + 0.08
+    # the grading path scores the checkpoint exactly as the trainer's validation did
+    out_csv = tmp_path / "pred" / "val_pred.csv"
+    env = dict(os.environ, HW1_P1_CHECKPOINT=str(tmp_path / "C0" / "best.pth"), TQDM_DISABLE="1")
+    proc = subprocess.run(["bash", "hw1_1.sh", str(root / "office" / "val.csv"), str(root / "office" / "val"),
+                           str(out_csv)], cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    truth = {line.split(",")[1]: int(line.split(",")[2])
+             for line in (root / "office" / "val.csv").read_text().splitlines()[1:]}
+    rows = [line.split(",") for line in out_csv.read_text().splitlines()[1:]]
+    graded = sum(int(label) == truth[name] for _, name, label in rows) / len(rows)
+    assert graded == pytest.approx(acc["C"][0], abs=1e-6)
