@@ -172,3 +172,24 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
     rows = [line.split(",") for line in out_csv.read_text().splitlines()[1:]]
     graded = sum(int(label) == truth[name] for _, name, label in rows) / len(rows)
     assert graded == pytest.approx(acc["C"][0], abs=1e-6)
+
+
+def test_torchrun_two_processes(office, tmp_path, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           "p1_finetune.py", "--data-dir", str(office), "--output-dir", str(out), "--setting", "A",
+           "--device", "cpu"] + TINY[:2] + ["--epochs", "1"] + TINY[4:]
+    proc = subprocess.run(cmd, cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) x batch 16" in proc.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert result["setting"] == "A" and 0.0 <= result["best_val_acc"] <= 1.0
+    ckpt = torch.load(str(out / "checkpoint.pth"), weights_only=True)
+    assert ckpt["step"] == 32 // 32 and not any(k.startswith("module.") for k in ckpt["model"])
+    model, _ = load_classifier(out / "best.pth", torch.device("cpu"))
+    assert model.head[-1].out_features == 4
