@@ -40,9 +40,11 @@ from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomi
 from utils.classify import CLASSIFIER_KIND
 from utils.datasets import CsvImages
 from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
-                        progress, read_jsonl, run_cli, seed_everything, setup_determinism)
+                        progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+                        weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, load_backbone_weights, load_resnet_state_dict
-from utils.seg_engine import ShardSampler, lr_at, unwrap
+from utils.distributed import ShardSampler, unwrap
+from utils.seg_engine import lr_at
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, classify_eval_transform, normalize
 
 SETTINGS = {  # setting -> (which backbone, frozen)
@@ -265,16 +267,14 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=0 if use_cache else args.workers, drop_last=True,
                                          pin_memory=device.type == "cuda",
-                                         persistent_workers=args.workers > 0 and not use_cache and not args.deterministic)
+                                         persistent_workers=(args.workers > 0 and not use_cache
+                                                             and not args.deterministic))
     if len(loader) == 0:
-        raise SystemExit("error: {} training images cannot fill one batch of {}".format(len(train_set), args.batch_size))
-    head_params = [p for p in plain_model.head.parameters()]
-    backbone_params = [p for p in plain_model.backbone.parameters() if p.requires_grad]
-    groups = []
-    for params, mult in ((head_params, 1.0), (backbone_params, setting["backbone_lr_mult"])):
-        groups.append({"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay, "lr_mult": mult})
-        groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult})
-    groups = [g for g in groups if g["params"]]
+        raise SystemExit("error: {} training images cannot fill one batch of {}".format(len(train_set),
+                                                                                       args.batch_size))
+    groups = []  # head at --lr, backbone at --lr x backbone_lr_mult; no decay on biases/norms in either
+    for module, mult in ((plain_model.head, 1.0), (plain_model.backbone, setting["backbone_lr_mult"])):
+        groups += [dict(g, lr_mult=mult) for g in weight_decay_groups(module, args.weight_decay) if g["params"]]
     optimizer = (torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True) if args.optimizer == "sgd"
                  else torch.optim.AdamW(groups, lr=args.lr))
     scaler = make_grad_scaler(dtype)

@@ -35,7 +35,8 @@ from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomi
 from utils.datasets import CsvImages, UnlabeledImages
 from utils.knn import extract_features, knn_accuracy
 from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
-                        progress, read_jsonl, run_cli, seed_everything, setup_determinism)
+                        progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+                        weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_resnet_backbone
 from utils.multicrop import MultiCropAugmentation
 from utils.transforms import classify_eval_transform
@@ -249,13 +250,6 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
     torch._foreach_mul_(grads, scales)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Weight decay on weights only; biases and norm parameters (1-d) get none."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def model_config(args: argparse.Namespace) -> Dict[str, Any]:
     """What rebuilds the student/teacher networks."""
     return {"arch": args.arch, "out_dim": args.out_dim, "hidden_dim": args.hidden_dim,
@@ -439,7 +433,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             len(dataset), args.batch_size))
     total_batch = args.batch_size * world
     lr_peak = args.lr * total_batch / args.lr_ref_batch
-    groups = param_groups(plain_student, args.weight_decay)
+    groups = weight_decay_groups(plain_student, args.weight_decay)
     optimizer = (torch.optim.SGD(groups, lr=lr_peak, momentum=0.9) if args.optimizer == "sgd"
                  else torch.optim.AdamW(groups, lr=lr_peak))
     dtype = amp_dtype(device, args.amp)

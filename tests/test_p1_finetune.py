@@ -140,7 +140,6 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
     0.125): seeds 0/1/2 give A 0.375/0.30/0.26 and C 0.50/0.49/0.35."""
     import os
     import subprocess
-    import sys
 
     import p1_ssl_pretrain
     from utils.toydata import make_p1_data

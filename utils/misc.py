@@ -186,3 +186,10 @@ def plot_curves(records: Sequence[Dict[str, Any]], keys: Iterable[str], path: Un
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     plt.close(fig)
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Two optimizer groups: weight decay on weights, none on biases and normalisation parameters (1-d)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]

@@ -12,13 +12,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
+from utils.distributed import ShardSampler, unwrap
 from utils.masks import IGNORE_INDEX, NUM_CLASSES, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
-from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves, progress,
-                        read_jsonl, seed_everything, setup_determinism)
+from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
+                        progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, predict_classes
 from utils.transforms import normalize, seg_train_transform
@@ -62,16 +64,6 @@ def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size:
                         "warning (default: %(default)s)")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Two groups: weight decay on weights, none on biases and normalisation parameters (1-d tensors)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
     """Linear warm-up to ``base_lr`` then poly(0.9) or cosine decay to 0 at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -102,24 +94,6 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
         dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
         return ce + dice.mean()
     raise ValueError("unknown loss {!r}".format(kind))
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every rank takes indices rank, rank+W, ...: no padding, so pooled metrics count each image once."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside a DDP wrapper."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
@@ -304,10 +278,10 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     drop_last = len(train_set) // world >= args.batch_size  # a batch of 1 breaks BatchNorm
     train_loader = _loader(train_set, args.batch_size, sampler, args.workers, device,
                            persistent=not args.deterministic, drop_last=drop_last)
-    optimizer = (torch.optim.SGD(param_groups(unwrap(model), args.weight_decay), lr=args.lr,
+    optimizer = (torch.optim.SGD(weight_decay_groups(unwrap(model), args.weight_decay), lr=args.lr,
                                  momentum=args.momentum, nesterov=False)
                  if args.optimizer == "sgd" else
-                 torch.optim.AdamW(param_groups(unwrap(model), args.weight_decay), lr=args.lr))
+                 torch.optim.AdamW(weight_decay_groups(unwrap(model), args.weight_decay), lr=args.lr))
     scaler = make_grad_scaler(dtype)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * args.epochs
