@@ -100,9 +100,9 @@ def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, ba
     _run(office, tmp_path / "A", "--setting", "A", "--epochs", "1")
     _run(office, tmp_path / "D", "--setting", "D", "--backbone", str(backbone_file), "--epochs", "1",
          "--cache-features")
-    from utils.report import main as report
+    from utils.report import load_results, settings_table
 
-    table = report([str(tmp_path / "D"), str(tmp_path / "A"), "--markdown", str(tmp_path / "t.md")])
+    table = settings_table(load_results([tmp_path / "D", tmp_path / "A"]))
     lines = table.splitlines()
     assert lines[0].startswith("| Setting | Pre-training | Fine-tuning | Validation accuracy")
     assert lines[2].startswith("| A | none | full fine-tuning |")

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from utils.masks import NUM_CLASSES, PALETTE, read_mask
-from utils.toydata import (P1_MAX_CLASSES, P1_OFFICE_SIDE, P2_SPLITS, main, make_p1_data, make_p2_data,
-                           p1_class_attributes, p1_image, p1_mini_classes, p2_tile)
+from utils.toydata import (GENERATED_MARKER, P1_MAX_CLASSES, P1_OFFICE_SIDE, P2_SPLITS, main, make_p1_data, make_p2_data,
+                           p1_class_attributes, p1_image, p1_mini_classes, p2_tile, is_generated)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COUNTS = {"train": 24, "validation": 8}
@@ -368,7 +368,9 @@ def test_p1_cli_subprocess_writes_layout(tmp_path: Path) -> None:
                             universal_newlines=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1 and "p1" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p1_data"]  # only the part asked for
+    # only the part asked for, and the marker that lets reports say "generated data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p1_data", GENERATED_MARKER])
+    assert is_generated(tmp_path / "p1_data" / "office" / "val.csv") and not is_generated(tmp_path.parent)
     root = tmp_path / "p1_data"
     assert len(list((root / "mini" / "train").glob("*.jpg"))) == 6
     header, rows = _read_csv(root / "office" / "val.csv")

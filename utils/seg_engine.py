@@ -287,7 +287,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
 
-    start_epoch, step, best_miou = 0, 0, -1.0
+    start_epoch, step, best_miou, best_iou, best_epoch = 0, 0, -1.0, None, 0
     logger = JsonlLogger(out / "log.jsonl", enabled=main_proc)
     if ckpt is not None:
         if "optimizer" in ckpt:
@@ -295,6 +295,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
             scaler.load_state_dict(ckpt.get("scaler", {}))
             start_epoch, step = ckpt["epoch"], ckpt["step"]
             best_miou = ckpt.get("best_miou", -1.0)
+            best_iou, best_epoch = ckpt.get("best_iou"), ckpt.get("best_epoch", 0)
         logger.truncate_after(start_epoch)
         if main_proc:
             print("resumed from {} at epoch {}".format(resume_path, start_epoch))
@@ -324,13 +325,15 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
         metrics["epoch"] = epoch
         is_best = metrics["val_miou"] > best_miou
         best_miou = max(best_miou, metrics["val_miou"])
+        if is_best:
+            best_iou, best_epoch = metrics["val_iou"], epoch
         metrics["best_miou"] = best_miou
         if main_proc:
             state = unwrap(model).state_dict()
             weights = make_checkpoint(SEG_KIND, config, state, args, epoch=epoch, val_miou=metrics["val_miou"],
                                       val_iou=metrics["val_iou"])
             full = dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                        best_miou=best_miou)
+                        best_miou=best_miou, best_iou=best_iou, best_epoch=best_epoch)
             save_atomic(full, out / "checkpoint.pth")
             if args.save_every > 0 and epoch % args.save_every == 0:
                 save_atomic(full, out / "checkpoint_epoch{:03d}.pth".format(epoch))
@@ -346,7 +349,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
         dist_utils.barrier()
 
     result = {"arch": config["arch"], "epochs": args.epochs, "best_miou": best_miou,
-              "last_miou": metrics.get("val_miou"), "last_iou": metrics.get("val_iou"), "seed": args.seed,
+              "best_iou": best_iou, "best_epoch": best_epoch, "last_miou": metrics.get("val_miou"), "last_iou": metrics.get("val_iou"), "seed": args.seed,
               "model_config": plain(config)}
     if main_proc:
         with open(out / "results.json", "w") as f:

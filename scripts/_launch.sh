@@ -1,0 +1,34 @@
+# Sourced by the scripts in this folder: where things are and how to launch a trainer.
+#   HW1_DATA  dataset root in the course layout (default: hw1_data)
+#   RUNS      where run folders go (default: runs)
+#   NGPUS     processes/GPUs per node; > 1 launches through torchrun (default: 1)
+#   TORCHRUN_ARGS  extra torchrun flags for several nodes, e.g.
+#             "--nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500" (default: --standalone)
+#   PYTHON    interpreter (default: python3)
+# Any arguments given to a script are appended to every command it runs (later flags win), e.g. --epochs 10.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+HW1_DATA=${HW1_DATA:-hw1_data}
+RUNS=${RUNS:-runs}
+NGPUS=${NGPUS:-1}
+PYTHON=${PYTHON:-python3}
+case $NGPUS in ''|*[!0-9]*|0) echo "error: NGPUS must be a positive integer, got '$NGPUS'" >&2; exit 2 ;; esac
+mkdir -p "$RUNS"
+
+launch() {  # launch SCRIPT.py ARGS...: one process, or NGPUS processes under torchrun
+  local script=$1
+  shift
+  if [ "$NGPUS" -gt 1 ] || [ -n "${TORCHRUN_ARGS:-}" ]; then
+    # shellcheck disable=SC2086  # TORCHRUN_ARGS is a list of flags
+    "$PYTHON" -m torch.distributed.run ${TORCHRUN_ARGS:---standalone} --nproc_per_node="$NGPUS" "$script" "$@"
+  else
+    "$PYTHON" "$script" "$@"
+  fi
+}
+
+need() {  # need PATH WHAT: a clear error before hours of work when an input is missing
+  if [ ! -e "$1" ]; then
+    echo "error: $2 not found: $1 (see README, 'Data')" >&2
+    exit 2
+  fi
+}

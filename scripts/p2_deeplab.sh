@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Problem 2: DeepLabV3-ResNet50 (model B; ImageNet backbone, downloaded once to the torch cache), 100 epochs,
+# batch 8, mask snapshots at epochs 1, 50 and 100. Writes $RUNS/p2_deeplab.
+source "$(dirname "$0")/_launch.sh"
+need "$HW1_DATA/p2_data/train" "satellite train folder"
+SNAPSHOTS=${SNAPSHOTS:-1 50 100}
+IMAGES=${SNAPSHOT_IMAGES:-0018_sat.jpg 0065_sat.jpg 0109_sat.jpg}
+# shellcheck disable=SC2086
+launch p2_deeplab.py --data-dir "$HW1_DATA/p2_data" --output-dir "$RUNS/p2_deeplab" \
+  --snapshot-epochs $SNAPSHOTS --snapshot-images $IMAGES "$@"

@@ -1,0 +1,120 @@
+"""The real-data shell scripts in scripts/ and the report generator, run end to end at toy sizes.
+
+The scripts hold the report's recipes; here every one of them runs on generated data in the real layout with flags
+appended that shrink the run (later flags win), one of them on two processes through NGPUS=2 (torchrun, gloo), and
+report.sh turns the runs into REPORT.md, whose numbers must be the runs' own.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from utils.toydata import make_p1_data, make_p2_data
+
+
+def _bash(repo_root: Path, script: str, env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", TQDM_DISABLE="1", **env)
+    proc = subprocess.run(["bash", "scripts/" + script] + list(args), cwd=str(repo_root), env=full_env,
+                          capture_output=True, text=True, timeout=900)
+    if ok:
+        assert proc.returncode == 0, "{} failed:\n{}\n{}".format(script, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, repo_root):
+    """Every script at toy size, then report.sh; returns (runs, report dir)."""
+    base = tmp_path_factory.mktemp("scripts")
+    data, runs, report = base / "hw1_data", base / "runs", base / "report"
+    make_p1_data(data, mini_size=32, num_classes=4, mini_per_class=8, office_train_per_class=6,
+                 office_val_per_class=3)
+    make_p2_data(data, size=64, num_train=8, num_val=4)
+    sl = base / "pretrain_model_SL.pt"  # the course's labeled backbone: here a random resnet18 in its format
+    torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")},
+               str(sl))
+    env = {"HW1_DATA": str(data), "RUNS": str(runs), "REPORT_DIR": str(report), "SL_BACKBONE": str(sl),
+           "SNAPSHOTS": "1 2", "SNAPSHOT_IMAGES": "0000_sat.jpg 0001_sat.jpg"}
+    p1 = ["--arch", "resnet18", "--workers", "0", "--num-classes", "4"]
+    _bash(repo_root, "p1_dino.sh", env, *p1, "--epochs", "1", "--batch-size", "8", "--global-crop-size", "32",
+          "--local-crop-size", "16", "--local-crops-number", "2", "--out-dim", "64", "--hidden-dim", "64",
+          "--bottleneck-dim", "32", "--knn-size", "32", "--warmup-epochs", "0", "--warmup-teacher-temp-epochs", "1")
+    _bash(repo_root, "p1_settings.sh", env, *p1, "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+          "--hidden-dim", "32", "--warmup-epochs", "0")
+    _bash(repo_root, "p1_tsne.sh", env, "--workers", "0", "--perplexity", "5")
+    seg = ["--epochs", "2", "--batch-size", "4", "--crop-size", "64", "--workers", "0"]
+    unet = _bash(repo_root, "p2_unet.sh", dict(env, NGPUS="2", DROP_SKIP="0 1"), *seg, "--base-width", "8",
+                 "--depth", "2")
+    _bash(repo_root, "p2_deeplab.sh", env, *seg, "--backbone-weights", "none")
+    _bash(repo_root, "report.sh", env)
+    (runs / "p2_unet.stdout").write_text(unet.stdout)
+    return runs, report
+
+
+def test_every_script_runs_and_writes_its_outputs(pipeline):
+    runs, _ = pipeline
+    assert (runs / "p1_dino" / "backbone.pth").is_file()
+    for s in "ABCDE":
+        assert json.loads((runs / "p1_{}".format(s) / "results.json").read_text())["setting"] == s
+    assert (runs / "p1_tsne" / "tsne.png").is_file()
+    labels = [c["name"] for c in json.loads((runs / "p1_tsne" / "tsne_metrics.json").read_text())["checkpoints"]]
+    assert labels == ["epoch 1", "epoch 2"]  # first and last epoch found by the script
+    noskip = json.loads((runs / "p2_unet_noskip" / "results.json").read_text())
+    assert noskip["model_config"]["drop_skip"] == [0, 1]
+    assert json.loads((runs / "p2_unet" / "args.json").read_text())["snapshot_epochs"] == [1, 2]
+    assert (runs / "p2_deeplab" / "snapshots.png").is_file()
+    graded = json.loads((runs / "grading_p2.json").read_text())
+    assert graded["num_images"] == 4
+    assert sorted(p.name for p in (runs / "grading" / "p2_masks").iterdir()) == \
+        ["{:04d}_mask.png".format(i) for i in range(4)]
+
+
+def test_unet_script_ran_on_two_processes(pipeline):
+    runs, _ = pipeline
+    log = [json.loads(line) for line in (runs / "p2_unet" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2
+    stdout = (runs / "p2_unet.stdout").read_text()
+    assert stdout.count("2 process(es)") == 2 and "1 process(es)" not in stdout  # both runs, under torchrun
+    results = json.loads((runs / "p2_unet" / "results.json").read_text())
+    assert results["model_config"]["drop_skip"] == []
+
+
+def test_report_numbers_are_the_runs_own(pipeline):
+    runs, report = pipeline
+    text = (report / "REPORT.md").read_text()
+    for s in "ABCDE":
+        acc = json.loads((runs / "p1_{}".format(s) / "results.json").read_text())["best_val_acc"]
+        assert re.search(r"^\| {} \|.*\| {:.4f} \|".format(s, acc), text, re.M), s
+    for name in ("p2_unet", "p2_unet_noskip", "p2_deeplab"):
+        res = json.loads((runs / name / "results.json").read_text())
+        assert "{:.4f}".format(res["best_miou"]) in text
+        assert len(res["best_iou"]) == 6 and res["best_epoch"] in (1, 2)
+        for v in res["best_iou"]:
+            assert v is None or "{:.4f}".format(v) in text
+    graded = json.loads((runs / "grading_p2.json").read_text())
+    assert "mIoU {:.4f}".format(graded["miou"]) in text
+    dino = json.loads((runs / "p1_dino" / "results.json").read_text())
+    assert "{:.4f}".format(dino["final_knn_acc"]) in text
+    # every table says where its numbers come from; here: generated data
+    assert text.count("Source: data generated by `utils.toydata`") >= 6
+    assert "Source: the course's data" not in text
+    # every figure link points at a copied file
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
+    assert len(links) >= 12
+    for link in links:
+        assert (report / link).is_file(), link
+    assert "not run" in text  # SAM did not run here, and the report says so rather than failing
+
+
+def test_scripts_name_a_missing_input_before_any_work(tmp_path, repo_root):
+    env = {"HW1_DATA": str(tmp_path / "nowhere"), "RUNS": str(tmp_path / "runs")}
+    for script in ("p1_dino.sh", "p1_settings.sh", "p2_unet.sh", "p2_deeplab.sh"):
+        proc = _bash(repo_root, script, env, ok=False)
+        assert proc.returncode == 2 and "not found: {}".format(tmp_path / "nowhere") in proc.stderr, script
+    proc = _bash(repo_root, "p1_dino.sh", dict(env, NGPUS="two"), ok=False)
+    assert proc.returncode == 2 and "NGPUS must be a positive integer" in proc.stderr
