@@ -39,8 +39,8 @@ from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.classify import CLASSIFIER_KIND
 from utils.datasets import CsvImages
-from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
-                        progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
+                        plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
                         weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, load_backbone_weights, load_resnet_state_dict
 from utils.distributed import ShardSampler, unwrap
@@ -132,14 +132,17 @@ def train_transform(args: argparse.Namespace) -> v2.Compose:
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.Namespace, device: torch.device,
                     dtype: Optional[torch.dtype], epoch: int, step: int, total_steps: int, warmup_steps: int,
-                    frozen: bool, features: bool = False) -> Dict[str, Any]:
-    """One epoch of cross-entropy training; a frozen backbone stays in eval mode (BN statistics fixed)."""
+                    frozen: bool, features: bool = False, stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+    """One epoch of cross-entropy training; a frozen backbone stays in eval mode (BN statistics fixed). A
+    SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     model.train()
     if frozen:
         unwrap(model).backbone.eval()
     sums = torch.zeros(3, device=device)  # loss, correct, samples
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
+    batches = 0
     for i, (images, labels) in enumerate(bar):
+        batches += 1
         lr = lr_at(step, total_steps, warmup_steps, args.lr, "cosine")
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
@@ -167,8 +170,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
         step += 1
         if i % args.print_freq == 0:
             bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr))
+        if stop is not None and stop.requested(i + 1, device):
+            break
     dist_utils.all_reduce_sum(sums)
-    return {"train_loss": float(sums[0] / sums[2]), "train_acc": float(sums[1] / sums[2]), "step": step,
+    return {"train_loss": float(sums[0] / sums[2].clamp(min=1)), "train_acc": float(sums[1] / sums[2].clamp(min=1)),
+            "step": step, "interrupted": stop is not None and stop.signum is not None, "batches": batches,
             "lr": lr_at(max(step - 1, 0), total_steps, warmup_steps, args.lr, "cosine")}
 
 
@@ -240,7 +246,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     eval_tf = classify_eval_transform(args.image_size)
     train_csv, train_dir = args.train_csv or data / "train.csv", args.train_dir or data / "train"
     val_set = CsvImages(args.val_csv or data / "val.csv", args.val_dir or data / "val", eval_tf,
-                        num_classes=args.num_classes)
+                        num_classes=args.num_classes, strict=args.strict)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers,
                                              sampler=ShardSampler(len(val_set), rank, world),
                                              pin_memory=device.type == "cuda")
@@ -255,10 +261,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     use_cache = args.cache_features and setting["frozen"]
     if use_cache:
-        train_set = cache_backbone_features(model, CsvImages(train_csv, train_dir, eval_tf,
-                                                             num_classes=args.num_classes), args, device, dtype)
+        plain_set = CsvImages(train_csv, train_dir, eval_tf, num_classes=args.num_classes, strict=args.strict)
+        train_set = cache_backbone_features(model, plain_set, args, device, dtype)
     else:
-        train_set = CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes)
+        train_set = CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes,
+                              strict=args.strict)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = dist_utils.wrap_ddp(model, device)
@@ -278,14 +285,16 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     optimizer = (torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True) if args.optimizer == "sgd"
                  else torch.optim.AdamW(groups, lr=args.lr))
     scaler = make_grad_scaler(dtype)
-    total_steps = args.epochs * len(loader)
+    steps_per_epoch = len(loader)
+    total_steps = args.epochs * steps_per_epoch
     warmup_steps = int(round(args.warmup_epochs * len(loader)))
-    start_epoch, step, best_acc = 0, 0, -1.0
+    start_epoch, step, best_acc, partial = 0, 0, -1.0, 0
     logger = JsonlLogger(out / "log.jsonl", enabled=rank == 0)
     if ckpt is not None and "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, step, best_acc = ckpt["epoch"], ckpt["step"], ckpt.get("best_acc", -1.0)
+        partial = ckpt.get("partial_steps", 0)  # steps of epoch start_epoch + 1 done before a SIGINT/SIGTERM
         logger.truncate_after(start_epoch)
     elif rank == 0 and (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()
@@ -300,35 +309,47 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     extra = {"setting": args.setting, "backbone_source": str(setting["backbone"]), "image_size": args.image_size,
              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": args.num_classes}
     metrics = {"val_acc": ckpt.get("val_acc")} if ckpt is not None else {}  # type: Dict[str, Any]
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        dist_utils.start_epoch(sampler, args.seed, epoch)
-        t0 = time.time()
-        stats = train_one_epoch(model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
-                                warmup_steps, setting["frozen"], features=use_cache)
-        step = stats.pop("step")
-        if not math.isfinite(stats["train_loss"]):
-            raise SystemExit("error: the training loss became {} in epoch {}; the last good checkpoint is kept. "
-                             "Lower --lr or try --no-amp".format(stats["train_loss"], epoch))
-        metrics = evaluate(model, val_loader, device, dtype)
-        metrics.update(stats, epoch=epoch, seconds=time.time() - t0)
-        is_best = metrics["val_acc"] > best_acc
-        best_acc = max(best_acc, metrics["val_acc"])
-        metrics["best_acc"] = best_acc
-        if rank == 0:
-            weights = make_checkpoint(CLASSIFIER_KIND, config, plain_model.state_dict(), args, epoch=epoch,
-                                      val_acc=metrics["val_acc"], **extra)
-            save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                             best_acc=best_acc), out / "checkpoint.pth")
-            if is_best:
-                save_atomic(weights, out / "best.pth")
-            if epoch in save_epochs:
-                save_atomic(weights, out / "epoch_{:03d}.pth".format(epoch))
-            logger.log(metrics)
-            plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc", "val_acc"], out / "curves.png",
-                        title="setting " + args.setting)
-            print("epoch {}/{}: train loss {:.4f}, train acc {:.4f}, val acc {:.4f} (best {:.4f})".format(
-                epoch, args.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_acc"], best_acc))
-        dist_utils.barrier()
+    stop = StopRequest(every=args.print_freq)
+    with stop:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
+            t0 = time.time()
+            stats = train_one_epoch(model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
+                                    warmup_steps, setting["frozen"], features=use_cache, stop=stop)
+            step = stats.pop("step")
+            if stats.pop("interrupted"):
+                done = partial + stats["batches"]
+                if rank == 0:
+                    weights = make_checkpoint(CLASSIFIER_KIND, config, plain_model.state_dict(), args, epoch=epoch - 1,
+                                              val_acc=metrics.get("val_acc"), **extra)
+                    save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
+                                     best_acc=best_acc, partial_steps=done), out / "checkpoint.pth")
+                dist_utils.barrier()
+                stop.exit(out / "checkpoint.pth", done, steps_per_epoch)
+            partial = 0
+            if not math.isfinite(stats["train_loss"]):
+                raise SystemExit("error: the training loss became {} in epoch {}; the last good checkpoint is kept. "
+                                 "Lower --lr or try --no-amp".format(stats["train_loss"], epoch))
+            metrics = evaluate(model, val_loader, device, dtype)
+            metrics.update(stats, epoch=epoch, seconds=time.time() - t0)
+            is_best = metrics["val_acc"] > best_acc
+            best_acc = max(best_acc, metrics["val_acc"])
+            metrics["best_acc"] = best_acc
+            if rank == 0:
+                weights = make_checkpoint(CLASSIFIER_KIND, config, plain_model.state_dict(), args, epoch=epoch,
+                                          val_acc=metrics["val_acc"], **extra)
+                save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
+                                 best_acc=best_acc), out / "checkpoint.pth")
+                if is_best:
+                    save_atomic(weights, out / "best.pth")
+                if epoch in save_epochs:
+                    save_atomic(weights, out / "epoch_{:03d}.pth".format(epoch))
+                logger.log(metrics)
+                plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc", "val_acc"], out / "curves.png",
+                            title="setting " + args.setting)
+                print("epoch {}/{}: train loss {:.4f}, train acc {:.4f}, val acc {:.4f} (best {:.4f})".format(
+                    epoch, args.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_acc"], best_acc))
+            dist_utils.barrier()
 
     result = {"setting": args.setting, "backbone": str(setting["backbone"]), "pretraining": setting["pretraining"],
               "finetuning": setting["finetuning"], "best_val_acc": best_acc, "last_val_acc": metrics.get("val_acc"),

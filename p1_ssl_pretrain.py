@@ -34,8 +34,8 @@ from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.datasets import CsvImages, UnlabeledImages
 from utils.knn import extract_features, knn_accuracy
-from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
-                        progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
+                        plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
                         weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_resnet_backbone
 from utils.multicrop import MultiCropAugmentation
@@ -273,7 +273,7 @@ def _probe_loaders(args: argparse.Namespace, device: torch.device):
     for csv_path, image_dir, split in ((args.knn_train_csv, args.knn_train_dir, "train"),
                                        (args.knn_val_csv, args.knn_val_dir, "val")):
         image_dir = image_dir or Path(csv_path).parent / split
-        ds = CsvImages(csv_path, image_dir, tf, num_classes=args.num_classes)
+        ds = CsvImages(csv_path, image_dir, tf, num_classes=args.num_classes, strict=args.strict)
         loaders.append(torch.utils.data.DataLoader(ds, batch_size=max(args.batch_size, 64),
                                                    num_workers=min(args.workers, 4),
                                                    pin_memory=device.type == "cuda"))
@@ -290,8 +290,10 @@ def run_knn(teacher: MultiCropNet, loaders, args: argparse.Namespace, device: to
 
 def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, loader, optimizer, scaler,
                     args: argparse.Namespace, device: torch.device, dtype: Optional[torch.dtype], epoch: int,
-                    step: int, total_steps: int, lr_peak: float) -> Dict[str, Any]:
-    """One DINO epoch (0-based ``epoch``); returns averaged loss and collapse signals, and the new step."""
+                    step: int, total_steps: int, lr_peak: float,
+                    stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+    """One DINO epoch (0-based ``epoch``); returns averaged loss and collapse signals, and the new step; a
+    SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     student.train()
     plain_student = student.module if hasattr(student, "module") else student
     sums = torch.zeros(4, device=device)  # loss, teacher entropy, KL, embedding std
@@ -337,12 +339,15 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
                 break
             bar.set_postfix(loss="{:.4f}".format(value), lr="{:.2e}".format(lr), m="{:.4f}".format(momentum),
                             img_s="{:.0f}".format(count * crops[0].shape[0] / max(time.time() - t0, 1e-6)))
+        if stop is not None and stop.requested(i + 1, device):
+            break
     stats = torch.cat([sums, torch.tensor([float(count)], device=device)])
     dist_utils.all_reduce_sum(stats)
     n = max(float(stats[4]), 1.0)
     seconds = time.time() - t0
     return {"loss": float(stats[0]) / n, "teacher_entropy": float(stats[1]) / n, "kl": float(stats[2]) / n,
-            "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step,
+            "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
+            "interrupted": stop is not None and stop.signum is not None,
             "teacher_temp": dino_loss.teacher_temperature(epoch), "seconds": seconds,
             "images_per_s": count * args.batch_size * dist_utils.get_world_size() / max(seconds, 1e-6)}
 
@@ -354,7 +359,8 @@ def collapse_warning(stats: Dict[str, Any], out_dim: int, epoch: int, warmup_epo
     if stats["embed_std"] < 0.05:
         return "student embeddings have ~zero spread (std {:.3f}): representation collapse".format(
             stats["embed_std"])
-    if epoch >= warmup_epochs and abs(stats["loss"] - uniform) < 0.01 * uniform and stats["teacher_entropy"] > 0.98 * uniform:
+    if epoch >= warmup_epochs and abs(stats["loss"] - uniform) < 0.01 * uniform \
+            and stats["teacher_entropy"] > 0.98 * uniform:
         return "loss is stuck at ln(out_dim) = {:.3f} with a uniform teacher: collapse to uniform " \
                "(lower --teacher-temp, check the center momentum)".format(uniform)
     if epoch >= 1 and stats["teacher_entropy"] < 0.05 and stats["kl"] < 1e-3:
@@ -401,7 +407,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     aug = MultiCropAugmentation(args.global_crop_size, args.local_crop_size, args.local_crops_number,
                                 tuple(args.global_crops_scale), tuple(args.local_crops_scale))
-    dataset = UnlabeledImages(args.data_dir, aug, max_images=args.max_images)
+    dataset = UnlabeledImages(args.data_dir, aug, max_images=args.max_images, strict=args.strict)
     student = build_dino_net(config).to(device)
     teacher = build_dino_net(config).to(device)
     if distributed and device.type == "cuda":
@@ -438,8 +444,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                  else torch.optim.AdamW(groups, lr=lr_peak))
     dtype = amp_dtype(device, args.amp)
     scaler = make_grad_scaler(dtype)
-    total_steps = args.epochs * len(loader)
-    start_epoch, step = 0, 0
+    steps_per_epoch = len(loader)
+    total_steps = args.epochs * steps_per_epoch
+    start_epoch, step, partial = 0, 0, 0
     logger = JsonlLogger(out / "log.jsonl", enabled=rank == 0)
     if ckpt is not None:
         plain_student.load_state_dict(ckpt["student"])
@@ -448,6 +455,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         scaler.load_state_dict(ckpt.get("scaler", {}))
         dino_loss.center.copy_(ckpt["center"].to(device))
         start_epoch, step = ckpt["epoch"], ckpt["step"]
+        partial = ckpt.get("partial_steps", 0)  # steps of the next epoch done before a SIGINT/SIGTERM
         logger.truncate_after(start_epoch)
         if rank == 0:
             print("resumed from {} at epoch {}".format(resume, start_epoch))
@@ -470,39 +478,53 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     dist_utils.barrier()
 
     stats = {}  # type: Dict[str, Any]
-    for epoch in range(start_epoch, args.epochs):
-        dist_utils.start_epoch(sampler, args.seed, epoch)
-        stats = train_one_epoch(student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype, epoch,
-                                step, total_steps, lr_peak)
-        step = stats.pop("step")
-        if not math.isfinite(stats["loss"]):
-            raise SystemExit("error: the DINO loss became {} in epoch {}; the last good checkpoint {} is kept. "
-                             "Lower --lr or --clip-grad, or try --no-amp".format(stats["loss"], epoch + 1,
-                                                                                   out / "checkpoint.pth"))
-        stats["epoch"] = epoch + 1
-        if probes is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
-            stats["knn_acc"] = run_knn(teacher, probes, args, device, dtype)
-        warning = collapse_warning(stats, config["out_dim"], epoch, args.warmup_epochs)
-        if rank == 0:
-            ckpt_out = make_checkpoint(DINO_KIND, config, teacher.state_dict(), args,
-                                       student=plain_student.state_dict(), teacher=teacher.state_dict(),
-                                       optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                       center=dino_loss.center.detach().cpu(), epoch=epoch + 1, step=step)
-            save_atomic(ckpt_out, out / "checkpoint.pth")
-            if args.save_every > 0 and (epoch + 1) % args.save_every == 0:
-                save_atomic(ckpt_out, out / "checkpoint{:04d}.pth".format(epoch + 1))
-            if warning:
-                stats["warning"] = warning
-                print("\n" + "!" * 78 + "\nWARNING epoch {}: {}\n".format(epoch + 1, warning) + "!" * 78,
-                      file=sys.stderr)
-            logger.log(stats)
-            plot_curves(read_jsonl(out / "log.jsonl"), ["loss", "knn_acc", "teacher_entropy", "kl", "embed_std",
-                                                        "lr"], out / "curves.png", title="DINO " + config["arch"])
-            print("epoch {}/{}: loss {:.4f}, teacher entropy {:.3f}, KL {:.4f}, embed std {:.3f}{}, {:.0f} img/s"
-                  .format(epoch + 1, args.epochs, stats["loss"], stats["teacher_entropy"], stats["kl"],
-                          stats["embed_std"], ", k-NN {:.4f}".format(stats["knn_acc"]) if "knn_acc" in stats else "",
-                          stats["images_per_s"]))
-        dist_utils.barrier()
+    stop = StopRequest(every=args.print_freq)
+    with stop:
+        for epoch in range(start_epoch, args.epochs):
+            dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
+            stats = train_one_epoch(student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype,
+                                    epoch, step, total_steps, lr_peak, stop)
+            step = stats.pop("step")
+            if stats.pop("interrupted") and math.isfinite(stats["loss"]):
+                done = partial + stats["batches"]
+                if rank == 0:
+                    save_atomic(make_checkpoint(DINO_KIND, config, teacher.state_dict(), args,
+                                                student=plain_student.state_dict(), teacher=teacher.state_dict(),
+                                                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                                center=dino_loss.center.detach().cpu(), epoch=epoch, step=step,
+                                                partial_steps=done), out / "checkpoint.pth")
+                dist_utils.barrier()
+                stop.exit(out / "checkpoint.pth", done, steps_per_epoch)
+            partial = 0
+            if not math.isfinite(stats["loss"]):
+                raise SystemExit("error: the DINO loss became {} in epoch {}; the last good checkpoint {} is kept. "
+                                 "Lower --lr or --clip-grad, or try --no-amp".format(stats["loss"], epoch + 1,
+                                                                                       out / "checkpoint.pth"))
+            stats["epoch"] = epoch + 1
+            if probes is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
+                stats["knn_acc"] = run_knn(teacher, probes, args, device, dtype)
+            warning = collapse_warning(stats, config["out_dim"], epoch, args.warmup_epochs)
+            if rank == 0:
+                ckpt_out = make_checkpoint(DINO_KIND, config, teacher.state_dict(), args,
+                                           student=plain_student.state_dict(), teacher=teacher.state_dict(),
+                                           optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                           center=dino_loss.center.detach().cpu(), epoch=epoch + 1, step=step)
+                save_atomic(ckpt_out, out / "checkpoint.pth")
+                if args.save_every > 0 and (epoch + 1) % args.save_every == 0:
+                    save_atomic(ckpt_out, out / "checkpoint_epoch{:03d}.pth".format(epoch + 1))
+                if warning:
+                    stats["warning"] = warning
+                    print("\n" + "!" * 78 + "\nWARNING epoch {}: {}\n".format(epoch + 1, warning) + "!" * 78,
+                          file=sys.stderr)
+                logger.log(stats)
+                plot_curves(read_jsonl(out / "log.jsonl"), ["loss", "knn_acc", "teacher_entropy", "kl", "embed_std",
+                                                            "lr"], out / "curves.png", title="DINO " + config["arch"])
+                print("epoch {}/{}: loss {:.4f}, teacher entropy {:.3f}, KL {:.4f}, embed std {:.3f}{}, {:.0f} img/s"
+                      .format(epoch + 1, args.epochs, stats["loss"], stats["teacher_entropy"], stats["kl"],
+                              stats["embed_std"],
+                              ", k-NN {:.4f}".format(stats["knn_acc"]) if "knn_acc" in stats else "",
+                              stats["images_per_s"]))
+            dist_utils.barrier()
 
     result = {"epochs": args.epochs, "arch": config["arch"], "final_loss": stats.get("loss"),
               "final_knn_acc": stats.get("knn_acc"), "world_size": world}

@@ -66,6 +66,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     dtype = amp_dtype(device, args.amp)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise SystemExit("error: output path {} exists and is not a folder".format(args.output_dir))
+    if args.output_dir.resolve() == args.input_dir.resolve():
+        raise SystemExit("error: the output folder {} is the input folder: masks would mix with (and could "
+                         "overwrite) the inputs; give another folder".format(args.output_dir))
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     loader = torch.utils.data.DataLoader(InferenceImages(files), batch_size=args.batch_size,

@@ -38,7 +38,7 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(toy_p1, tmp_path):
     _run(toy_p1, tmp_path / "full", "--epochs", "3")
     (tmp_path / "resumed").mkdir()
     # a run killed after epoch 1 leaves exactly this state as its checkpoint.pth
-    shutil.copy(str(tmp_path / "full" / "checkpoint0001.pth"), str(tmp_path / "resumed" / "checkpoint.pth"))
+    shutil.copy(str(tmp_path / "full" / "checkpoint_epoch001.pth"), str(tmp_path / "resumed" / "checkpoint.pth"))
     _run(toy_p1, tmp_path / "resumed", "--epochs", "3")
     full, resumed = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
     assert len(full) == 3 and len(resumed) == 2
@@ -80,7 +80,9 @@ def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
 def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+    # the README's multi-node flags (c10d rendezvous), here with one node of two processes
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node_rank=0", "--nproc_per_node=2",
+           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29518",
            "p1_ssl_pretrain.py", "--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out),
            "--epochs", "1", "--device", "cpu"] + TINY[:-2]
     proc = subprocess.run(cmd, cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=600)

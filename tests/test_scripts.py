@@ -118,3 +118,56 @@ def test_scripts_name_a_missing_input_before_any_work(tmp_path, repo_root):
         assert proc.returncode == 2 and "not found: {}".format(tmp_path / "nowhere") in proc.stderr, script
     proc = _bash(repo_root, "p1_dino.sh", dict(env, NGPUS="two"), ok=False)
     assert proc.returncode == 2 and "NGPUS must be a positive integer" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sam_script(pipeline, tmp_path, repo_root):
+    """scripts/p2_sam.sh with a ViT-B checkpoint file (random weights in the official format) and the DeepLabV3
+    run of the pipeline as our prediction panel; the report then shows the SAM figures."""
+    pytest.importorskip("segment_anything")
+    from segment_anything import sam_model_registry
+
+    runs, report = pipeline
+    ckpt = tmp_path / "sam_vit_b.pth"
+    torch.manual_seed(0)
+    torch.save(sam_model_registry["vit_b"]().state_dict(), str(ckpt))
+    data = runs.parent / "hw1_data"
+    env = {"HW1_DATA": str(data), "RUNS": str(runs), "REPORT_DIR": str(report), "SAM_CHECKPOINT": str(ckpt),
+           "SAM_MODEL_TYPE": "vit_b", "SNAPSHOT_IMAGES": "0000_sat.jpg"}
+    _bash(repo_root, "p2_sam.sh", env, "--device", "cpu", "--points-per-side", "4", "--pred-iou-thresh", "0",
+          "--stability-score-thresh", "0")
+    summary = json.loads((runs / "p2_sam" / "sam_summary.json").read_text())
+    assert len(summary["images"]) == 1 and (runs / "p2_sam" / "0000_sat_sam.png").is_file()
+    _bash(repo_root, "report.sh", dict(env, SL_BACKBONE="unused"))
+    assert "figures/p2_sam_0000_sat_sam.png" in (report / "REPORT.md").read_text()
+
+
+def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
+    """scripts/all.sh calls each step once, in the report's order, with the recipe's inputs: a stand-in
+    interpreter records the calls instead of training (the steps themselves run in the pipeline above)."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/usr/bin/env bash\necho \"$*\" >> {}\n".format(log))
+    fake.chmod(0o755)
+    data, runs = tmp_path / "hw1_data", tmp_path / "runs"
+    for d in ("p1_data/mini/train", "p1_data/office", "p2_data/train", "p2_data/validation"):
+        (data / d).mkdir(parents=True)
+    (data / "p1_data" / "office" / "train.csv").write_text("id,filename,label\n")
+    (data / "p1_data" / "pretrain_model_SL.pt").write_bytes(b"")
+    (runs / "p1_dino").mkdir(parents=True)
+    (runs / "p1_dino" / "backbone.pth").write_bytes(b"")
+    (runs / "p1_C").mkdir()
+    for n in (1, 100):
+        (runs / "p1_C" / "epoch_{:03d}.pth".format(n)).write_bytes(b"")
+    env = {"HW1_DATA": str(data), "RUNS": str(runs), "PYTHON": str(fake), "SAM_CHECKPOINT": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", "scripts/all.sh"], cwd=str(repo_root), env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    assert calls == ["p1_ssl_pretrain.py"] + ["p1_finetune.py"] * 5 + ["p1_tsne.py", "p2_unet.py", "p2_unet.py",
+                                                                         "p2_deeplab.py", "-m"]
+    lines = log.read_text().splitlines()
+    assert "--epochs" not in lines[0] and "--knn-val-csv" in lines[0]  # the recipe's defaults, with the probe
+    assert ["--setting {}".format(s) in lines[1 + i] for i, s in enumerate("ABCDE")] == [True] * 5
+    assert "epoch 100" in lines[6] and "--drop-skip 0 1 2 3" in lines[8] and "--snapshot-epochs 1 50 100" in lines[9]
+    assert "skipping SAM" in proc.stdout

@@ -1,6 +1,13 @@
-"""Datasets and image reading with one-line errors that name the file."""
+"""Datasets and image reading with one-line errors that name the file.
+
+Training datasets check every file before the first step (``verify=True``): each image (and mask) is decoded once,
+in threads, and a file that cannot be used is skipped with one warning line naming it, or is an error when
+``strict=True`` (the trainers' ``--strict``). Nothing fails hours into a run because of one bad file.
+"""
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -77,13 +84,55 @@ def check_pair_sizes(pairs: List[Tuple[Path, Path]]) -> None:
             raise ValueError("cannot read {} / {}: {}".format(image, mask, exc)) from exc
 
 
+def _problem(check: Callable[[], None]) -> Optional[str]:
+    """None when ``check()`` passes, else its one-line message (the file name is in it)."""
+    try:
+        check()
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _check_pair(image: Path, mask: Path) -> None:
+    img, lab = read_rgb(image), read_mask(mask)
+    if img.shape[:2] != lab.shape:
+        raise ValueError("mask {} is {}x{} but its image {} is {}x{}".format(
+            mask, lab.shape[1], lab.shape[0], image, img.shape[1], img.shape[0]))
+
+
+def verify_items(items: Sequence, check: Callable, what: str, strict: bool, workers: int = 8) -> List[int]:
+    """Decode every item once (``check(*item)`` or ``check(item)``) and return the indices of usable ones.
+
+    Unusable items are skipped with one warning line on stderr naming up to five of them, or raise a ValueError
+    naming them when ``strict``; when none is usable it is always an error.
+    """
+    def run(item):
+        return _problem(lambda: check(*item) if isinstance(item, tuple) else check(item))
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes without holding the GIL
+        problems = list(pool.map(run, items))
+    bad = [p for p in problems if p is not None]
+    if bad:
+        listing = "; ".join(bad[:5]) + (" (and {} more)".format(len(bad) - 5) if len(bad) > 5 else "")
+        if strict or len(bad) == len(items):
+            raise ValueError("{} of {} {} cannot be used: {}".format(len(bad), len(items), what, listing))
+        print("warning: skipping {} of {} {} that cannot be used (--strict makes this an error): {}".format(
+            len(bad), len(items), what, listing), file=sys.stderr)
+    return [i for i, p in enumerate(problems) if p is None]
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """p2 split of (xxxx_sat.jpg, xxxx_mask.png) pairs -> (uint8 image (3, H, W), int64 mask (H, W))."""
 
-    def __init__(self, folder: PathLike, transform: Optional[Callable] = None) -> None:
+    def __init__(self, folder: PathLike, transform: Optional[Callable] = None, verify: bool = True,
+                 strict: bool = False) -> None:
         self.folder = Path(folder)
         self.pairs = list_satellite_pairs(self.folder)
-        check_pair_sizes(self.pairs)
+        if verify:
+            keep = verify_items(self.pairs, _check_pair, "image/mask pairs in {}".format(self.folder), strict)
+            self.pairs = [self.pairs[i] for i in keep]
+        else:
+            check_pair_sizes(self.pairs)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -158,10 +207,13 @@ class UnlabeledImages(torch.utils.data.Dataset):
     """Every image of a folder (e.g. Mini-ImageNet ``mini/train``) -> ``transform(uint8 (3, H, W) tensor)``."""
 
     def __init__(self, folder: PathLike, transform: Optional[Callable] = None,
-                 max_images: Optional[int] = None) -> None:
+                 max_images: Optional[int] = None, verify: bool = True, strict: bool = False) -> None:
         self.files = list_images(folder)
         if max_images is not None:
             self.files = self.files[:max_images]
+        if verify:
+            keep = verify_items(self.files, read_rgb, "images in {}".format(folder), strict)
+            self.files = [self.files[i] for i in keep]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -181,11 +233,13 @@ class CsvRow(object):
         self.row, self.id, self.filename, self.label, self.line = row, id, filename, label, line
 
 
-def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[CsvRow]:
+def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error") -> List[CsvRow]:
     """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
 
     Labels 'None', 'nan', '-1' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
-    non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row.
+    non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row. A repeated
+    id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning on stderr
+    (``"warn"``: inference still answers every row).
     """
     import csv
 
@@ -220,6 +274,17 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None) -> List[Cs
             rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
     if not rows:
         raise ValueError("csv {} has a header but no rows".format(path))
+    for key in ("id", "filename"):
+        seen = {}  # type: dict
+        for r in rows:
+            value = getattr(r, key)
+            if value in seen:
+                message = "csv {} lines {} and {}: duplicate {} {!r}".format(path, seen[value], r.line, key, value)
+                if duplicates == "error":
+                    raise ValueError(message)
+                print("warning: " + message, file=sys.stderr)
+                break
+            seen[value] = r.line
     return rows
 
 
@@ -227,7 +292,8 @@ class CsvImages(torch.utils.data.Dataset):
     """Images listed in a csv -> (``transform(uint8 (3, H, W))``, label or -1)."""
 
     def __init__(self, csv_path: PathLike, image_dir: PathLike, transform: Optional[Callable] = None,
-                 num_classes: Optional[int] = None, require_labels: bool = True) -> None:
+                 num_classes: Optional[int] = None, require_labels: bool = True, verify: bool = True,
+                 strict: bool = False) -> None:
         self.rows = read_image_csv(csv_path, num_classes)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
@@ -241,6 +307,10 @@ class CsvImages(torch.utils.data.Dataset):
             if unlabeled:
                 raise ValueError("csv {} has rows without a label (lines {}); training and probing need "
                                  "labels".format(csv_path, unlabeled[:5]))
+        if verify:
+            keep = verify_items([self.image_dir / r.filename for r in self.rows], read_rgb,
+                                "images listed in {}".format(csv_path), strict)
+            self.rows = [self.rows[i] for i in keep]
         self.transform = transform
 
     def __len__(self) -> int:

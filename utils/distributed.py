@@ -84,17 +84,40 @@ def broadcast_object(obj: Optional[object], src: int = 0) -> Optional[object]:
     return holder[0]
 
 
-def train_sampler(dataset: torch.utils.data.Dataset, seed: int) -> torch.utils.data.Sampler:
+class ResumableSampler(torch.utils.data.Sampler):
+    """Wraps a shuffling sampler; ``skip`` indices are dropped at the start of the next pass only, so a run
+    stopped mid-epoch (SIGINT/SIGTERM) resumes with the batches it had not seen, in the same shuffled order."""
+
+    def __init__(self, inner: torch.utils.data.Sampler) -> None:
+        self.inner, self.skip = inner, 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        it = iter(self.inner)
+        for _ in range(skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def train_sampler(dataset: torch.utils.data.Dataset, seed: int) -> ResumableSampler:
     """Shuffling sampler: a DistributedSampler (equal shards, drop_last) under torchrun, else a seeded one."""
     if is_dist():
-        return torch.utils.data.distributed.DistributedSampler(dataset, seed=seed, drop_last=True)
-    return torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
+        return ResumableSampler(torch.utils.data.distributed.DistributedSampler(dataset, seed=seed, drop_last=True))
+    return ResumableSampler(torch.utils.data.RandomSampler(dataset, generator=torch.Generator()))
 
 
-def start_epoch(sampler: torch.utils.data.Sampler, seed: int, epoch: int) -> None:
+def start_epoch(sampler: torch.utils.data.Sampler, seed: int, epoch: int, skip_batches: int = 0,
+                batch_size: int = 1) -> None:
     """Re-seed torch and the sampler from (seed, epoch): a resumed run draws the same shuffles and
-    augmentations as the uninterrupted one would."""
+    augmentations as the uninterrupted one would. ``skip_batches`` (an epoch interrupted after that many steps)
+    drops the batches already trained on from this pass."""
     torch.manual_seed(seed * 1000 + epoch)
+    if isinstance(sampler, ResumableSampler):
+        sampler.skip = skip_batches * batch_size
+        sampler = sampler.inner
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     elif getattr(sampler, "generator", None) is not None:

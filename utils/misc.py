@@ -4,6 +4,8 @@ import contextlib
 import json
 import os
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
@@ -53,6 +55,9 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
                    help="also keep the full resumable state as checkpoint_epochNNN.pth every K epochs; 0 keeps only "
                         "the latest checkpoint.pth (default: %(default)s)")
     g.add_argument("--print-freq", type=int, default=20, help="steps between progress-bar loss updates")
+    g.add_argument("--strict", action="store_true",
+                   help="an unreadable image or mask found by the check before training is an error; by default "
+                        "it is skipped with a warning naming it")
 
 
 def progress(iterable: Any, **kwargs: Any) -> Any:
@@ -65,9 +70,22 @@ def progress(iterable: Any, **kwargs: Any) -> Any:
     return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)
 
 
+OOM_HINT = ("error: out of memory ({}).\nLower --batch-size (DINO's lr follows the total batch); for DINO also "
+            "--local-crops-number, --global-crop-size or --local-crop-size; for segmentation --crop-size and "
+            "--val-batch-size; for inference --batch-size. Host memory: lower --workers. The last checkpoint is kept: "
+            "run the same command again to resume.")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or CPU allocator) out-of-memory error."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+
+
 def run_cli(main: Any, parser: argparse.ArgumentParser) -> Any:
     """Parse flags and run ``main``; bad input (missing or corrupt files, wrong formats) ends with a one-line
-    'error: ...' naming the file and exit code 2 instead of a traceback."""
+    'error: ...' naming the file and exit code 2 instead of a traceback; out of memory ends with the flags to
+    lower and exit code 3."""
     import sys
 
     args = parser.parse_args()
@@ -76,11 +94,72 @@ def run_cli(main: Any, parser: argparse.ArgumentParser) -> Any:
     except (OSError, ValueError) as exc:  # missing/unreadable/corrupt files, wrong formats, permissions
         print("error: {}".format(exc), file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(OOM_HINT.format(str(exc).splitlines()[0][:200]), file=sys.stderr)
+        sys.exit(3)
     except SystemExit as exc:
         if isinstance(exc.code, str):  # raise SystemExit("error: ...") -> the same exit code 2
             print(exc.code, file=sys.stderr)
             sys.exit(2)
         raise
+
+
+class StopRequest(object):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's kill) during training: the loop finishes its step, the trainer
+    saves a resumable checkpoint and exits with 128 + the signal number. A second signal aborts at once.
+
+    ``requested(i)`` is what the training loop asks after step ``i``; under torchrun the ranks agree through an
+    all-reduce (every ``every`` steps, the loop's existing sync points) so that all of them stop at the same step.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.signum = None  # type: Optional[int]
+        self.every = max(1, int(every))
+        self._previous = {}  # type: Dict[int, Any]
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # second signal: stop now
+        self.signum = signum
+        print("\n{} received: finishing this step, saving a checkpoint, then stopping (send it again to abort)"
+              .format(signal.Signals(signum).name), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def requested(self, step_in_epoch: int, device: Optional[torch.device] = None) -> bool:
+        from utils import distributed as dist_utils
+
+        if not dist_utils.is_dist():
+            return self.signum is not None
+        if step_in_epoch % self.every:
+            return False
+        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=device)
+        dist_utils.all_reduce_sum(flag)
+        return bool(flag.item() > 0)
+
+    def exit(self, checkpoint: Union[str, Path], done: int, total: int) -> None:
+        """Leave with 128 + signal number after the checkpoint was saved (main process prints)."""
+        from utils import distributed as dist_utils
+
+        signum = self.signum if self.signum is not None else signal.SIGTERM
+        if dist_utils.is_main_process():
+            print("stopped after step {} of {} of this epoch; checkpoint saved to {}. Run the same command again to "
+                  "resume.".format(done, total, checkpoint), file=sys.stderr, flush=True)
+        dist_utils.cleanup()
+        sys.exit(128 + int(signum))
 
 
 def seed_everything(seed: int) -> None:

@@ -86,6 +86,43 @@ def _source_note(run_dirs: Sequence[Path]) -> str:
     return GENERATED_NOTE if generated else REAL_NOTE
 
 
+def p1_chance(run_dir: Path) -> Optional[float]:
+    """Accuracy of always answering the most frequent validation class (from the run's args.json)."""
+    from utils.datasets import read_image_csv
+
+    args = _read_json(Path(run_dir) / "args.json") or {}
+    csv = args.get("val_csv") or (Path(args["data_dir"]) / "val.csv" if args.get("data_dir") else None)
+    if csv is None or not Path(csv).is_file():
+        return None
+    labels = [r.label for r in read_image_csv(csv) if r.label is not None]
+    return max(labels.count(c) for c in set(labels)) / len(labels) if labels else None
+
+
+def p2_chance(run_dir: Path) -> Optional[float]:
+    """Best graded mIoU of a constant prediction (one class everywhere) on the run's validation masks."""
+    import torch
+
+    from utils.datasets import list_satellite_pairs
+    from utils.masks import NUM_CLASSES, read_mask
+    from utils.metrics import iou_from_confusion
+
+    args = _read_json(Path(run_dir) / "args.json") or {}
+    if not args.get("data_dir") or not (Path(args["data_dir"]) / "validation").is_dir():
+        return None
+    hist = torch.zeros(NUM_CLASSES, dtype=torch.int64)
+    for _, mask in list_satellite_pairs(Path(args["data_dir"]) / "validation"):
+        m = torch.from_numpy(read_mask(mask)).long().reshape(-1)
+        hist += torch.bincount(m[m < NUM_CLASSES], minlength=NUM_CLASSES)
+    best = 0.0
+    for c in range(NUM_EVAL_CLASSES):
+        mat = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        mat[:, c] = hist  # [label, pred]: every pixel predicted as c
+        miou = iou_from_confusion(mat)["miou"]
+        if not math.isnan(miou):
+            best = max(best, miou)
+    return best
+
+
 class _Figures:
     """Copies figures into REPORT_DIR/figures and returns their markdown links (relative to REPORT.md)."""
 
@@ -126,7 +163,9 @@ def _p1_section(runs: Path, figs: _Figures) -> List[str]:
     if not done:
         out += ["_not run (no p1_A ... p1_E results)_", ""]
     else:
-        out += [settings_table(load_results(done), _source_note(done)), ""]
+        chance = p1_chance(done[0])
+        out += [settings_table(load_results(done), _source_note(done)), "",
+                "Chance level (always the most frequent validation class): {}.".format(_fmt(chance)), ""]
         missing = [d.name for d in setting_dirs if d not in done]
         if missing:
             out += ["Not run yet: {}.".format(", ".join(missing)), ""]
@@ -182,7 +221,8 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
                 label += " (dropped: {})".format(", ".join(str(s) for s in skips))
             lines.append(_iou_row(label, results[k]))
         missing = [k for k in keys if results[k] is None]
-        lines += ["", "Per-class IoU at the best epoch; mIoU over the six classes as graded."
+        lines += ["", "Per-class IoU at the best epoch; mIoU over the six classes as graded. Chance level (the best "
+                  "constant prediction, graded the same way): {}.".format(_fmt(p2_chance(runs / present[0])))
                   + (" Not run yet: {}.".format(", ".join(missing)) if missing else ""),
                   _source_note([runs / k for k in present]), ""]
         return lines

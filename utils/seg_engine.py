@@ -19,8 +19,8 @@ from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.distributed import ShardSampler, unwrap
 from utils.masks import IGNORE_INDEX, NUM_CLASSES, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
-from utils.misc import (JsonlLogger, add_common_train_args, amp_dtype, autocast, make_grad_scaler, plot_curves,
-                        progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
+                        plot_curves, progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, predict_classes
 from utils.transforms import normalize, seg_train_transform
@@ -98,8 +98,10 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
 
 def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: Any, args: argparse.Namespace, device: torch.device, dtype: Optional[torch.dtype],
-                    epoch: int, step: int, total_steps: int, warmup_steps: int) -> Dict[str, float]:
-    """One pass over the training set; returns the mean loss and the step counter after it."""
+                    epoch: int, step: int, total_steps: int, warmup_steps: int,
+                    stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+    """One pass over the training set; returns the mean loss, the step counter after it, and whether a
+    SIGINT/SIGTERM ended it early (``interrupted``, after ``batches`` steps)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     count = 0
@@ -128,9 +130,13 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
         if i % args.print_freq == 0:  # the only host sync in the loop, at an interval
             bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr),
                             img_s="{:.1f}".format(count * args.batch_size / max(time.time() - t0, 1e-6)))
+        if stop is not None and stop.requested(i + 1, device):
+            break
+    interrupted = stop is not None and stop.signum is not None
     stats = torch.stack([loss_sum, torch.tensor(float(count), device=device)])
     dist_utils.all_reduce_sum(stats)
-    return {"train_loss": float(stats[0] / stats[1].clamp(min=1)), "step": step,
+    return {"train_loss": float(stats[0] / stats[1].clamp(min=1)), "step": step, "interrupted": interrupted,
+            "batches": count,
             "train_seconds": time.time() - t0, "lr": lr_at(max(step - 1, 0), total_steps, warmup_steps,
                                                              args.lr, args.schedule)}
 
@@ -261,7 +267,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(device, args.amp)
 
-    val_set = SegmentationDataset(Path(args.data_dir) / "validation")
+    val_set = SegmentationDataset(Path(args.data_dir) / "validation", strict=args.strict)
     val_loader = _loader(val_set, args.val_batch_size, ShardSampler(len(val_set), rank, world), args.workers,
                          device, persistent=not args.deterministic)
     if args.eval_only:
@@ -272,7 +278,8 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
         return metrics
 
     train_set = SegmentationDataset(Path(args.data_dir) / "train",
-                                    seg_train_transform(args.crop_size, args.min_scale, args.color_jitter))
+                                    seg_train_transform(args.crop_size, args.min_scale, args.color_jitter),
+                                    strict=args.strict)
     model = dist_utils.wrap_ddp(model, device)
     sampler = dist_utils.train_sampler(train_set, args.seed)
     drop_last = len(train_set) // world >= args.batch_size  # a batch of 1 breaks BatchNorm
@@ -287,7 +294,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
 
-    start_epoch, step, best_miou, best_iou, best_epoch = 0, 0, -1.0, None, 0
+    start_epoch, step, best_miou, best_iou, best_epoch, partial = 0, 0, -1.0, None, 0, 0
     logger = JsonlLogger(out / "log.jsonl", enabled=main_proc)
     if ckpt is not None:
         if "optimizer" in ckpt:
@@ -296,6 +303,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
             start_epoch, step = ckpt["epoch"], ckpt["step"]
             best_miou = ckpt.get("best_miou", -1.0)
             best_iou, best_epoch = ckpt.get("best_iou"), ckpt.get("best_epoch", 0)
+            partial = ckpt.get("partial_steps", 0)  # steps of epoch start_epoch + 1 done before a SIGINT/SIGTERM
         logger.truncate_after(start_epoch)
         if main_proc:
             print("resumed from {} at epoch {}".format(resume_path, start_epoch))
@@ -311,45 +319,59 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     metrics = {}  # type: Dict[str, Any]
     if ckpt is not None:  # a finished run that is resumed reports what it ended with
         metrics = {"val_miou": ckpt.get("val_miou"), "val_iou": ckpt.get("val_iou")}
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        dist_utils.start_epoch(sampler, args.seed, epoch)
-        train_stats = train_one_epoch(model, train_loader, optimizer, scaler, args, device, dtype, epoch,
-                                      step, total_steps, warmup_steps)
-        step = train_stats.pop("step")
-        if not math.isfinite(train_stats["train_loss"]):
-            raise SystemExit("error: the training loss became {} in epoch {}; the last good checkpoint {} is kept. "
-                             "Lower --lr, or try --no-amp".format(train_stats["train_loss"], epoch,
-                                                                   out / "checkpoint.pth"))
-        metrics = evaluate(model, val_loader, device, dtype, config)
-        metrics.update(train_stats)
-        metrics["epoch"] = epoch
-        is_best = metrics["val_miou"] > best_miou
-        best_miou = max(best_miou, metrics["val_miou"])
-        if is_best:
-            best_iou, best_epoch = metrics["val_iou"], epoch
-        metrics["best_miou"] = best_miou
-        if main_proc:
-            state = unwrap(model).state_dict()
-            weights = make_checkpoint(SEG_KIND, config, state, args, epoch=epoch, val_miou=metrics["val_miou"],
-                                      val_iou=metrics["val_iou"])
-            full = dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                        best_miou=best_miou, best_iou=best_iou, best_epoch=best_epoch)
-            save_atomic(full, out / "checkpoint.pth")
-            if args.save_every > 0 and epoch % args.save_every == 0:
-                save_atomic(full, out / "checkpoint_epoch{:03d}.pth".format(epoch))
+    stop = StopRequest(every=args.print_freq)
+    with stop:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
+            train_stats = train_one_epoch(model, train_loader, optimizer, scaler, args, device, dtype, epoch,
+                                          step, total_steps, warmup_steps, stop)
+            step = train_stats.pop("step")
+            if train_stats.pop("interrupted"):
+                done = partial + train_stats["batches"]
+                if main_proc:
+                    weights = make_checkpoint(SEG_KIND, config, unwrap(model).state_dict(), args, epoch=epoch - 1,
+                                              val_miou=metrics.get("val_miou"), val_iou=metrics.get("val_iou"))
+                    save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                     step=step, best_miou=best_miou, best_iou=best_iou, best_epoch=best_epoch,
+                                     partial_steps=done), out / "checkpoint.pth")
+                dist_utils.barrier()
+                stop.exit(out / "checkpoint.pth", done, steps_per_epoch)
+            partial = 0
+            if not math.isfinite(train_stats["train_loss"]):
+                raise SystemExit("error: the training loss became {} in epoch {}; the last good checkpoint {} is "
+                                 "kept. Lower --lr, or try --no-amp".format(train_stats["train_loss"], epoch,
+                                                                       out / "checkpoint.pth"))
+            metrics = evaluate(model, val_loader, device, dtype, config)
+            metrics.update(train_stats)
+            metrics["epoch"] = epoch
+            is_best = metrics["val_miou"] > best_miou
+            best_miou = max(best_miou, metrics["val_miou"])
             if is_best:
-                save_atomic(weights, out / "best.pth")
-            if epoch in args.snapshot_epochs:
-                _snapshot(unwrap(model), config, args, epoch, device, dtype, weights)
-            logger.log(metrics)
-            plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "val_miou", "lr"], out / "curves.png",
-                        title=config["arch"])
-            print("epoch {}/{}: train loss {:.4f}, val mIoU {:.4f} (best {:.4f})".format(
-                epoch, args.epochs, metrics["train_loss"], metrics["val_miou"], best_miou))
-        dist_utils.barrier()
+                best_iou, best_epoch = metrics["val_iou"], epoch
+            metrics["best_miou"] = best_miou
+            if main_proc:
+                state = unwrap(model).state_dict()
+                weights = make_checkpoint(SEG_KIND, config, state, args, epoch=epoch, val_miou=metrics["val_miou"],
+                                          val_iou=metrics["val_iou"])
+                full = dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
+                            best_miou=best_miou, best_iou=best_iou, best_epoch=best_epoch)
+                save_atomic(full, out / "checkpoint.pth")
+                if args.save_every > 0 and epoch % args.save_every == 0:
+                    save_atomic(full, out / "checkpoint_epoch{:03d}.pth".format(epoch))
+                if is_best:
+                    save_atomic(weights, out / "best.pth")
+                if epoch in args.snapshot_epochs:
+                    _snapshot(unwrap(model), config, args, epoch, device, dtype, weights)
+                logger.log(metrics)
+                plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "val_miou", "lr"], out / "curves.png",
+                            title=config["arch"])
+                print("epoch {}/{}: train loss {:.4f}, val mIoU {:.4f} (best {:.4f})".format(
+                    epoch, args.epochs, metrics["train_loss"], metrics["val_miou"], best_miou))
+            dist_utils.barrier()
 
     result = {"arch": config["arch"], "epochs": args.epochs, "best_miou": best_miou,
-              "best_iou": best_iou, "best_epoch": best_epoch, "last_miou": metrics.get("val_miou"), "last_iou": metrics.get("val_iou"), "seed": args.seed,
+              "best_iou": best_iou, "best_epoch": best_epoch, "last_miou": metrics.get("val_miou"),
+              "last_iou": metrics.get("val_iou"), "seed": args.seed,
               "model_config": plain(config)}
     if main_proc:
         with open(out / "results.json", "w") as f:

@@ -1,0 +1,138 @@
+"""The README stays true: every command in it is run by a test or by the demo, and its flags exist.
+
+Each command in a ```bash block, and each inline `python ...` / `bash ...` / `torchrun ...` / `pip ...`, must match
+one entry of COVERAGE, which names the file that runs it and a string that file must contain (a test function, the
+script call in demo.sh, the line in .ci/run). A new README command without an entry fails here. Commands that call
+one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or removed flag fails.
+"""
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTS = ("python ", "python3 ", "bash ", "torchrun ", "pip ", "NGPUS=", "for ")
+
+# (regex on the command, file that runs it, a string that file must contain)
+COVERAGE = [
+    (r"^bash demo\.sh$", "tests/test_demo.py", "def test_reduced_demo_writes_the_report"),
+    (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
+     "pip install -q -r requirements.txt -r requirements-dev.txt"),
+    (r"^python -m pytest -m slow$", ".ci/run", "pytest -q -m slow"),
+    (r"^pip install -r requirements-sam\.txt$", "requirements-dev.txt", "-r requirements-sam.txt"),  # CI installs it
+    (r"^(NGPUS=\d+ )?bash scripts/(p1_dino|p1_settings|p1_tsne|p2_unet|p2_deeplab|report)\.sh( --epochs \d+)?$",
+     "tests/test_scripts.py", "def pipeline"),
+    (r"^bash scripts/p2_sam\.sh$", "tests/test_scripts.py", "def test_sam_script"),
+    (r"^bash scripts/all\.sh$", "tests/test_scripts.py", "def test_all_sh_runs_every_step_in_order"),
+    (r"^python -m utils\.metrics -g \S+ -p \S+$", "demo.sh", "-m utils.metrics -g"),
+    (r"^python p1_ssl_pretrain\.py --data-dir .* --knn-train-csv", "tests/test_scripts.py", "\"p1_dino.sh\""),
+    (r"^torchrun (--nproc_per_node=\d+|--nnodes=\d+ .*) p1_ssl_pretrain\.py", "tests/test_p1_dino_run.py",
+     "--rdzv_backend=c10d"),
+    (r"^python p1_ssl_pretrain\.py --output-dir \S+ --export-only$", "tests/test_p1_dino_run.py", "--export-only"),
+    (r"^for s in A B C D E; do python p1_finetune\.py --setting \$s", "demo.sh", "for s in A B C D E"),
+    (r"^python p1_finetune\.py --setting A --data-dir toy/p1_data/office --train-csv", "demo.sh",
+     "standin_mini_labels.csv"),
+    (r"^python -m utils\.report( runs| RUNS \[-o REPORT_DIR\] \[--note TEXT\])?$", "demo.sh", "-m utils.report \"$out/runs\""),
+    (r"^python -m utils\.report grade-p1 ", "demo.sh", "utils.report grade-p1"),
+    (r"^python p1_tsne\.py ", "tests/test_p1_tsne.py", "def test_random_vs_trained_outputs_and_separability"),
+    (r"^python p1_inference\.py ", "tests/test_p1_inference.py", "def test_accuracy_equals_an_independent"),
+    (r"^bash hw1_1\.sh ", "tests/test_p1_inference.py", "def test_hw1_1_unlabeled_shuffled_csv"),
+    (r"^python p2_unet\.py +--data-dir", "tests/test_p2_train.py", "def test_snapshots_grid_and_ablation"),
+    (r"^python p2_deeplab\.py --data-dir", "tests/test_p2_train.py", "def test_deeplab_trains_two_epochs"),
+    (r"^torchrun --nproc_per_node=\d+ p2_deeplab\.py", "tests/test_p2_ddp.py", "torch.distributed.run"),
+    (r"^python p2_inference\.py ", "tests/test_p2_inference.py", "def test_mixed_sizes_modes_and_a_corrupt_file"),
+    (r"^bash hw1_2\.sh ", "tests/test_p2_inference.py", "def test_hw1_2_masks_score_as_the_trainer_reports"),
+    (r"^python p2_sam\.py ", "tests/test_sam.py", "def test_cli_real_vit_b_random_init"),
+    (r"^bash hw1_download\.sh( --data)?$", "tests/test_download.py", "def test_download_script_end_to_end"),
+    (r"^python -m utils\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
+    (r"^python \S+\.py --help$", "tests/test_readme.py", "def test_every_script_explains_its_flags"),
+]
+
+SCRIPTS = ["p1_ssl_pretrain.py", "p1_finetune.py", "p1_tsne.py", "p1_inference.py", "p2_unet.py", "p2_deeplab.py",
+           "p2_inference.py", "p2_sam.py"]
+
+
+def readme_commands(text: str):
+    """Commands of the ```bash blocks (continuations joined, comments dropped) and inline command spans."""
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)
+        for line in block.splitlines():
+            line = " ".join(re.sub(r"\s+#\s.*$", "", line).split())
+            if line:
+                cmds.append(line)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        if span.startswith(STARTS):
+            cmds.append(span)
+    return cmds
+
+
+def _parser_args(command: str):
+    """(script module, argv) for a command that runs one of our Python scripts, else None."""
+    m = re.match(r"^for s in (\S+) .*?; do (.*); done$", command)
+    if m:
+        command = m.group(2).replace("$s", m.group(1))
+    command = re.sub(r"\[([^\]]*)\]", r"\1", command)  # "[--tta]": optional flags are still flags
+    tokens = shlex.split(command)
+    if tokens[0] not in ("python", "python3", sys.executable) or len(tokens) < 2 or not tokens[1].endswith(".py"):
+        return None
+    if tokens[1] not in SCRIPTS:
+        return None
+    return tokens[1][:-3], [t for t in tokens[2:] if t != "--help"]
+
+
+def test_readme_lists_commands():
+    cmds = readme_commands((ROOT / "README.md").read_text())
+    assert len(cmds) >= 30  # the extractor still finds the README's commands
+    assert "bash demo.sh" in cmds
+
+
+def test_every_readme_command_is_run_by_a_test_or_the_demo():
+    cmds = readme_commands((ROOT / "README.md").read_text())
+    uncovered = [c for c in cmds if not any(re.search(p, c) for p, _, _ in COVERAGE)]
+    assert not uncovered, "README commands that no test or the demo runs (add them to COVERAGE): {}".format(
+        uncovered)
+
+
+@pytest.mark.parametrize("pattern, where, needle", COVERAGE)
+def test_coverage_evidence_exists(pattern, where, needle):
+    path = ROOT / where
+    assert path.is_file(), where
+    assert needle in path.read_text(), "{} does not contain {!r}".format(where, needle)
+
+
+def test_readme_flags_parse_with_each_scripts_parser():
+    checked = 0
+    for command in readme_commands((ROOT / "README.md").read_text()):
+        if command.startswith("torchrun"):
+            tokens = shlex.split(command)
+            i = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
+            command = "python " + " ".join(shlex.quote(t) for t in tokens[i:])
+        parsed = _parser_args(command)
+        if parsed is None:
+            continue
+        module, argv = parsed
+        parser = importlib.import_module(module).get_args_parser()
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail("README command does not parse: {}".format(command))
+        checked += 1
+    assert checked >= 15
+
+
+def test_every_script_explains_its_flags():
+    for script in SCRIPTS:
+        proc = subprocess.run([sys.executable, script, "--help"], cwd=str(ROOT), capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, script + proc.stderr
+        parser = importlib.import_module(script[:-3]).get_args_parser()
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, "{}: {} has no help".format(script, action.option_strings)

@@ -1,0 +1,331 @@
+"""Reliability: bad input found before training, signals, kills, out of memory, output safety, determinism, and
+bounded memory at inference. (Checkpoint safety -- atomic writes, crafted pickles, truncated files, wrong kinds --
+is tested in test_checkpoint.py; image modes and corrupt files in test_datasets.py.)"""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.checkpoint import load_checkpoint, load_safe
+from utils.datasets import CsvImages, SegmentationDataset, UnlabeledImages, read_image_csv
+from utils.toydata import make_p1_data, make_p2_data
+
+ROOT = Path(__file__).resolve().parents[1]
+UNET = ["--base-width", "8", "--depth", "2", "--crop-size", "64", "--batch-size", "2", "--workers", "0",
+        "--lr", "3e-3"]
+
+
+def _env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1", **extra)
+
+
+def _copy_split(src: Path, dst: Path) -> Path:
+    shutil.copytree(str(src), str(dst))
+    return dst
+
+
+# ---------------------------------------------------------------- bad input, found before the first step
+
+def _spoil(folder: Path):
+    """Three kinds of unusable images in a p2 split: truncated JPEG, zero bytes, text named .jpg."""
+    (folder / "0000_sat.jpg").write_bytes((folder / "0000_sat.jpg").read_bytes()[:200])
+    (folder / "0001_sat.jpg").write_bytes(b"")
+    (folder / "0002_sat.jpg").write_text("not an image")
+    return ["0000_sat.jpg", "0001_sat.jpg", "0002_sat.jpg"]
+
+
+def test_unusable_images_are_skipped_with_a_warning_or_refused_under_strict(toy_p2, tmp_path, capsys):
+    train = _copy_split(toy_p2 / "train", tmp_path / "train")
+    bad = _spoil(train)
+    ds = SegmentationDataset(train)
+    assert len(ds) == 24 - 3 and all(p[0].name not in bad for p in ds.pairs)
+    err = capsys.readouterr().err
+    assert "skipping 3 of 24" in err and all(name in err for name in bad)
+    with pytest.raises(ValueError, match="3 of 24 image/mask pairs") as info:
+        SegmentationDataset(train, strict=True)
+    assert all(name in str(info.value) for name in bad)
+
+
+def test_mask_problems_are_named(toy_p2, tmp_path, capsys):
+    train = _copy_split(toy_p2 / "train", tmp_path / "train")
+    Image.new("RGB", (10, 10)).save(str(train / "0003_mask.png"))  # wrong size
+    (train / "0004_mask.png").write_bytes(b"\x89PNG broken")
+    # anti-aliased, off-palette colours decode by the grader's threshold rule: no problem
+    mask = np.asarray(Image.open(str(train / "0005_mask.png")).convert("RGB")).copy()
+    mask[:4] = (200, 30, 220)  # -> purple (rangeland)
+    Image.fromarray(mask).save(str(train / "0005_mask.png"))
+    with pytest.raises(ValueError) as info:
+        SegmentationDataset(train, strict=True)
+    message = str(info.value)
+    assert "2 of 24" in message and "0003_mask.png is 10x10" in message and "0004_mask.png" in message
+    ds = SegmentationDataset(train)
+    assert len(ds) == 22
+    index = [p[0].name for p in ds.pairs].index("0005_sat.jpg")
+    assert (ds[index][1][:4] == 2).all()
+
+
+def test_trainer_with_strict_stops_before_training_and_names_the_file(toy_p2, tmp_path):
+    data = tmp_path / "p2"
+    _copy_split(toy_p2 / "train", data / "train")
+    _copy_split(toy_p2 / "validation", data / "validation")
+    (data / "train" / "0007_sat.jpg").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "p2_unet.py", "--data-dir", str(data), "--output-dir",
+                           str(tmp_path / "run"), "--epochs", "1", "--strict"] + UNET,
+                          cwd=str(ROOT), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: 1 of 24 image/mask pairs") and "0007_sat.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_unlabeled_and_csv_datasets_check_their_images(tmp_path, capsys):
+    root = make_p1_data(tmp_path, mini_size=32, num_classes=2, mini_per_class=3, office_train_per_class=2,
+                        office_val_per_class=1)
+    (root / "mini" / "train" / "00001.jpg").write_bytes(b"GIF89a")
+    assert len(UnlabeledImages(root / "mini" / "train")) == 5
+    assert "00001.jpg" in capsys.readouterr().err
+    (root / "office" / "train" / "1_0.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="1_0.jpg"):
+        CsvImages(root / "office" / "train.csv", root / "office" / "train", strict=True)
+    # grayscale, CMYK, RGBA and 16-bit images are usable, not errors
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.new("L", (20, 20), 90).save(str(folder / "a.png"))
+    Image.new("CMYK", (20, 20), (10, 20, 30, 0)).save(str(folder / "b.jpg"))
+    Image.new("RGBA", (20, 20), (1, 2, 3, 128)).save(str(folder / "c.png"))
+    Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(str(folder / "d.png"))
+    ds = UnlabeledImages(folder, strict=True)
+    assert len(ds) == 4 and all(ds[i].shape == (3, 20, 20) for i in range(4))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("\ufeffid,filename,label,extra\n0,a.jpg,3,x\n1,b.jpg,None,y\n", None),  # BOM, extra column, None label
+    ("id,filename,label\n0,a.jpg,1\n0,b.jpg,2\n", "lines 2 and 3: duplicate id '0'"),
+    ("id,filename,label\n0,a.jpg,1\n1,a.jpg,2\n", "lines 2 and 3: duplicate filename 'a.jpg'"),
+    ("id,filename,label\n0,a.jpg,65\n", "line 2: label 65 outside 0..64"),
+    ("id,filename,label\n0,a.jpg,-3\n", "line 2: label -3 outside 0..64"),
+])
+def test_csv_rows(tmp_path, content, message):
+    path = tmp_path / "x.csv"
+    path.write_bytes(content.encode("utf-8"))
+    if message is None:
+        rows = read_image_csv(path, num_classes=65)
+        assert [(r.id, r.filename, r.label) for r in rows] == [("0", "a.jpg", 3), ("1", "b.jpg", None)]
+    else:
+        with pytest.raises(ValueError, match=message):
+            read_image_csv(path, num_classes=65)
+
+
+def test_duplicate_ids_only_warn_at_inference(tmp_path, capsys):
+    path = tmp_path / "x.csv"
+    path.write_text("id,filename,label\n0,a.jpg,\n0,b.jpg,\n")
+    assert len(read_image_csv(path, duplicates="warn")) == 2
+    assert "warning: csv {} lines 2 and 3: duplicate id '0'".format(path) in capsys.readouterr().err
+
+
+def test_missing_csv_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="csv not found: .*nope.csv"):
+        read_image_csv(tmp_path / "nope.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*_sat.jpg images in .*empty"):
+        SegmentationDataset(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no .jpg/.png images in .*empty"):
+        UnlabeledImages(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- signals and kills
+
+def _start(args, out_marker="epoch 1/"):
+    """Start a trainer; return the process once its output shows ``out_marker`` (training is under way)."""
+    proc = subprocess.Popen([sys.executable] + args, cwd=str(ROOT), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if out_marker in line:
+            return proc, seen
+    proc.wait()
+    raise AssertionError("never saw {!r}: {}\n{}".format(out_marker, "".join(seen), proc.stderr.read()))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_exits_cleanly_and_resumes(toy_p2, tmp_path, sig):
+    out = tmp_path / "run"
+    args = ["p2_unet.py", "--data-dir", str(toy_p2), "--output-dir", str(out), "--epochs", "6"] + UNET
+    proc, _ = _start(args)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(sig), stderr
+    assert "{} received".format(sig.name) in stderr and "Run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    ckpt = load_checkpoint(out / "checkpoint.pth", "p2_segmentation")
+    assert ckpt["partial_steps"] >= 1 and ckpt["epoch"] >= 1
+    interrupted_epoch, done = ckpt["epoch"] + 1, ckpt["partial_steps"]
+    steps_per_epoch = 24 // 2
+    assert ckpt["step"] == ckpt["epoch"] * steps_per_epoch + done  # saved after a whole step
+    # resume: the rest of the interrupted epoch, then the remaining epochs; every epoch logged once
+    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[interrupted_epoch - 1]["batches"] == steps_per_epoch - done
+    final = load_checkpoint(out / "checkpoint.pth", "p2_segmentation")
+    assert final["step"] == 6 * steps_per_epoch and "partial_steps" not in final
+
+
+def test_dino_sigterm_saves_and_resumes(tmp_path):
+    root = make_p1_data(tmp_path, mini_size=32, num_classes=2, mini_per_class=16, office_train_per_class=1,
+                        office_val_per_class=1)
+    out = tmp_path / "dino"
+    args = ["p1_ssl_pretrain.py", "--data-dir", str(root / "mini" / "train"), "--output-dir", str(out),
+            "--epochs", "8", "--batch-size", "2", "--workers", "0", "--arch", "resnet18", "--out-dim", "32",
+            "--hidden-dim", "32", "--bottleneck-dim", "16", "--global-crop-size", "32", "--local-crop-size", "16",
+            "--local-crops-number", "1", "--warmup-epochs", "1", "--print-freq", "1"]
+    proc, _ = _start(args)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(signal.SIGTERM), stderr
+    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
+    assert ckpt["partial_steps"] >= 1 and ckpt["step"] == ckpt["epoch"] * 16 + ckpt["partial_steps"]
+    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    assert load_checkpoint(out / "checkpoint.pth", "p1_dino")["step"] == 8 * 16
+    assert (out / "backbone.pth").is_file()
+
+
+def _final_state(out: Path):
+    ckpt = load_safe(out / "checkpoint.pth")
+    return ckpt["model"], json.loads((out / "results.json").read_text())
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(toy_p2, tmp_path):
+    base = ["p2_unet.py", "--data-dir", str(toy_p2), "--epochs", "4", "--deterministic", "--seed", "3"] + UNET
+    subprocess.run([sys.executable] + base + ["--output-dir", str(tmp_path / "full")], cwd=str(ROOT), env=_env(),
+                   check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc, _ = _start(base + ["--output-dir", str(killed)], out_marker="epoch 2/")
+    proc.send_signal(signal.SIGKILL)  # no handler runs: whatever was last written atomically must be whole
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed / "checkpoint.pth", "p2_segmentation")["epoch"] >= 2
+    subprocess.run([sys.executable] + base + ["--output-dir", str(killed)], cwd=str(ROOT), env=_env(), check=True,
+                   capture_output=True, timeout=600)
+    (w_full, r_full), (w_killed, r_killed) = _final_state(tmp_path / "full"), _final_state(killed)
+    assert all(torch.equal(w_full[k], w_killed[k]) for k in w_full)
+    assert r_full["best_miou"] == r_killed["best_miou"] and r_full["last_iou"] == r_killed["last_iou"]
+
+
+def test_out_of_memory_names_the_flags_to_lower(monkeypatch, capsys):
+    import argparse
+
+    from utils.misc import run_cli
+
+    def main(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, argparse.ArgumentParser())
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert "--batch-size" in err and "--local-crops-number" in err and "--crop-size" in err
+    # other runtime errors are not disguised as out-of-memory
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_cli(lambda a: (_ for _ in ()).throw(RuntimeError("shape mismatch")), argparse.ArgumentParser())
+
+
+# ---------------------------------------------------------------- output safety and determinism
+
+def test_inference_refuses_to_write_into_its_inputs(toy_p2, tmp_path):
+    val = _copy_split(toy_p2 / "validation", tmp_path / "val")
+    before = {p.name: p.read_bytes() for p in val.iterdir()}
+    proc = subprocess.run([sys.executable, "p2_inference.py", "--input-dir", str(val), "--output-dir", str(val),
+                           "--checkpoint", str(tmp_path / "unused.pth")], cwd=str(ROOT), env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert {p.name: p.read_bytes() for p in val.iterdir()} == before  # the ground-truth masks are untouched
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,filename,label\n0,a.jpg,\n")
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(str(tmp_path / "imgs" / "a.jpg"))
+    proc = subprocess.run([sys.executable, "p1_inference.py", "--csv", str(csv), "--image-dir", str(tmp_path / "imgs"),
+                           "--output", str(csv), "--checkpoint", str(tmp_path / "unused.pth")], cwd=str(ROOT),
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is the input csv" in proc.stderr
+    assert csv.read_text() == "id,filename,label\n0,a.jpg,\n"
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("p2_unet.py", ["--epochs", "2"] + UNET),
+    ("p1_ssl_pretrain.py", ["--epochs", "2", "--batch-size", "4", "--workers", "0", "--arch", "resnet18",
+                            "--out-dim", "32", "--hidden-dim", "32", "--bottleneck-dim", "16",
+                            "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "2"]),
+])
+def test_deterministic_runs_are_bit_identical(toy_p2, tmp_path, script, extra):
+    if script == "p1_ssl_pretrain.py":
+        data = make_p1_data(tmp_path / "d", mini_size=32, num_classes=2, mini_per_class=8,
+                            office_train_per_class=1, office_val_per_class=1) / "mini" / "train"
+    else:
+        data = toy_p2
+    states = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, script, "--data-dir", str(data), "--output-dir", str(tmp_path / name),
+                        "--seed", "5", "--deterministic"] + extra, cwd=str(ROOT), env=_env(), check=True,
+                       capture_output=True, timeout=600)
+        states.append(load_safe(tmp_path / name / "checkpoint.pth"))
+    a, b = states
+    key = "model" if "model" in a else "student"
+    assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    if key == "student":
+        assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
+        assert torch.equal(a["center"], b["center"])
+
+
+# ---------------------------------------------------------------- bounded memory at inference
+
+def _peak_rss_mb(cmd) -> float:
+    """Peak RSS of one child process, measured by a wrapper that reports its own child's ru_maxrss."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code] + cmd, cwd=str(ROOT), env=_env(), capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def test_p2_inference_memory_does_not_grow_with_the_number_of_images(toy_p2, tmp_path):
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_seg_model
+    from utils.predict import SEG_KIND
+
+    config = {"arch": "unet", "num_classes": 7, "base_width": 8, "depth": 2, "drop_skip": [], "bilinear": False}
+    ckpt = tmp_path / "unet.pth"
+    save_atomic(make_checkpoint(SEG_KIND, config, build_seg_model(config).state_dict(), None), ckpt)
+    sat = Image.open(str(toy_p2 / "validation" / "0000_sat.jpg")).resize((128, 128))
+    for n in (100, 1000):
+        folder = tmp_path / "in{}".format(n)
+        folder.mkdir()
+        for i in range(n):
+            sat.save(str(folder / "{:04d}_sat.jpg".format(i)))
+    rss = {}
+    for n in (100, 1000):
+        out = tmp_path / "out{}".format(n)
+        rss[n] = _peak_rss_mb([sys.executable, "p2_inference.py", "--input-dir", str(tmp_path / "in{}".format(n)),
+                               "--output-dir", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
+                               "--workers", "0"])
+        assert len(list(out.glob("*_mask.png"))) == n and len(list(out.iterdir())) == n
+    # 900 more 128x128 images would hold ~900 x (49 KB image + 16 KB mask + logits) ~ 100+ MB if kept
+    assert rss[1000] - rss[100] < 40, rss
