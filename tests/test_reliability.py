@@ -329,3 +329,30 @@ def test_p2_inference_memory_does_not_grow_with_the_number_of_images(toy_p2, tmp
         assert len(list(out.glob("*_mask.png"))) == n and len(list(out.iterdir())) == n
     # 900 more 128x128 images would hold ~900 x (49 KB image + 16 KB mask + logits) ~ 100+ MB if kept
     assert rss[1000] - rss[100] < 40, rss
+
+
+def test_p1_inference_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_classifier
+
+    config = {"arch": "resnet18", "num_classes": 65, "hidden_dim": 16, "dropout": 0.0}
+    ckpt = tmp_path / "p1.pth"
+    save_atomic(make_checkpoint("p1_classifier", config, build_classifier(config).state_dict(), None,
+                                image_size=32), ckpt)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(str(images / "0.jpg"))
+    data = (images / "0.jpg").read_bytes()
+    for i in range(1, 1000):  # 1,000 decoded 256 px images would hold ~200 MB if kept
+        (images / "{}.jpg".format(i)).write_bytes(data)
+    rss = {}
+    for n in (100, 1000):
+        csv = tmp_path / "in{}.csv".format(n)
+        csv.write_text("id,filename,label\n" + "".join("{},{}.jpg,\n".format(i, i) for i in range(n)))
+        out = tmp_path / "out{}.csv".format(n)
+        rss[n] = _peak_rss_mb([sys.executable, "p1_inference.py", "--csv", str(csv), "--image-dir", str(images),
+                               "--output", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
+                               "--workers", "0"])
+        assert len(out.read_text().splitlines()) == n + 1
+    assert rss[1000] - rss[100] < 40, rss
