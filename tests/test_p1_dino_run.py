@@ -112,3 +112,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_p1, tmp_pa
     assert kept["epoch"] == good["epoch"] == 1
     for key in good["teacher"]:
         assert torch.equal(kept["teacher"][key], good["teacher"][key])
+
+
+# The DINO sanity set and a short CPU recipe on which the teacher's k-NN rises (acceptance of the DINO issue).
+# Measured with this exact command (resnet18, 32/16 px crops, 8 epochs = 128 steps, ~2 min on 2 cores), k-NN of
+# the teacher backbone on 210 probe images of 7 shapes (chance 0.14), random init -> after training:
+#   seed 0: 0.600 -> 0.648; seed 1: 0.590 -> 0.667; seed 2: 0.524 -> 0.652 (epoch 4: 0.652, 0.667, 0.662).
+# The report's recipe (tau_t 0.04, 2 local crops of 4 here, out_dim 4096) needs far more steps than a test has;
+# at this scale a sharper teacher (tau_t 0.01) keeps the teacher from drifting to uniform outputs early.
+SANITY = ["--epochs", "8", "--batch-size", "32", "--workers", "0", "--arch", "resnet18", "--hidden-dim", "256",
+          "--bottleneck-dim", "64", "--global-crop-size", "32", "--local-crop-size", "16", "--warmup-epochs", "2",
+          "--knn-size", "32", "--num-classes", "7", "--knn-every", "4", "--save-every", "0", "--lr", "0.05",
+          "--momentum-teacher", "0.99", "--out-dim", "256", "--use-bn-in-head", "--local-crops-number", "4",
+          "--warmup-teacher-temp", "0.01", "--teacher-temp", "0.01", "--seed", "1"]
+
+
+@pytest.mark.slow
+def test_short_run_raises_teacher_knn_above_random_init(tmp_path):
+    from utils.misc import read_jsonl
+    from utils.toydata import make_p1_sanity_data
+
+    root = make_p1_sanity_data(tmp_path / "data")  # 512 unlabeled + 7 x (30 + 30) labeled, 32 px
+    out = tmp_path / "run"
+    result = dino.cli(["--data-dir", str(root / "mini" / "train"), "--output-dir", str(out),
+                       "--knn-train-csv", str(root / "office" / "train.csv"),
+                       "--knn-val-csv", str(root / "office" / "val.csv")] + SANITY)
+    knn = {r["epoch"]: r["knn_acc"] for r in read_jsonl(out / "log.jsonl") if "knn_acc" in r}
+    assert sorted(knn) == [0, 4, 8]
+    # measured for this seed: 0.590 -> 0.667 (one thread), 0.590 -> 0.662 (two threads; 0.619 at epoch 4)
+    assert result["initial_knn_acc"] == knn[0] and result["final_knn_acc"] == knn[8]
+    assert knn[8] >= knn[0] + 0.04, knn

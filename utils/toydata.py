@@ -425,6 +425,55 @@ def p1_mini_classes(num_classes: int, per_class: int, seed: int) -> np.ndarray:
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
 
+def p1_sanity_image(latent_class: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image of the DINO sanity set: one upright light-grey shape on a dark-grey ground.
+
+    Only the shape (``P1_SHAPES[latent_class]``) and its place and size vary; colours, brightness and
+    orientation are the same in every image. So the one thing two random crops of an image share, once DINO's
+    augmentations have acted, is their shape: what a working DINO must learn, and what random features only
+    partly see. (The main toy set ties classes to colour, which DINO's colour augmentations teach it to ignore.)
+    """
+    if min(size, size) < MIN_SIZE:
+        raise ValueError("image side must be at least {} px, got {}".format(MIN_SIZE, size))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    radius = rng.uniform(0.2, 0.42) * size
+    cy, cx = size / 2.0 + rng.uniform(-0.15 * size, 0.15 * size, 2)
+    u, v = (xx - cx) / radius, (yy - cy) / radius
+    alpha = np.clip(_shape_score(P1_SHAPES[latent_class % len(P1_SHAPES)], u, v) * radius + 0.5,
+                    0.0, 1.0)
+    image = 0.1 * 255.0 + alpha * (0.8 * 255.0) + rng.normal(0.0, 4.0, (3, size, size))
+    return np.ascontiguousarray(np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0))
+
+
+def make_p1_sanity_data(out_dir: PathLike, size: int = 32, num_classes: int = 7, num_unlabeled: int = 512,
+                        train_per_class: int = 30, val_per_class: int = 30, seed: int = 0) -> Path:
+    """Write the DINO sanity set in the problem-1 layout: OUT/p1_data/mini/train (unlabeled, the shapes in
+    turn) and OUT/p1_data/office/{train,val} + csv (the labeled k-NN probe). Returns the p1_data path."""
+    if not 1 <= num_classes <= len(P1_SHAPES):
+        raise ValueError("num_classes must be in 1..{}, got {}".format(len(P1_SHAPES), num_classes))
+    out_dir = Path(out_dir)
+    _mark_generated(out_dir)
+    root = out_dir / "p1_data"
+    mini = root / "mini" / "train"
+    mini.mkdir(parents=True, exist_ok=True)
+    _clear_matching(mini, r"\d{5,}\.jpg")
+    rng = np.random.default_rng([seed, P1_PART_ID, 7])
+    for i in range(num_unlabeled):
+        _save_jpeg(p1_sanity_image(i % num_classes, rng, size), mini / "{:05d}.jpg".format(i))
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        folder = root / "office" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        _clear_matching(folder, r"\d+_\d+\.jpg")
+        lines = [CSV_HEADER]
+        for label in range(num_classes):
+            for k in range(per_class):
+                name = "{}_{}.jpg".format(label, k)
+                _save_jpeg(p1_sanity_image(label, rng, size), folder / name)
+                lines.append("{},{},{}".format(len(lines) - 1, name, label))
+        (root / "office" / "{}.csv".format(split)).write_text("\n".join(lines) + "\n")
+    return root
+
+
 def _mark_generated(out_dir: Path) -> None:
     """Leave a note in the output root (beside p1_data/ and p2_data/) that its data are generated."""
     out_dir.mkdir(parents=True, exist_ok=True)
