@@ -387,3 +387,21 @@ def test_cli_rejects_bad_p1_arguments(tmp_path: Path, flag: List[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path), "--parts", "p1"] + flag)
     assert exc.value.code == 2
+
+
+def test_p1_sanity_set_layout_and_that_only_shape_varies(tmp_path):
+    from utils.toydata import make_p1_sanity_data, p1_sanity_image
+
+    root = make_p1_sanity_data(tmp_path, size=24, num_classes=3, num_unlabeled=6, train_per_class=2,
+                               val_per_class=1)
+    assert len(list((root / "mini" / "train").glob("*.jpg"))) == 6
+    rows = (root / "office" / "val.csv").read_text().splitlines()
+    assert rows == ["id,filename,label", "0,0_0.jpg,0", "1,1_0.jpg,1", "2,2_0.jpg,2"]
+    assert is_generated(root / "office" / "val.csv")
+    rng = np.random.default_rng(0)
+    images = [p1_sanity_image(c % 7, rng, 32).astype(float) for c in range(14)]
+    for im in images:  # two grey levels (plus noise): dark ground, light shape, no colour
+        assert np.abs(im - im.mean(axis=2, keepdims=True)).mean() < 6
+        assert np.percentile(im, 5) < 50 and np.percentile(im, 95) > 200
+    with pytest.raises(ValueError, match="num_classes"):
+        make_p1_sanity_data(tmp_path, num_classes=8)
