@@ -40,7 +40,7 @@ from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomi
 from utils.classify import CLASSIFIER_KIND
 from utils.datasets import CsvImages
 from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+                        maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
                         weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, load_backbone_weights, load_resnet_state_dict
 from utils.distributed import ShardSampler, unwrap
@@ -270,6 +270,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     model = dist_utils.wrap_ddp(model, device)
     plain_model = unwrap(model)
+    train_model = maybe_compile(model, args.compile)  # shares parameters; evaluation and checkpoints use model
     sampler = dist_utils.train_sampler(train_set, args.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=0 if use_cache else args.workers, drop_last=True,
@@ -314,7 +315,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
             t0 = time.time()
-            stats = train_one_epoch(model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
+            stats = train_one_epoch(train_model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
                                     warmup_steps, setting["frozen"], features=use_cache, stop=stop)
             step = stats.pop("step")
             if stats.pop("interrupted"):

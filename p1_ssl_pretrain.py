@@ -35,7 +35,7 @@ from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomi
 from utils.datasets import CsvImages, UnlabeledImages
 from utils.knn import extract_features, knn_accuracy
 from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
+                        maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
                         weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_resnet_backbone
 from utils.multicrop import MultiCropAugmentation
@@ -295,7 +295,7 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
     """One DINO epoch (0-based ``epoch``); returns averaged loss and collapse signals, and the new step; a
     SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     student.train()
-    plain_student = student.module if hasattr(student, "module") else student
+    plain_student = dist_utils.unwrap(student)
     sums = torch.zeros(4, device=device)  # loss, teacher entropy, KL, embedding std
     count = 0
     warmup_steps = args.warmup_epochs * len(loader)
@@ -430,6 +430,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if distributed:  # SyncBatchNorm was applied above, to the teacher as well
         student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
+    train_student = maybe_compile(student, args.compile)  # shares parameters with student / plain_student
     sampler = dist_utils.train_sampler(dataset, args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -482,7 +483,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     with stop:
         for epoch in range(start_epoch, args.epochs):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
-            stats = train_one_epoch(student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype,
+            stats = train_one_epoch(train_student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype,
                                     epoch, step, total_steps, lr_peak, stop)
             step = stats.pop("step")
             if stats.pop("interrupted") and math.isfinite(stats["loss"]):

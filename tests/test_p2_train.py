@@ -112,3 +112,24 @@ def test_lr_schedule_points():
     assert lr_at(55, 100, 10, 1.0, "cosine") == pytest.approx(0.5)
     assert lr_at(55, 100, 10, 1.0, "poly") == pytest.approx(0.5 ** 0.9)
     assert lr_at(100, 100, 10, 1.0, "poly") == pytest.approx(0.0)
+
+
+def test_compile_flag_trains_through_the_compiled_module(toy_p2, tmp_path, monkeypatch):
+    """--compile trains through torch.compile (here its 'eager' backend: no C++ compiler needed, same graph
+    capture), and the checkpoint keeps the plain module's keys."""
+    real_compile = torch.compile
+    calls = []
+
+    def eager_compile(model, backend="inductor", **kwargs):
+        calls.append(type(model).__name__)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    _unet(toy_p2, tmp_path / "c", "--epochs", "1", "--compile")
+    assert calls == ["UNet"]
+    ckpt = load_checkpoint(tmp_path / "c" / "checkpoint.pth", "p2_segmentation")
+    assert not any("_orig_mod" in k for k in ckpt["model"])
+    model = build_seg_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])  # strict: loads into the plain model
+    init = build_seg_model(ckpt["model_config"]).state_dict()
+    assert any(not torch.equal(init[k], ckpt["model"][k]) for k in init if init[k].is_floating_point())

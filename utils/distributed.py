@@ -148,5 +148,6 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside a DDP wrapper."""
+    """The plain model inside torch.compile and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -55,6 +55,9 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
                    help="also keep the full resumable state as checkpoint_epochNNN.pth every K epochs; 0 keeps only "
                         "the latest checkpoint.pth (default: %(default)s)")
     g.add_argument("--print-freq", type=int, default=20, help="steps between progress-bar loss updates")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward pass (PyTorch 2; worth it for long GPU runs, the first "
+                        "steps are slow while it compiles)")
     g.add_argument("--strict", action="store_true",
                    help="an unreadable image or mask found by the check before training is an error; by default "
                         "it is skipped with a warning naming it")
@@ -160,6 +163,17 @@ class StopRequest(object):
                   "resume.".format(done, total, checkpoint), file=sys.stderr, flush=True)
         dist_utils.cleanup()
         sys.exit(128 + int(signum))
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile(model)`` when asked and available, else ``model``. The compiled module shares the
+    parameters, so optimizers and checkpoints keep using the original module (no ``_orig_mod.`` keys)."""
+    if not enabled:
+        return model
+    if not hasattr(torch, "compile"):
+        print("warning: --compile needs PyTorch 2; running uncompiled", file=sys.stderr)
+        return model
+    return torch.compile(model, backend=backend)
 
 
 def seed_everything(seed: int) -> None:

@@ -20,7 +20,7 @@ from utils.distributed import ShardSampler, unwrap
 from utils.masks import IGNORE_INDEX, NUM_CLASSES, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
 from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        plot_curves, progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
+                        maybe_compile, plot_curves, progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, predict_classes
 from utils.transforms import normalize, seg_train_transform
@@ -281,6 +281,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
                                     seg_train_transform(args.crop_size, args.min_scale, args.color_jitter),
                                     strict=args.strict)
     model = dist_utils.wrap_ddp(model, device)
+    train_model = maybe_compile(model, args.compile)  # the same parameters; evaluation and checkpoints use model
     sampler = dist_utils.train_sampler(train_set, args.seed)
     drop_last = len(train_set) // world >= args.batch_size  # a batch of 1 breaks BatchNorm
     train_loader = _loader(train_set, args.batch_size, sampler, args.workers, device,
@@ -323,7 +324,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     with stop:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
-            train_stats = train_one_epoch(model, train_loader, optimizer, scaler, args, device, dtype, epoch,
+            train_stats = train_one_epoch(train_model, train_loader, optimizer, scaler, args, device, dtype, epoch,
                                           step, total_steps, warmup_steps, stop)
             step = train_stats.pop("step")
             if train_stats.pop("interrupted"):
