@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from p1_ssl_pretrain import DINOLoss, build_dino_net, clip_gradients, ema_update
 from utils.checkpoint import make_checkpoint, save_atomic
 from utils.gpu_multicrop import BatchedMultiCrop
-from utils.misc import add_bool_flag, autocast, make_grad_scaler, weight_decay_groups
+from utils.misc import add_bool_flag, amp_dtype, autocast, cpu_bf16_supported, make_grad_scaler, weight_decay_groups
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, build_seg_model
 from utils.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 from utils.predict import SEG_KIND, load_segmenter, predict_classes
@@ -130,23 +130,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_bf16_supported() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def fast_amp_dtype(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:
-    """The fast path's autocast dtype: None means fp32."""
-    if not args.amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and args.cpu_bf16 and cpu_bf16_supported():
-        return torch.bfloat16
-    return None
+    """The fast path's autocast dtype (the trainers' rule, utils.misc.amp_dtype): None means fp32."""
+    return amp_dtype(device, args.amp, cpu=args.cpu_bf16)
 
 
 def dtype_name(dtype: Optional[torch.dtype]) -> str:

@@ -39,9 +39,9 @@ from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.classify import CLASSIFIER_KIND
 from utils.datasets import CsvImages
-from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
-                        weight_decay_groups)
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, fast_layout,
+                        make_grad_scaler, maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything,
+                        setup_determinism, weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, load_backbone_weights, load_resnet_state_dict
 from utils.distributed import ShardSampler, unwrap
 from utils.seg_engine import lr_at
@@ -150,7 +150,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
         x = images.to(device, non_blocking=True)
         if not features:
             x = normalize(x)
-            if device.type == "cuda":
+            if fast_layout(device, dtype):
                 x = x.contiguous(memory_format=torch.channels_last)
         targets = F.one_hot(labels, args.num_classes).float()
         if args.mixup > 0:
@@ -185,7 +185,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, dtype: Optional[tor
     sums = torch.zeros(2, device=device)
     for images, labels in progress(loader, desc="validate", leave=False):
         x = normalize(images.to(device, non_blocking=True))
-        if device.type == "cuda":
+        if fast_layout(device, dtype):
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             pred = model(x).argmax(1)
@@ -241,7 +241,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         for p in model.backbone.parameters():
             p.requires_grad = False
     model.to(device)
-    dtype = amp_dtype(device, args.amp)
+    dtype = amp_dtype(device, args.amp, cpu=args.cpu_amp)
     data = Path(args.data_dir)
     eval_tf = classify_eval_transform(args.image_size)
     train_csv, train_dir = args.train_csv or data / "train.csv", args.train_dir or data / "train"
@@ -266,7 +266,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         train_set = CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes,
                               strict=args.strict)
-    if device.type == "cuda":
+    if fast_layout(device, dtype):
         model = model.to(memory_format=torch.channels_last)
     model = dist_utils.wrap_ddp(model, device)
     plain_model = unwrap(model)
@@ -315,8 +315,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
             t0 = time.time()
-            stats = train_one_epoch(train_model, loader, optimizer, scaler, args, device, dtype, epoch, step, total_steps,
-                                    warmup_steps, setting["frozen"], features=use_cache, stop=stop)
+            stats = train_one_epoch(train_model, loader, optimizer, scaler, args, device, dtype, epoch, step,
+                                    total_steps, warmup_steps, setting["frozen"], features=use_cache, stop=stop)
             step = stats.pop("step")
             if stats.pop("interrupted"):
                 done = partial + stats["batches"]

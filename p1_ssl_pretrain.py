@@ -34,10 +34,11 @@ from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
 from utils.datasets import CsvImages, UnlabeledImages
 from utils.knn import extract_features, knn_accuracy
-from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything, setup_determinism,
-                        weight_decay_groups)
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, fast_layout,
+                        make_grad_scaler, maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything,
+                        setup_determinism, weight_decay_groups)
 from utils.models import CLASSIFIER_BACKBONES, build_resnet_backbone
+from utils.gpu_multicrop import BatchedMultiCrop, InMemoryImages
 from utils.multicrop import MultiCropAugmentation
 from utils.transforms import classify_eval_transform
 
@@ -94,6 +95,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--local-crops-scale", type=float, nargs=2, default=(0.05, 0.14),
                    help="area range of the local crops")
     g.add_argument("--max-images", type=int, default=None, help="use only the first N images (quick runs)")
+    g.add_argument("--batched-aug", action="store_true",
+                   help="fast data path: decode every image once into memory (uint8; Mini-ImageNet ~0.8 GB) and "
+                        "run the multi-crop augmentation batched on the training device (utils/gpu_multicrop.py; "
+                        "same distributions as the per-image path, tested). Off: per-image augmentation in "
+                        "--workers processes")
+    g.add_argument("--image-cache", type=Path, default=None,
+                   help="with --batched-aug, keep the decoded images in this .npy file for the next run (rebuilt "
+                        "when the folder changes)")
     g = parser.add_argument_group("monitoring")
     g.add_argument("--knn-train-csv", type=Path, default=None,
                    help="labeled probe set for weighted k-NN accuracy of the teacher backbone (e.g. Office-Home "
@@ -291,7 +300,7 @@ def run_knn(teacher: MultiCropNet, loaders, args: argparse.Namespace, device: to
 def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, loader, optimizer, scaler,
                     args: argparse.Namespace, device: torch.device, dtype: Optional[torch.dtype], epoch: int,
                     step: int, total_steps: int, lr_peak: float,
-                    stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+                    stop: Optional[StopRequest] = None, augment: Optional[Any] = None) -> Dict[str, Any]:
     """One DINO epoch (0-based ``epoch``); returns averaged loss and collapse signals, and the new step; a
     SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     student.train()
@@ -307,8 +316,11 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
         momentum = cosine_schedule(step, args.momentum_teacher, 1.0, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        crops = [c.to(device, non_blocking=True) for c in crops]
-        if device.type == "cuda":
+        if torch.is_tensor(crops):  # --batched-aug: a uint8 batch, augmented here on the device
+            crops = augment(crops.to(device, non_blocking=True))
+        else:
+            crops = [c.to(device, non_blocking=True) for c in crops]
+        if fast_layout(device, dtype):
             crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
         with autocast(device, dtype):
             with torch.no_grad():
@@ -405,9 +417,17 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                              "--output-dir or --overwrite".format(out, ckpt["model_config"], plain(config)))
         config = ckpt["model_config"]
 
-    aug = MultiCropAugmentation(args.global_crop_size, args.local_crop_size, args.local_crops_number,
-                                tuple(args.global_crops_scale), tuple(args.local_crops_scale))
-    dataset = UnlabeledImages(args.data_dir, aug, max_images=args.max_images, strict=args.strict)
+    batched_aug = None  # type: Optional[BatchedMultiCrop]
+    if args.batched_aug:
+        checked = UnlabeledImages(args.data_dir, max_images=args.max_images, strict=args.strict).files
+        dataset = InMemoryImages(args.data_dir, cache_path=args.image_cache, files=checked)
+        batched_aug = BatchedMultiCrop(args.global_crop_size, args.local_crop_size, args.local_crops_number,
+                                       tuple(args.global_crops_scale), tuple(args.local_crops_scale),
+                                       generator=torch.Generator())
+    else:
+        aug = MultiCropAugmentation(args.global_crop_size, args.local_crop_size, args.local_crops_number,
+                                    tuple(args.global_crops_scale), tuple(args.local_crops_scale))
+        dataset = UnlabeledImages(args.data_dir, aug, max_images=args.max_images, strict=args.strict)
     student = build_dino_net(config).to(device)
     teacher = build_dino_net(config).to(device)
     if distributed and device.type == "cuda":
@@ -423,7 +443,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     num_crops = 2 + args.local_crops_number
     dino_loss = DINOLoss(config["out_dim"], num_crops, args.warmup_teacher_temp, args.teacher_temp,
                          args.warmup_teacher_temp_epochs, args.student_temp, args.center_momentum).to(device)
-    if device.type == "cuda":
+    dtype = amp_dtype(device, args.amp, cpu=args.cpu_amp)
+    if fast_layout(device, dtype):
         student = student.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last)
     plain_student = student
@@ -432,9 +453,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                                                       else None)
     train_student = maybe_compile(student, args.compile)  # shares parameters with student / plain_student
     sampler = dist_utils.train_sampler(dataset, args.seed)
+    workers = 0 if batched_aug is not None else args.workers  # in-memory uint8: indexing is the whole load
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, pin_memory=device.type == "cuda",
-                                         drop_last=True, persistent_workers=args.workers > 0 and not args.deterministic)
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         drop_last=True, persistent_workers=workers > 0 and not args.deterministic)
     if len(loader) == 0:
         raise SystemExit("error: {} images cannot fill one batch of {} per process; lower --batch-size".format(
             len(dataset), args.batch_size))
@@ -443,7 +465,6 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     groups = weight_decay_groups(plain_student, args.weight_decay)
     optimizer = (torch.optim.SGD(groups, lr=lr_peak, momentum=0.9) if args.optimizer == "sgd"
                  else torch.optim.AdamW(groups, lr=lr_peak))
-    dtype = amp_dtype(device, args.amp)
     scaler = make_grad_scaler(dtype)
     steps_per_epoch = len(loader)
     total_steps = args.epochs * steps_per_epoch
@@ -483,8 +504,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     with stop:
         for epoch in range(start_epoch, args.epochs):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
+            if batched_aug is not None:  # its own generator: reproducible per (seed, epoch, rank) and on resume
+                batched_aug.generator.manual_seed((args.seed * 1000 + epoch) * 1000 + rank)
             stats = train_one_epoch(train_student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype,
-                                    epoch, step, total_steps, lr_peak, stop)
+                                    epoch, step, total_steps, lr_peak, stop, augment=batched_aug)
             step = stats.pop("step")
             if stats.pop("interrupted") and math.isfinite(stats["loss"]):
                 done = partial + stats["batches"]

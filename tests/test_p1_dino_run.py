@@ -142,3 +142,25 @@ def test_short_run_raises_teacher_knn_above_random_init(tmp_path):
     # measured for this seed: 0.590 -> 0.667 (one thread), 0.590 -> 0.662 (two threads; 0.619 at epoch 4)
     assert result["initial_knn_acc"] == knn[0] and result["final_knn_acc"] == knn[8]
     assert knn[8] >= knn[0] + 0.04, knn
+
+
+def test_batched_aug_path_trains_resumes_exactly_and_caches_the_decoded_images(toy_p1, tmp_path, capsys):
+    """--batched-aug: images decoded once (cached as .npy), views made on the device in batches; a resumed run
+    follows the uninterrupted one exactly, and the per-image path gives a loss of the same size."""
+    cache = tmp_path / "mini_uint8.npy"
+    _run(toy_p1, tmp_path / "full", "--epochs", "2", "--batched-aug", "--image-cache", str(cache))
+    assert cache.is_file()
+    from utils.gpu_multicrop import InMemoryImages
+
+    images = InMemoryImages(toy_p1 / "mini" / "train", cache_path=cache)
+    assert images.from_cache and images.images.shape == (48, 3, 84, 84) and images.images.dtype == torch.uint8
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(str(tmp_path / "full" / "checkpoint_epoch001.pth"), str(tmp_path / "resumed" / "checkpoint.pth"))
+    _run(toy_p1, tmp_path / "resumed", "--epochs", "2", "--batched-aug", "--image-cache", str(cache))
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "full")[1:]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth", "p1_dino")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pth", "p1_dino")
+    assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
+    _run(toy_p1, tmp_path / "per_image", "--epochs", "1")
+    batched, per_image = _losses(tmp_path / "full")[0], _losses(tmp_path / "per_image")[0]
+    assert abs(batched - per_image) < 0.05 * per_image  # same model, same first epoch: similar loss levels

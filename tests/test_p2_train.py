@@ -133,3 +133,21 @@ def test_compile_flag_trains_through_the_compiled_module(toy_p2, tmp_path, monke
     model.load_state_dict(ckpt["model"])  # strict: loads into the plain model
     init = build_seg_model(ckpt["model_config"]).state_dict()
     assert any(not torch.equal(init[k], ckpt["model"][k]) for k in init if init[k].is_floating_point())
+
+
+def test_cpu_amp_trains_in_bf16_where_the_cpu_has_bf16_kernels(toy_p2, tmp_path, capsys):
+    from utils.misc import cpu_bf16_supported
+
+    _unet(toy_p2, tmp_path / "bf16", "--epochs", "2", "--cpu-amp")
+    out = capsys.readouterr().out
+    if cpu_bf16_supported():
+        assert "amp bfloat16" in out
+    else:
+        assert "amp" not in out.split("\n")[0]
+    ckpt = load_checkpoint(tmp_path / "bf16" / "checkpoint.pth", "p2_segmentation")
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    _unet(toy_p2, tmp_path / "fp32", "--epochs", "2")
+    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+              for run in ("bf16", "fp32")]
+    assert losses[0][1] < losses[0][0]  # it learns
+    assert all(abs(a - b) < 0.05 * b for a, b in zip(*losses)), losses  # and follows the fp32 run closely

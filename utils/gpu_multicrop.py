@@ -633,9 +633,10 @@ class InMemoryImages(torch.utils.data.Dataset):
 
     def __init__(self, folder: PathLike, cache_path: Optional[PathLike] = None,
                  transform: Optional[Callable] = None, max_images: Optional[int] = None,
-                 workers: Optional[int] = None) -> None:
+                 workers: Optional[int] = None, files: Optional[Sequence[PathLike]] = None) -> None:
         self.folder = Path(folder)
-        files = list_images(self.folder)
+        # ``files``: an already checked list (e.g. UnlabeledImages' after its pre-flight check), else the folder's
+        files = [Path(f) for f in files] if files is not None else list_images(self.folder)
         self.files = files[:max_images] if max_images is not None else files
         self.transform = transform
         self.cache_path = Path(cache_path) if cache_path is not None else None

@@ -55,6 +55,10 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
                    help="also keep the full resumable state as checkpoint_epochNNN.pth every K epochs; 0 keeps only "
                         "the latest checkpoint.pth (default: %(default)s)")
     g.add_argument("--print-freq", type=int, default=20, help="steps between progress-bar loss updates")
+    g.add_argument("--cpu-amp", action="store_true",
+                   help="on a CPU with native bf16 kernels (AVX-512 BF16 / AMX), bf16 autocast and channels_last "
+                        "(about 2x faster DINO steps on such a CPU; see README, Performance); off by default so "
+                        "CPU runs stay fp32")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training forward pass (PyTorch 2; worth it for long GPU runs, the first "
                         "steps are slow while it compiles)")
@@ -192,11 +196,29 @@ def setup_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
-    """bf16 on GPUs that support it, else fp16; None (fp32) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device, enabled: bool, cpu: bool = False) -> Optional[torch.dtype]:
+    """bf16 on GPUs that support it, else fp16; on the CPU bf16 only when ``cpu`` is asked for and the CPU has
+    native bf16 kernels; None (fp32) otherwise or when disabled."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu and cpu_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def fast_layout(device: torch.device, dtype: Optional[torch.dtype]) -> bool:
+    """channels_last pays on GPUs and with CPU bf16 (oneDNN); plain fp32 CPU runs keep the default layout."""
+    return device.type == "cuda" or dtype is not None
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Any:

@@ -19,8 +19,9 @@ from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.distributed import ShardSampler, unwrap
 from utils.masks import IGNORE_INDEX, NUM_CLASSES, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
-from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, make_grad_scaler,
-                        maybe_compile, plot_curves, progress, read_jsonl, seed_everything, setup_determinism, weight_decay_groups)
+from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, fast_layout,
+                        make_grad_scaler, maybe_compile, plot_curves, progress, read_jsonl, seed_everything,
+                        setup_determinism, weight_decay_groups)
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, predict_classes
 from utils.transforms import normalize, seg_train_transform
@@ -113,7 +114,7 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
             group["lr"] = lr
         images = normalize(images.to(device, non_blocking=True))
         masks = masks.to(device, non_blocking=True)
-        if device.type == "cuda":
+        if fast_layout(device, dtype):
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             out = model(images)
@@ -263,9 +264,9 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     model = build_seg_model(config).to(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-    if device.type == "cuda":
+    dtype = amp_dtype(device, args.amp, cpu=args.cpu_amp)
+    if fast_layout(device, dtype):
         model = model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(device, args.amp)
 
     val_set = SegmentationDataset(Path(args.data_dir) / "validation", strict=args.strict)
     val_loader = _loader(val_set, args.val_batch_size, ShardSampler(len(val_set), rank, world), args.workers,
