@@ -49,11 +49,12 @@ COVERAGE = [
     (r"^python p2_sam\.py ", "tests/test_sam.py", "def test_cli_real_vit_b_random_init"),
     (r"^bash hw1_download\.sh( --data)?$", "tests/test_download.py", "def test_download_script_end_to_end"),
     (r"^python -m utils\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
+    (r"^python benchmark\.py( |$)", "tests/test_benchmark.py", "benchmark.py"),
     (r"^python \S+\.py --help$", "tests/test_readme.py", "def test_every_script_explains_its_flags"),
 ]
 
 SCRIPTS = ["p1_ssl_pretrain.py", "p1_finetune.py", "p1_tsne.py", "p1_inference.py", "p2_unet.py", "p2_deeplab.py",
-           "p2_inference.py", "p2_sam.py"]
+           "p2_inference.py", "p2_sam.py", "benchmark.py"]
 
 
 def readme_commands(text: str):
