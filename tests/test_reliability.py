@@ -356,3 +356,24 @@ def test_p1_inference_memory_does_not_grow_with_the_number_of_images(tmp_path):
                                "--workers", "0"])
         assert len(out.read_text().splitlines()) == n + 1
     assert rss[1000] - rss[100] < 40, rss
+
+
+def test_finetune_sigint_saves_and_resumes(tmp_path):
+    root = make_p1_data(tmp_path, mini_size=32, num_classes=2, mini_per_class=0, office_train_per_class=24,
+                        office_val_per_class=2)
+    out = tmp_path / "ft"
+    args = ["p1_finetune.py", "--setting", "A", "--data-dir", str(root / "office"), "--output-dir", str(out),
+            "--epochs", "6", "--batch-size", "2", "--image-size", "32", "--workers", "0", "--num-classes", "2",
+            "--arch", "resnet18", "--hidden-dim", "16", "--warmup-epochs", "0", "--print-freq", "1"]
+    proc, _ = _start(args)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(signal.SIGINT), stderr
+    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_classifier")
+    assert ckpt["partial_steps"] >= 1 and ckpt["step"] == ckpt["epoch"] * 24 + ckpt["partial_steps"]
+    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(out / "checkpoint.pth", "p1_classifier")["step"] == 6 * 24
