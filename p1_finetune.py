@@ -141,6 +141,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
     sums = torch.zeros(3, device=device)  # loss, correct, samples
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     batches = 0
+    interrupted = False
     for i, (images, labels) in enumerate(bar):
         batches += 1
         lr = lr_at(step, total_steps, warmup_steps, args.lr, "cosine")
@@ -170,11 +171,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
         step += 1
         if i % args.print_freq == 0:
             bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr))
-        if stop is not None and stop.requested(i + 1, device):
+        if stop is not None and stop.requested(i + 1, device):  # all ranks agree here
+            interrupted = True
             break
     dist_utils.all_reduce_sum(sums)
     return {"train_loss": float(sums[0] / sums[2].clamp(min=1)), "train_acc": float(sums[1] / sums[2].clamp(min=1)),
-            "step": step, "interrupted": stop is not None and stop.signum is not None, "batches": batches,
+            "step": step, "interrupted": interrupted, "batches": batches,
             "lr": lr_at(max(step - 1, 0), total_steps, warmup_steps, args.lr, "cosine")}
 
 

@@ -311,6 +311,7 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
     bar = progress(loader, desc="epoch {}/{}".format(epoch + 1, args.epochs), leave=False)
     t0 = time.time()
     lr = momentum = 0.0
+    interrupted = False
     for i, crops in enumerate(bar):
         lr = cosine_schedule(step, lr_peak, args.min_lr, total_steps, warmup_steps)
         momentum = cosine_schedule(step, args.momentum_teacher, 1.0, total_steps)
@@ -351,7 +352,8 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
                 break
             bar.set_postfix(loss="{:.4f}".format(value), lr="{:.2e}".format(lr), m="{:.4f}".format(momentum),
                             img_s="{:.0f}".format(count * crops[0].shape[0] / max(time.time() - t0, 1e-6)))
-        if stop is not None and stop.requested(i + 1, device):
+        if stop is not None and stop.requested(i + 1, device):  # all ranks agree here
+            interrupted = True
             break
     stats = torch.cat([sums, torch.tensor([float(count)], device=device)])
     dist_utils.all_reduce_sum(stats)
@@ -359,7 +361,7 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
     seconds = time.time() - t0
     return {"loss": float(stats[0]) / n, "teacher_entropy": float(stats[1]) / n, "kl": float(stats[2]) / n,
             "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
-            "interrupted": stop is not None and stop.signum is not None,
+            "interrupted": interrupted,
             "teacher_temp": dino_loss.teacher_temperature(epoch), "seconds": seconds,
             "images_per_s": count * args.batch_size * dist_utils.get_world_size() / max(seconds, 1e-6)}
 

@@ -108,6 +108,7 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     count = 0
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     t0 = time.time()
+    interrupted = False
     for i, (images, masks) in enumerate(bar):
         lr = lr_at(step, total_steps, warmup_steps, args.lr, args.schedule)
         for group in optimizer.param_groups:
@@ -131,9 +132,9 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
         if i % args.print_freq == 0:  # the only host sync in the loop, at an interval
             bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr),
                             img_s="{:.1f}".format(count * args.batch_size / max(time.time() - t0, 1e-6)))
-        if stop is not None and stop.requested(i + 1, device):
+        if stop is not None and stop.requested(i + 1, device):  # all ranks agree here
+            interrupted = True
             break
-    interrupted = stop is not None and stop.signum is not None
     stats = torch.stack([loss_sum, torch.tensor(float(count), device=device)])
     dist_utils.all_reduce_sum(stats)
     return {"train_loss": float(stats[0] / stats[1].clamp(min=1)), "step": step, "interrupted": interrupted,
