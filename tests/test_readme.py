@@ -27,6 +27,7 @@ COVERAGE = [
     (r"^(NGPUS=\d+ )?bash scripts/(p1_dino|p1_settings|p1_tsne|p2_unet|p2_deeplab|report)\.sh( --epochs \d+)?$",
      "tests/test_scripts.py", "def pipeline"),
     (r"^bash scripts/p2_sam\.sh$", "tests/test_scripts.py", "def test_sam_script"),
+    (r"^bash scripts/gpu_check\.sh$", "tests/test_scripts.py", "def test_gpu_check_script_runs_end_to_end"),
     (r"^bash scripts/all\.sh$", "tests/test_scripts.py", "def test_all_sh_runs_every_step_in_order"),
     (r"^python -m utils\.metrics -g \S+ -p \S+$", "demo.sh", "-m utils.metrics -g"),
     (r"^python p1_ssl_pretrain\.py --data-dir .* --knn-train-csv", "tests/test_scripts.py", "\"p1_dino.sh\""),

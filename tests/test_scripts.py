@@ -171,3 +171,23 @@ def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
     assert ["--setting {}".format(s) in lines[1 + i] for i, s in enumerate("ABCDE")] == [True] * 5
     assert "epoch 100" in lines[6] and "--drop-skip 0 1 2 3" in lines[8] and "--snapshot-epochs 1 50 100" in lines[9]
     assert "skipping SAM" in proc.stdout
+
+
+def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, repo_root):
+    """scripts/gpu_check.sh is the one prepared run for a session that gets a GPU; here its wiring runs on the
+    CPU at SCALE=tiny so that the GPU session spends its minutes measuring, not debugging."""
+    out = tmp_path / "gpu_check"
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=str(repo_root),
+                          env=dict(os.environ, DEVICE="cpu", SCALE="tiny", OUT=str(out), PYTHON=sys.executable,
+                                   OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"]["device"] == "cpu"
+    names = {m["name"] for m in summary["benchmark"]}
+    assert {"aug_per_image", "aug_batched", "dino_step", "inference"} <= names
+    assert all(m.get("ratio", 1) > 0 for m in summary["benchmark"])
+    assert len(summary["dino_batched_images_per_s"]) == 2 and min(summary["dino_batched_images_per_s"]) > 0
+    assert len(summary["dino_per_image_images_per_s"]) == 2
+    assert summary["unet_torchrun_ok"] and summary["hw1_2_masks"] == summary["hw1_2_tiles"] == 6
+    assert summary["hw1_2_seconds"] > 0
