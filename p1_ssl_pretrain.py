@@ -422,7 +422,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     batched_aug = None  # type: Optional[BatchedMultiCrop]
     if args.batched_aug:
         checked = UnlabeledImages(args.data_dir, max_images=args.max_images, strict=args.strict).files
-        dataset = InMemoryImages(args.data_dir, cache_path=args.image_cache, files=checked)
+        if rank == 0:  # rank 0 decodes (and writes --image-cache); the other ranks then read the cache
+            dataset = InMemoryImages(args.data_dir, cache_path=args.image_cache, files=checked)
+        dist_utils.barrier()
+        if rank != 0:
+            dataset = InMemoryImages(args.data_dir, cache_path=args.image_cache, files=checked)
         batched_aug = BatchedMultiCrop(args.global_crop_size, args.local_crop_size, args.local_crops_number,
                                        tuple(args.global_crops_scale), tuple(args.local_crops_scale),
                                        generator=torch.Generator())

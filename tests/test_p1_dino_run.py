@@ -77,19 +77,24 @@ def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
         dino.cli(["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet18"])
 
 
-def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root):
+@pytest.mark.parametrize("batched", [False, True])
+def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root, batched):
+    """Both data paths under torchrun; with --batched-aug rank 0 writes the image cache, rank 1 reads it."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     # the README's multi-node flags (c10d rendezvous), here with one node of two processes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node_rank=0", "--nproc_per_node=2",
-           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29518",
+           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:{}".format(29518 + int(batched)),
            "p1_ssl_pretrain.py", "--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out),
            "--epochs", "1", "--device", "cpu"] + TINY[:-2]
+    if batched:
+        cmd += ["--batched-aug", "--image-cache", str(tmp_path / "cache.npy")]
     proc = subprocess.run(cmd, cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) x batch 16 = 32" in proc.stdout
     result = json.loads((out / "results.json").read_text())
     assert result["world_size"] == 2 and result["center_rank_max_diff"] == 0.0
+    assert (tmp_path / "cache.npy").is_file() == batched
     ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
     assert ckpt["step"] == 48 // 32 and not any(k.startswith("module.") for k in ckpt["student"])
 
