@@ -3,12 +3,10 @@ bounded memory at inference. (Checkpoint safety -- atomic writes, crafted pickle
 is tested in test_checkpoint.py; image modes and corrupt files in test_datasets.py.)"""
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from PIL import Image
 
 from utils.checkpoint import load_checkpoint, load_safe
 from utils.datasets import CsvImages, SegmentationDataset, UnlabeledImages, read_image_csv
-from utils.toydata import make_p1_data, make_p2_data
+from utils.toydata import make_p1_data
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = ["--base-width", "8", "--depth", "2", "--crop-size", "64", "--batch-size", "2", "--workers", "0",
@@ -183,6 +181,24 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resumes(toy_p2, tmp_path, s
     assert final["step"] == 6 * steps_per_epoch and "partial_steps" not in final
 
 
+def _interrupt_then_resume(args, sig, kind, steps_per_epoch, epochs):
+    """Signal a run once training is under way, check its mid-epoch checkpoint, rerun it to the end; returns the
+    output folder's final checkpoint."""
+    out = Path(args[args.index("--output-dir") + 1])
+    proc, _ = _start(args)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(sig), stderr
+    ckpt = load_checkpoint(out / "checkpoint.pth", kind)
+    assert ckpt["partial_steps"] >= 1 and ckpt["step"] == ckpt["epoch"] * steps_per_epoch + ckpt["partial_steps"]
+    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    final = load_checkpoint(out / "checkpoint.pth", kind)
+    assert final["step"] == epochs * steps_per_epoch and "partial_steps" not in final
+    return final
+
+
 def test_dino_sigterm_saves_and_resumes(tmp_path):
     root = make_p1_data(tmp_path, mini_size=32, num_classes=2, mini_per_class=16, office_train_per_class=1,
                         office_val_per_class=1)
@@ -191,16 +207,7 @@ def test_dino_sigterm_saves_and_resumes(tmp_path):
             "--epochs", "8", "--batch-size", "2", "--workers", "0", "--arch", "resnet18", "--out-dim", "32",
             "--hidden-dim", "32", "--bottleneck-dim", "16", "--global-crop-size", "32", "--local-crop-size", "16",
             "--local-crops-number", "1", "--warmup-epochs", "1", "--print-freq", "1"]
-    proc, _ = _start(args)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + int(signal.SIGTERM), stderr
-    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_dino")
-    assert ckpt["partial_steps"] >= 1 and ckpt["step"] == ckpt["epoch"] * 16 + ckpt["partial_steps"]
-    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
-                           timeout=600)
-    assert proc2.returncode == 0, proc2.stderr
-    assert load_checkpoint(out / "checkpoint.pth", "p1_dino")["step"] == 8 * 16
+    _interrupt_then_resume(args, signal.SIGTERM, "p1_dino", steps_per_epoch=16, epochs=8)
     assert (out / "backbone.pth").is_file()
 
 
@@ -365,15 +372,6 @@ def test_finetune_sigint_saves_and_resumes(tmp_path):
     args = ["p1_finetune.py", "--setting", "A", "--data-dir", str(root / "office"), "--output-dir", str(out),
             "--epochs", "6", "--batch-size", "2", "--image-size", "32", "--workers", "0", "--num-classes", "2",
             "--arch", "resnet18", "--hidden-dim", "16", "--warmup-epochs", "0", "--print-freq", "1"]
-    proc, _ = _start(args)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + int(signal.SIGINT), stderr
-    ckpt = load_checkpoint(out / "checkpoint.pth", "p1_classifier")
-    assert ckpt["partial_steps"] >= 1 and ckpt["step"] == ckpt["epoch"] * 24 + ckpt["partial_steps"]
-    proc2 = subprocess.run([sys.executable] + args, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
-                           timeout=600)
-    assert proc2.returncode == 0, proc2.stderr
+    _interrupt_then_resume(args, signal.SIGINT, "p1_classifier", steps_per_epoch=24, epochs=6)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
-    assert load_checkpoint(out / "checkpoint.pth", "p1_classifier")["step"] == 6 * 24
