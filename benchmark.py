@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from p1_ssl_pretrain import DINOLoss, build_dino_net, clip_gradients, ema_update
 from utils.checkpoint import make_checkpoint, save_atomic
+from utils.distributed import resolve_device
 from utils.gpu_multicrop import BatchedMultiCrop
 from utils.misc import add_bool_flag, amp_dtype, autocast, cpu_bf16_supported, make_grad_scaler, weight_decay_groups
 from utils.models import CLASSIFIER_BACKBONES, build_classifier, build_seg_model
@@ -118,16 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --device {} asked for, but CUDA is not available".format(name))
-        torch.cuda.set_device(device)
-    return device
 
 
 def fast_amp_dtype(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:

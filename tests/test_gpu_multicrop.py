@@ -24,6 +24,7 @@ from utils.gpu_multicrop import (BatchedMultiCrop, InMemoryImages, _adjust_hue_,
 from utils.multicrop import (JITTER_OPS, NUM_UNIFORMS, MultiCropAugmentation, ViewSpec, adjust_hue, apply_view,
                              blur_kernel_size, dino_view_specs, params_from_uniforms)
 from utils.toydata import p1_image
+from test_multicrop import assert_rate  # the same binomial-rate check as the per-image tests
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -73,16 +74,6 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
     cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
     return float(np.abs(cdf_a - cdf_b).max())
-
-
-def assert_rate(hits: np.ndarray, p: float, what: str) -> None:
-    """Binomial rate within 4 standard errors of p (exact for p in {0, 1})."""
-    rate = float(np.mean(hits))
-    if p in (0.0, 1.0):
-        assert rate == p, what
-    else:
-        se = math.sqrt(p * (1 - p) / len(hits))
-        assert abs(rate - p) < 4 * se, "{}: rate {:.4f}, expected {} +- {:.4f}".format(what, rate, p, 4 * se)
 
 
 # ----------------------------------------------------------------------------------------------------------
