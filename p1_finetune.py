@@ -166,8 +166,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        ones = torch.ones((), device=device)  # a device-side count: no host copy (and sync) per step
         sums += torch.stack([loss.detach() * labels.shape[0], (logits.argmax(1) == labels).sum().float(),
-                             torch.tensor(float(labels.shape[0]), device=device)])
+                             ones * labels.shape[0]])
         step += 1
         if i % args.print_freq == 0:
             bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr))
@@ -191,8 +192,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, dtype: Optional[tor
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             pred = model(x).argmax(1)
-        labels = labels.to(device)
-        sums += torch.stack([(pred == labels).sum().float(), torch.tensor(float(labels.shape[0]), device=device)])
+        labels = labels.to(device, non_blocking=True)
+        sums += torch.stack([(pred == labels).sum().float(), torch.ones((), device=device) * labels.shape[0]])
     dist_utils.all_reduce_sum(sums)
     return {"val_acc": float(sums[0] / sums[1])}
 

@@ -254,8 +254,11 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
-    scales = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
+    scales = torch._foreach_norm(grads)  # min(1, clip / (norm + 1e-6)) per parameter, in a few fused calls
+    torch._foreach_add_(scales, 1e-6)
+    torch._foreach_reciprocal_(scales)
+    torch._foreach_mul_(scales, clip)
+    torch._foreach_clamp_max_(scales, 1.0)
     torch._foreach_mul_(grads, scales)
 
 
