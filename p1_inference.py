@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 class CsvRowImages(torch.utils.data.Dataset):
-    """Rows of an images csv -> (index, transformed uint8 (3, S, S) or None, error message or None)."""
+    """Rows of an images csv -> (index, transformed (3, S, S) image or None, error message or None)."""
 
     def __init__(self, rows: List[CsvRow], image_dir: Path, transform: Callable) -> None:
         self.rows, self.image_dir, self.transform = rows, image_dir, transform

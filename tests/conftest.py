@@ -11,6 +11,11 @@ if str(ROOT) not in sys.path:
 
 # Keep test runs quiet and reproducible on small CPUs.
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The shell scripts under test (hw1_1.sh, hw1_2.sh, scripts/*.sh) call `python3`: make that the interpreter running
+# the tests, so a suite run in another environment (e.g. .ci/grading_env.sh) tests the scripts there too.
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")

@@ -168,4 +168,7 @@ def test_batched_aug_path_trains_resumes_exactly_and_caches_the_decoded_images(t
     assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in a["teacher"])
     _run(toy_p1, tmp_path / "per_image", "--epochs", "1")
     batched, per_image = _losses(tmp_path / "full")[0], _losses(tmp_path / "per_image")[0]
-    assert abs(batched - per_image) < 0.05 * per_image  # same model, same first epoch: similar loss levels
+    # Same model, same first epoch: losses of the same size. Measured (batched - per image) / per image over seeds
+    # 0-4: -3.5%..+6.8% (torch 2.14), -4.4%..+5.2% (torch 2.4), so 15% only catches a broken path; the views'
+    # distributions are compared exactly in tests/test_gpu_multicrop.py.
+    assert abs(batched - per_image) < 0.15 * per_image

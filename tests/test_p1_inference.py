@@ -201,3 +201,18 @@ def test_hw1_1_obeys_the_script_rules(repo_root):
     assert "CUDA_VISIBLE_DEVICES" not in code
     assert code.split()[0] == "python3"
     assert "p1_inference.py" in code and all(a in code for a in ('"$1"', '"$2"', '"$3"'))
+
+
+def test_eval_transform_resizes_in_float_so_scores_do_not_depend_on_the_torchvision_release():
+    """The evaluation view is the float antialiased bilinear resize of the whole image, then the centre crop,
+    with no rounding to uint8 (whose kernels differ between torchvision releases; see classify_eval_transform)."""
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 67, 90), dtype=torch.uint8)
+    out = eval_transform_for({"image_size": 32})(image)
+    assert out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    # independent computation: short side 67 -> 32, long side int(32 * 90 / 67) = 42, centre 32 columns
+    ref = torch.nn.functional.interpolate(image[None].float(), size=(32, 42), mode="bilinear", antialias=True,
+                                          align_corners=False)[0]
+    left = int(round((42 - 32) / 2.0))
+    torch.testing.assert_close(out, ref[:, :, left:left + 32], rtol=0, atol=1e-3)
+    assert (out != out.round()).float().mean() > 0.5  # not rounded to grey levels

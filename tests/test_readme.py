@@ -23,6 +23,7 @@ COVERAGE = [
     (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest -m slow$", ".ci/run", "pytest -q -m slow"),
+    (r"^bash \.ci/grading_env\.sh$", ".ci/run", "OPTIONAL=1 bash .ci/grading_env.sh"),
     (r"^pip install -r requirements-sam\.txt$", "requirements-dev.txt", "-r requirements-sam.txt"),  # CI installs it
     (r"^(NGPUS=\d+ )?bash scripts/(p1_dino|p1_settings|p1_tsne|p2_unet|p2_deeplab|report)\.sh( --epochs \d+)?$",
      "tests/test_scripts.py", "def pipeline"),

@@ -44,7 +44,7 @@ def _prepare(images: torch.Tensor, ckpt: Optional[Dict[str, Any]]) -> torch.Tens
 @torch.no_grad()
 def classify(model: ImageClassifier, images: torch.Tensor, ckpt: Optional[Dict[str, Any]] = None,
              amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """uint8 (B, 3, S, S) on the model's device -> float32 logits (B, num_classes)."""
+    """Images (B, 3, S, S) in [0, 255] (uint8 or float) on the model's device -> float32 logits (B, num_classes)."""
     with autocast(images.device, amp_dtype):
         return model(_prepare(images, ckpt)).float()
 
@@ -52,6 +52,6 @@ def classify(model: ImageClassifier, images: torch.Tensor, ckpt: Optional[Dict[s
 @torch.no_grad()
 def penultimate_features(model: ImageClassifier, images: torch.Tensor, ckpt: Optional[Dict[str, Any]] = None,
                          amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float32 inputs of the final linear layer (the t-SNE features)."""
+    """Images (B, 3, S, S) in [0, 255] -> float32 inputs of the final linear layer (the t-SNE features)."""
     with autocast(images.device, amp_dtype):
         return model.penultimate(_prepare(images, ckpt)).float()

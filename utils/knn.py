@@ -15,7 +15,7 @@ from utils.transforms import normalize
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
                      amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` in eval mode over a loader of (uint8 images, labels); return (N, D) float features, labels."""
+    """Run ``model`` in eval mode over a loader of (images in [0, 255], labels); return (N, D) float features, labels."""
     was_training = model.training
     model.eval()
     feats, labels = [], []

@@ -302,7 +302,7 @@ class MultiCropAugmentation:
             seed = self.seed
             if worker_seed is not None:
                 # SeedSequence mixes (seed, worker seed) into unrelated streams, identically on every platform
-                seed = int(np.random.SeedSequence([self.seed, worker_seed]).generate_state(1, np.uint64)[0] >> 1)
+                seed = int(np.random.SeedSequence([self.seed, worker_seed]).generate_state(1, np.uint64)[0]) >> 1
             self._generator = torch.Generator().manual_seed(seed)
             self._worker_seed = worker_seed
         return self._generator
