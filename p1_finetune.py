@@ -139,6 +139,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
     if frozen:
         unwrap(model).backbone.eval()
     sums = torch.zeros(3, device=device)  # loss, correct, samples
+    ones = torch.ones((), device=device)  # samples are counted on the device: no host copy (and sync) per step
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     batches = 0
     interrupted = False
@@ -166,7 +167,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        ones = torch.ones((), device=device)  # a device-side count: no host copy (and sync) per step
         sums += torch.stack([loss.detach() * labels.shape[0], (logits.argmax(1) == labels).sum().float(),
                              ones * labels.shape[0]])
         step += 1
