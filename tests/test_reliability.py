@@ -303,14 +303,38 @@ def test_deterministic_runs_are_bit_identical(toy_p2, tmp_path, script, extra):
 
 # ---------------------------------------------------------------- bounded memory at inference
 
+# The child imports torch and torchvision, resets its peak RSS (VmHWM, Linux >= 4.0) and only then runs the script:
+# importing them peaks ~130 MB above where it settles, a ceiling under which a leak of that size would hide.
+_PEAK_WRAPPER = """
+import re, runpy, sys
+import torch, torchvision
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as exc:
+    assert not exc.code, exc.code
+with open('/proc/self/status') as f:
+    print('VmHWM', re.search(r'VmHWM:\\s+(\\d+) kB', f.read()).group(1))
+"""
+
+
 def _peak_rss_mb(cmd) -> float:
-    """Peak RSS of one child process, measured by a wrapper that reports its own child's ru_maxrss."""
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code] + cmd, cwd=str(ROOT), env=_env(), capture_output=True,
-                         text=True, timeout=900)
+    """Peak RSS (MB) of running ``cmd`` (a python script and its arguments) after torch's import.
+
+    glibc's malloc moves its mmap threshold up as large blocks are freed, after which freed image buffers stay in
+    the heap; when that happens depends on thread timing, so the peak of the same run varied by up to ~50 MB
+    (p1 inference, 100 images: 797-843 MB over 5 runs; CI once saw 100 -> 840 MB, 1000 -> 886 MB). A fixed
+    threshold returns every freed large block at once: the same runs then agree within ~5 MB, and what is left
+    to measure is memory the program really keeps.
+    """
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    out = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER] + cmd, cwd=str(ROOT),
+                         env=_env(MALLOC_MMAP_THRESHOLD_="131072"), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+    return int(out.stdout.strip().splitlines()[-1].split()[1]) / 1024.0
 
 
 def test_p2_inference_memory_does_not_grow_with_the_number_of_images(toy_p2, tmp_path):
@@ -330,12 +354,13 @@ def test_p2_inference_memory_does_not_grow_with_the_number_of_images(toy_p2, tmp
     rss = {}
     for n in (100, 1000):
         out = tmp_path / "out{}".format(n)
-        rss[n] = _peak_rss_mb([sys.executable, "p2_inference.py", "--input-dir", str(tmp_path / "in{}".format(n)),
+        rss[n] = _peak_rss_mb(["p2_inference.py", "--input-dir", str(tmp_path / "in{}".format(n)),
                                "--output-dir", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
                                "--workers", "0"])
         assert len(list(out.glob("*_mask.png"))) == n and len(list(out.iterdir())) == n
-    # 900 more 128x128 images would hold ~900 x (49 KB image + 16 KB mask + logits) ~ 100+ MB if kept
-    assert rss[1000] - rss[100] < 40, rss
+    # Measured growth 100 -> 1000 images: 0.2-4 MB. Keeping each input tensor (900 x 49 KB) grew it by 43 MB;
+    # masks, logits or decoded images kept would add more.
+    assert rss[1000] - rss[100] < 20, rss
 
 
 def test_p1_inference_memory_does_not_grow_with_the_number_of_images(tmp_path):
@@ -358,11 +383,12 @@ def test_p1_inference_memory_does_not_grow_with_the_number_of_images(tmp_path):
         csv = tmp_path / "in{}.csv".format(n)
         csv.write_text("id,filename,label\n" + "".join("{},{}.jpg,\n".format(i, i) for i in range(n)))
         out = tmp_path / "out{}.csv".format(n)
-        rss[n] = _peak_rss_mb([sys.executable, "p1_inference.py", "--csv", str(csv), "--image-dir", str(images),
+        rss[n] = _peak_rss_mb(["p1_inference.py", "--csv", str(csv), "--image-dir", str(images),
                                "--output", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
                                "--workers", "0"])
         assert len(out.read_text().splitlines()) == n + 1
-    assert rss[1000] - rss[100] < 40, rss
+    # Measured growth 100 -> 1000 images: 0.2-4.5 MB; keeping each decoded image grew it by ~170 MB.
+    assert rss[1000] - rss[100] < 20, rss
 
 
 def test_finetune_sigint_saves_and_resumes(tmp_path):
