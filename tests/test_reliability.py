@@ -308,8 +308,11 @@ def test_deterministic_runs_are_bit_identical(toy_p2, tmp_path, script, extra):
 _PEAK_WRAPPER = """
 import re, runpy, sys
 import torch, torchvision
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
+try:
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+except OSError:  # a sandbox without it: the peak then includes the import, and only larger leaks show
+    pass
 sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name='__main__')
@@ -329,8 +332,8 @@ def _peak_rss_mb(cmd) -> float:
     threshold returns every freed large block at once: the same runs then agree within ~5 MB, and what is left
     to measure is memory the program really keeps.
     """
-    if not os.access("/proc/self/clear_refs", os.W_OK):
-        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("reads the peak RSS (VmHWM) from Linux's /proc/self/status")
     out = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER] + cmd, cwd=str(ROOT),
                          env=_env(MALLOC_MMAP_THRESHOLD_="131072"), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
