@@ -302,7 +302,7 @@ def run_knn(teacher: MultiCropNet, loaders, args: argparse.Namespace, device: to
 
 def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, loader, optimizer, scaler,
                     args: argparse.Namespace, device: torch.device, dtype: Optional[torch.dtype], epoch: int,
-                    step: int, total_steps: int, lr_peak: float,
+                    step: int, total_steps: int, warmup_steps: int, lr_peak: float,
                     stop: Optional[StopRequest] = None, augment: Optional[Any] = None) -> Dict[str, Any]:
     """One DINO epoch (0-based ``epoch``); returns averaged loss and collapse signals, and the new step; a
     SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
@@ -310,7 +310,6 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
     plain_student = dist_utils.unwrap(student)
     sums = torch.zeros(4, device=device)  # loss, teacher entropy, KL, embedding std
     count = 0
-    warmup_steps = args.warmup_epochs * len(loader)
     bar = progress(loader, desc="epoch {}/{}".format(epoch + 1, args.epochs), leave=False)
     t0 = time.time()
     lr = momentum = 0.0
@@ -321,6 +320,8 @@ def train_one_epoch(student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLo
         for group in optimizer.param_groups:
             group["lr"] = lr
         if torch.is_tensor(crops):  # --batched-aug: a uint8 batch, augmented here on the device
+            # seeded by (seed, global step, rank): a run resumed mid-epoch draws the same views as an unbroken one
+            augment.generator.manual_seed((args.seed * 10 ** 9 + step) * 1000 + dist_utils.get_rank())
             crops = augment(crops.to(device, non_blocking=True))
         else:
             crops = [c.to(device, non_blocking=True) for c in crops]
@@ -475,8 +476,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     optimizer = (torch.optim.SGD(groups, lr=lr_peak, momentum=0.9) if args.optimizer == "sgd"
                  else torch.optim.AdamW(groups, lr=lr_peak))
     scaler = make_grad_scaler(dtype)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(loader)  # before any resume skips batches: len(loader) then shrinks for one epoch
     total_steps = args.epochs * steps_per_epoch
+    warmup_steps = args.warmup_epochs * steps_per_epoch
     start_epoch, step, partial = 0, 0, 0
     logger = JsonlLogger(out / "log.jsonl", enabled=rank == 0)
     if ckpt is not None:
@@ -513,10 +515,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     with stop:
         for epoch in range(start_epoch, args.epochs):
             dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
-            if batched_aug is not None:  # its own generator: reproducible per (seed, epoch, rank) and on resume
-                batched_aug.generator.manual_seed((args.seed * 1000 + epoch) * 1000 + rank)
             stats = train_one_epoch(train_student, teacher, dino_loss, loader, optimizer, scaler, args, device, dtype,
-                                    epoch, step, total_steps, lr_peak, stop, augment=batched_aug)
+                                    epoch, step, total_steps, warmup_steps, lr_peak, stop, augment=batched_aug)
             step = stats.pop("step")
             if stats.pop("interrupted") and math.isfinite(stats["loss"]):
                 done = partial + stats["batches"]

@@ -211,6 +211,24 @@ def test_dino_sigterm_saves_and_resumes(tmp_path):
     assert (out / "backbone.pth").is_file()
 
 
+def test_dino_batched_aug_resumed_mid_epoch_ends_like_an_uninterrupted_run(tmp_path):
+    """--batched-aug draws each step's views from (seed, step, rank): a SIGTERM mid-epoch and a resume give the
+    same teacher and center as a run that was never stopped."""
+    root = make_p1_data(tmp_path, mini_size=32, num_classes=2, mini_per_class=16, office_train_per_class=1,
+                        office_val_per_class=1)
+    base = ["p1_ssl_pretrain.py", "--data-dir", str(root / "mini" / "train"), "--epochs", "3", "--batch-size", "2",
+            "--workers", "0", "--arch", "resnet18", "--out-dim", "32", "--hidden-dim", "32", "--bottleneck-dim",
+            "16", "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "1",
+            "--warmup-epochs", "1", "--print-freq", "1", "--batched-aug", "--deterministic"]
+    subprocess.run([sys.executable] + base + ["--output-dir", str(tmp_path / "full")], cwd=str(ROOT), env=_env(),
+                   check=True, capture_output=True, timeout=600)
+    resumed = _interrupt_then_resume(base + ["--output-dir", str(tmp_path / "stopped")], signal.SIGTERM, "p1_dino",
+                                     steps_per_epoch=16, epochs=3)
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pth", "p1_dino")
+    assert all(torch.equal(full["teacher"][k], resumed["teacher"][k]) for k in full["teacher"])
+    assert torch.equal(full["center"], resumed["center"])
+
+
 def _final_state(out: Path):
     ckpt = load_safe(out / "checkpoint.pth")
     return ckpt["model"], json.loads((out / "results.json").read_text())
