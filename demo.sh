@@ -16,7 +16,7 @@ if [ "${DEMO_SKIP_INSTALL:-0}" != 1 ]; then
 fi
 export TQDM_DISABLE=${TQDM_DISABLE:-0}
 echo "== 1/10 generated data (the real hw1_data layout) in $out/hw1_data"
-"$py" -m utils.toydata --out "$out/hw1_data" --size 64 --num 48 --num-val 12
+"$py" -m tools.toydata --out "$out/hw1_data" --size 64 --num 48 --num-val 12
 p1="$out/hw1_data/p1_data"
 p1_common=(--arch resnet18 --workers 0 --num-classes 8)
 ft_common=("${p1_common[@]}" --data-dir "$p1/office" --epochs "$epochs" --batch-size 16 --image-size 48 --lr 0.05
@@ -40,7 +40,7 @@ echo "== 5/10 t-SNE of setting C at its first and last epoch"
   --perplexity 10
 echo "== 6/10 grading script hw1_1.sh with setting C on the office val csv"
 HW1_P1_CHECKPOINT="$out/runs/p1_C/best.pth" bash hw1_1.sh "$p1/office/val.csv" "$p1/office/val" "$out/pred_p1.csv"
-"$py" -m utils.report grade-p1 --pred "$out/pred_p1.csv" --labels "$p1/office/val.csv" -o "$out/runs/grading_p1.json"
+"$py" -m tools.report grade-p1 --pred "$out/pred_p1.csv" --labels "$p1/office/val.csv" -o "$out/runs/grading_p1.json"
 common=(--data-dir "$out/hw1_data/p2_data" --epochs "$epochs" --batch-size 8 --crop-size 64 --workers 0
         --snapshot-epochs 1 $(( (epochs + 1) / 2 )) "$epochs" --snapshot-images 0000_sat.jpg 0001_sat.jpg 0002_sat.jpg)
 echo "== 7/10 U-Net (model A) and its skip ablation"
@@ -53,9 +53,9 @@ echo "== 8/10 DeepLabV3-ResNet50 (model B), random backbone (no download), snaps
 echo "== 9/10 grading script hw1_2.sh with the U-Net checkpoint, and the mIoU of its masks as graded"
 HW1_P2_CHECKPOINT="$out/runs/p2_unet/best.pth" bash hw1_2.sh "$out/hw1_data/p2_data/validation" "$out/pred_masks"
 "$py" -m utils.metrics -g "$out/hw1_data/p2_data/validation" -p "$out/pred_masks"
-"$py" -m utils.report grade-p2 --pred "$out/pred_masks" --labels "$out/hw1_data/p2_data/validation" \
+"$py" -m tools.report grade-p2 --pred "$out/pred_masks" --labels "$out/hw1_data/p2_data/validation" \
   -o "$out/runs/grading_p2.json"
 echo "== 10/10 the report: tables and figures from the runs above"
-"$py" -m utils.report "$out/runs" -o "$out/report" --note "Demo on a CPU: toy sizes, $epochs epochs. B/D use a \
+"$py" -m tools.report "$out/runs" -o "$out/report" --note "Demo on a CPU: toy sizes, $epochs epochs. B/D use a \
 STAND-IN for the course's labeled backbone (a short supervised run on the generated mini images' hidden labels)."
 echo "demo finished in $(( $(date +%s) - start )) s. Report: $out/report/REPORT.md (figures in $out/report/figures)"

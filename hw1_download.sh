@@ -6,4 +6,4 @@
 #   --dino-official  also the official DINO ResNet-50 backbone, for comparisons
 #   --force          re-download files no pinned sha256 vouches for, and re-download and unpack the data
 # It only downloads (and unpacks); it never trains. Exit status 0 when everything requested is present and valid.
-python3 -m utils.download "$@"
+python3 -m tools.download "$@"

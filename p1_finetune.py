@@ -14,7 +14,7 @@
     python p1_finetune.py --setting C --output-dir runs/p1_C --backbone runs/p1_dino/backbone.pth
     python p1_finetune.py --setting D --output-dir runs/p1_D --backbone hw1_data/p1_data/pretrain_model_SL.pt
     python p1_finetune.py --setting E --output-dir runs/p1_E --backbone runs/p1_dino/backbone.pth
-    python -m utils.report runs                # REPORT.md with the A-E table (and the rest of the report)
+    python -m tools.report runs                # REPORT.md with the A-E table (and the rest of the report)
     # N GPUs
     torchrun --nproc_per_node=N p1_finetune.py --setting C --output-dir runs/p1_C --backbone runs/p1_dino/backbone.pth
 

@@ -4,7 +4,7 @@ A student sees 2 global (128 px) + 6 local (64 px) crops of each image and learn
 view, the output distribution that an EMA teacher gives on the global views. Defaults are the report's recipe.
 
     # CPU smoke run on generated data
-    python -m utils.toydata --out toy && python p1_ssl_pretrain.py --data-dir toy/p1_data/mini/train \
+    python -m tools.toydata --out toy && python p1_ssl_pretrain.py --data-dir toy/p1_data/mini/train \
         --output-dir runs/dino_smoke --arch resnet18 --epochs 2 --batch-size 16 --out-dim 1024 --workers 0 \
         --knn-train-csv toy/p1_data/office/train.csv --knn-val-csv toy/p1_data/office/val.csv
     # one GPU, the report's recipe (300 epochs, batch 32, lr 0.04), k-NN on Office-Home every 10 epochs

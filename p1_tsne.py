@@ -17,7 +17,7 @@ busy 2-core CPU, seconds on a GPU; PCA + t-SNE run on the CPU, ~1 min::
     python p1_tsne.py --checkpoints runs/p1_C/epoch_001.pth runs/p1_C/epoch_100.pth \\
         --labels "epoch 1" "epoch 100" --csv hw1_data/p1_data/office/train.csv --output-dir runs/p1_tsne
     # CPU smoke run on generated data (any p1_classifier checkpoint works)
-    python -m utils.toydata --out toy --parts p1 && python p1_tsne.py --checkpoints CKPT.pth \\
+    python -m tools.toydata --out toy --parts p1 && python p1_tsne.py --checkpoints CKPT.pth \\
         --csv toy/p1_data/office/train.csv --output-dir runs/p1_tsne_smoke --device cpu --workers 0
 
 Outputs in ``--output-dir``:

@@ -4,7 +4,7 @@ Dilated last stage (output stride 16), ASPP with image pooling, an auxiliary FCN
 loss counts 0.5. ``--arch fcn32s`` trains the course's VGG16-FCN32s baseline with the same engine.
 
     # CPU smoke run on generated data (random backbone: nothing is downloaded)
-    python -m utils.toydata --out toy && python p2_deeplab.py --data-dir toy/p2_data --output-dir runs/deeplab \
+    python -m tools.toydata --out toy && python p2_deeplab.py --data-dir toy/p2_data --output-dir runs/deeplab \
         --epochs 2 --batch-size 4 --crop-size 64 --backbone-weights none
     # one GPU, the report's recipe (ImageNet backbone from torchvision, downloaded once to the torch cache)
     python p2_deeplab.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplab

@@ -3,7 +3,7 @@
 The report's baseline, and its skip-connection ablation (``--drop-skip``).
 
     # CPU smoke run on generated data
-    python -m utils.toydata --out toy && python p2_unet.py --data-dir toy/p2_data --output-dir runs/unet \
+    python -m tools.toydata --out toy && python p2_unet.py --data-dir toy/p2_data --output-dir runs/unet \
         --epochs 2 --batch-size 4 --crop-size 64 --base-width 8
     # one GPU, the report's recipe
     python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet

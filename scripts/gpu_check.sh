@@ -45,10 +45,10 @@ print(json.dumps(info))
 EOF
 
 echo "== 2/5 benchmark.py --reference"
-"$PYTHON" benchmark.py --device "$DEVICE" --reference "${bench[@]}" --json-out "$OUT/bench.jsonl"
+"$PYTHON" -m tools.benchmark --device "$DEVICE" --reference "${bench[@]}" --json-out "$OUT/bench.jsonl"
 
 echo "== 3/5 DINO end to end: --batched-aug, then the per-image path ($((mini_per_class * 8)) images of 84 px)"
-"$PYTHON" -m utils.toydata --out "$OUT/data" --parts p1 --p1-classes 8 --p1-mini-per-class "$mini_per_class" \
+"$PYTHON" -m tools.toydata --out "$OUT/data" --parts p1 --p1-classes 8 --p1-mini-per-class "$mini_per_class" \
   --p1-office-per-class 1 --p1-office-val-per-class 1
 for path in batched per_image; do
   flags=(); [ $path = batched ] && flags=(--batched-aug)
@@ -58,7 +58,7 @@ for path in batched per_image; do
 done
 
 echo "== 4/5 torchrun (NCCL on GPU) + SyncBatchNorm: p2_unet.py, one epoch"
-"$PYTHON" -m utils.toydata --out "$OUT/data" --parts p2 --size "$tile" --num 8 --num-val "$tiles"
+"$PYTHON" -m tools.toydata --out "$OUT/data" --parts p2 --size "$tile" --num 8 --num-val "$tiles"
 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 p2_unet.py --data-dir "$OUT/data/p2_data" \
   --output-dir "$OUT/unet_ddp" --overwrite --epochs 1 --workers "$workers" --device "$DEVICE" "${unet_extra[@]}"
 

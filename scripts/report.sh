@@ -6,7 +6,7 @@ source "$(dirname "$0")/_launch.sh"
 p1="$HW1_DATA/p1_data/office"
 if [ -f "$RUNS/p1_C/best.pth" ]; then
   HW1_P1_CHECKPOINT="$RUNS/p1_C/best.pth" bash hw1_1.sh "$p1/val.csv" "$p1/val" "$RUNS/grading/pred_p1.csv" || true
-  "$PYTHON" -m utils.report grade-p1 --pred "$RUNS/grading/pred_p1.csv" --labels "$p1/val.csv" -o "$RUNS/grading_p1.json"
+  "$PYTHON" -m tools.report grade-p1 --pred "$RUNS/grading/pred_p1.csv" --labels "$p1/val.csv" -o "$RUNS/grading_p1.json"
 fi
 best_seg=""
 for m in p2_deeplab p2_unet; do
@@ -14,7 +14,7 @@ for m in p2_deeplab p2_unet; do
 done
 if [ -n "$best_seg" ]; then
   HW1_P2_CHECKPOINT="$best_seg" bash hw1_2.sh "$HW1_DATA/p2_data/validation" "$RUNS/grading/p2_masks" || true
-  "$PYTHON" -m utils.report grade-p2 --pred "$RUNS/grading/p2_masks" --labels "$HW1_DATA/p2_data/validation" \
+  "$PYTHON" -m tools.report grade-p2 --pred "$RUNS/grading/p2_masks" --labels "$HW1_DATA/p2_data/validation" \
     -o "$RUNS/grading_p2.json"
 fi
-"$PYTHON" -m utils.report "$RUNS" -o "${REPORT_DIR:-report}" "$@"
+"$PYTHON" -m tools.report "$RUNS" -o "${REPORT_DIR:-report}" "$@"

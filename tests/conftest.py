@@ -26,6 +26,6 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def toy_p2(tmp_path_factory) -> Path:
     """24 train + 8 validation 64x64 tiles in the real p2_data layout (read-only for tests)."""
-    from utils.toydata import make_p2_data
+    from tools.toydata import make_p2_data
 
     return make_p2_data(tmp_path_factory.mktemp("toy"), size=64, num_train=24, num_val=8, seed=0)

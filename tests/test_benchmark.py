@@ -1,4 +1,4 @@
-"""benchmark.py runs every measurement end to end at toy sizes and reports one well-formed JSON line per
+"""tools/benchmark.py runs every measurement end to end at toy sizes and reports one well-formed JSON line per
 measurement (no speed is asserted: the test machine's load is not ours to control)."""
 import json
 import os
@@ -29,7 +29,7 @@ REFERENCE = {"reference", "reference_images_per_s", "ratio"}
 def run_benchmark(tmp_path: Path, *extra: str):
     out = tmp_path / "bench.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmark.py")] + TINY + ["--json-out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "tools.benchmark"] + TINY + ["--json-out", str(out)]
                           + list(extra), cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

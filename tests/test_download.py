@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from utils import download as dl
+from tools import download as dl
 
 FORBIDDEN_WORDS = {"rm", "cp", "mv", "mkdir", "cd", "pip", "pip3", "sudo", "CUDA_VISIBLE_DEVICES"}
 
@@ -414,7 +414,7 @@ def rule_violations(text):
 
 
 @pytest.mark.parametrize("line, bad", [
-    ("python3 -m utils.download \"$@\" | rm -rf x", ["rm"]),
+    ("python3 -m tools.download \"$@\" | rm -rf x", ["rm"]),
     ("true && mkdir -p out; cd out", ["cd", "mkdir"]),
     ("echo $(cp a b)", ["cp"]),
     ("CUDA_VISIBLE_DEVICES=0 python3 a.py", ["CUDA_VISIBLE_DEVICES"]),
@@ -430,7 +430,7 @@ def test_download_script_obeys_the_rules(repo_root):
     assert rule_violations(text) == []
     words = code_words(text)
     assert "python3" in words and "python" not in words
-    assert words[words.index("python3"):words.index("python3") + 4] == ["python3", "-m", "utils.download", "$@"]
+    assert words[words.index("python3"):words.index("python3") + 4] == ["python3", "-m", "tools.download", "$@"]
     assert not any(word.startswith("/") or "hw1_data" in word for word in words)  # no hard-coded paths
     assert not any(word in ("train", "p1_ssl_pretrain.py", "p1_finetune.py") for word in words)
 

@@ -23,7 +23,7 @@ from utils.gpu_multicrop import (BatchedMultiCrop, InMemoryImages, _adjust_hue_,
                                  batched_params_from_uniforms)
 from utils.multicrop import (JITTER_OPS, NUM_UNIFORMS, MultiCropAugmentation, ViewSpec, adjust_hue, apply_view,
                              blur_kernel_size, dino_view_specs, params_from_uniforms)
-from utils.toydata import p1_image
+from tools.toydata import p1_image
 from test_multicrop import assert_rate  # the same binomial-rate check as the per-image tests
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -19,7 +19,7 @@ TINY = ["--arch", "resnet18", "--batch-size", "16", "--workers", "0", "--global-
 
 @pytest.fixture(scope="module")
 def toy_p1(tmp_path_factory):
-    from utils.toydata import make_p1_data
+    from tools.toydata import make_p1_data
 
     return make_p1_data(tmp_path_factory.mktemp("toyp1"), num_classes=4, mini_per_class=12,
                         office_train_per_class=4, office_val_per_class=2, seed=0)
@@ -135,7 +135,7 @@ SANITY = ["--epochs", "8", "--batch-size", "32", "--workers", "0", "--arch", "re
 @pytest.mark.slow
 def test_short_run_raises_teacher_knn_above_random_init(tmp_path):
     from utils.misc import read_jsonl
-    from utils.toydata import make_p1_sanity_data
+    from tools.toydata import make_p1_sanity_data
 
     root = make_p1_sanity_data(tmp_path / "data")  # 512 unlabeled + 7 x (30 + 30) labeled, 32 px
     out = tmp_path / "run"

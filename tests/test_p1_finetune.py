@@ -15,7 +15,7 @@ TINY = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "16", "--image-si
 
 @pytest.fixture(scope="module")
 def office(tmp_path_factory):
-    from utils.toydata import make_p1_data
+    from tools.toydata import make_p1_data
 
     root = make_p1_data(tmp_path_factory.mktemp("p1ft"), num_classes=4, mini_per_class=8,
                         office_train_per_class=8, office_val_per_class=4, seed=0)
@@ -100,7 +100,7 @@ def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, ba
     _run(office, tmp_path / "A", "--setting", "A", "--epochs", "1")
     _run(office, tmp_path / "D", "--setting", "D", "--backbone", str(backbone_file), "--epochs", "1",
          "--cache-features")
-    from utils.report import load_results, settings_table
+    from tools.report import load_results, settings_table
 
     table = settings_table(load_results([tmp_path / "D", tmp_path / "A"]))
     lines = table.splitlines()
@@ -115,7 +115,7 @@ def test_labeled_standin_backbone_beats_random_init(tmp_path):
     """Settings B and D with the STAND-IN of the course's labeled backbone (a short supervised run on the
     generated mini images' hidden labels) beat setting A at equal epochs. Measured (seed 0): stand-in 0.93 on
     office val; A 0.35, B 0.90, D 0.82 (chance 0.25)."""
-    from utils.toydata import make_p1_data
+    from tools.toydata import make_p1_data
 
     root = make_p1_data(tmp_path / "data", num_classes=4, mini_per_class=60, office_train_per_class=10,
                         office_val_per_class=10, seed=0)
@@ -142,7 +142,7 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
     import subprocess
 
     import p1_ssl_pretrain
-    from utils.toydata import make_p1_data
+    from tools.toydata import make_p1_data
 
     root = make_p1_data(tmp_path / "data", num_classes=8, mini_per_class=40, office_train_per_class=12,
                         office_val_per_class=10, seed=0)

@@ -44,7 +44,7 @@ def _save(model, path, epoch):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """Generated office train set (4 classes x 12 images) and two checkpoints: random, and trained on it."""
-    from utils.toydata import make_p1_data
+    from tools.toydata import make_p1_data
 
     root = tmp_path_factory.mktemp("tsne")
     data = make_p1_data(root, num_classes=4, mini_per_class=0, office_train_per_class=12, office_val_per_class=1,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from utils.checkpoint import load_checkpoint, load_safe
 from utils.datasets import CsvImages, SegmentationDataset, UnlabeledImages, read_image_csv
-from utils.toydata import make_p1_data
+from tools.toydata import make_p1_data
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET = ["--base-width", "8", "--depth", "2", "--crop-size", "64", "--batch-size", "2", "--workers", "0",

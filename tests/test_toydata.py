@@ -1,4 +1,4 @@
-"""Tests for utils.toydata: real layouts (p1 and p2), mask colours, determinism, learnable structure, CLI."""
+"""Tests for tools.toydata: real layouts (p1 and p2), mask colours, determinism, learnable structure, CLI."""
 import re
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from utils.masks import NUM_CLASSES, PALETTE, read_mask
-from utils.toydata import (GENERATED_MARKER, P1_MAX_CLASSES, P1_OFFICE_SIDE, P2_SPLITS, main, make_p1_data, make_p2_data,
+from tools.toydata import (GENERATED_MARKER, P1_MAX_CLASSES, P1_OFFICE_SIDE, P2_SPLITS, main, make_p1_data, make_p2_data,
                            p1_class_attributes, p1_image, p1_mini_classes, p2_tile, is_generated)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_cli_subprocess_writes_layout(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "utils.toydata", "--out", str(tmp_path), "--size", "32", "--num", "3",
+    cmd = [sys.executable, "-m", "tools.toydata", "--out", str(tmp_path), "--size", "32", "--num", "3",
            "--num-val", "2", "--seed", "5", "--parts", "p2"]
     result = subprocess.run(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, timeout=120)
@@ -361,7 +361,7 @@ def test_p1_invalid_arguments_raise(tmp_path: Path, kwargs: Dict[str, int]) -> N
 
 
 def test_p1_cli_subprocess_writes_layout(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "utils.toydata", "--out", str(tmp_path), "--parts", "p1", "--seed", "3",
+    cmd = [sys.executable, "-m", "tools.toydata", "--out", str(tmp_path), "--parts", "p1", "--seed", "3",
            "--p1-classes", "3", "--p1-mini-per-class", "2", "--p1-office-per-class", "2",
            "--p1-office-val-per-class", "1"]
     result = subprocess.run(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -390,7 +390,7 @@ def test_cli_rejects_bad_p1_arguments(tmp_path: Path, flag: List[str]) -> None:
 
 
 def test_p1_sanity_set_layout_and_that_only_shape_varies(tmp_path):
-    from utils.toydata import make_p1_sanity_data, p1_sanity_image
+    from tools.toydata import make_p1_sanity_data, p1_sanity_image
 
     root = make_p1_sanity_data(tmp_path, size=24, num_classes=3, num_unlabeled=6, train_per_class=2,
                                val_per_class=1)

@@ -40,7 +40,7 @@ How each step is batched:
 Given the same parameters the output matches ``apply_view`` to ~1e-5 (float rounding; ``tests/test_gpu_multicrop.py``
 checks it sample by sample, and the two paths' parameter and output statistics). Speed on the 2-core test CPU,
 one thread, 2 x 128 + 6 x 64 views of 84x84 images, batch 16: ~2x DINO's per-image PIL pipeline and ~1.5x
-``MultiCropAugmentation`` (``python benchmark.py --only aug_batched --reference``; on the CPU the remaining cost
+``MultiCropAugmentation`` (``python -m tools.benchmark --only aug_batched --reference``; on the CPU the remaining cost
 is memory traffic: ~170k output floats per image pass through ~30 elementwise passes and the matmuls).
 
 ``InMemoryImages`` decodes a folder of equal-sized images once into one uint8 tensor, optionally cached as .npy,

@@ -8,14 +8,14 @@ one (so a change in machine load hits both), and adds ``reference_images_per_s``
 reference).
 
     # tiny CPU run (about a minute on 2 cores)
-    python benchmark.py --device cpu --batch-size 4 --arch resnet18 --out-dim 1024 --seg-size 128 --steps 3 --warmup 1
+    python -m tools.benchmark --device cpu --batch-size 4 --arch resnet18 --out-dim 1024 --seg-size 128 --steps 3 --warmup 1
     # the CPU comparison of the README (batch 16, ResNet-50, out_dim 65,536, 2 x 128 + 6 x 64 crops of 84 px)
-    python benchmark.py --device cpu --only aug_per_image aug_batched --reference --batch-size 16 --steps 20 \\
+    python -m tools.benchmark --device cpu --only aug_per_image aug_batched --reference --batch-size 16 --steps 20 \\
         --warmup 3 --json-out bench_cpu_aug.jsonl
-    python benchmark.py --device cpu --only dino_step --reference --batch-size 16 --steps 5 --warmup 2 \\
+    python -m tools.benchmark --device cpu --only dino_step --reference --batch-size 16 --steps 5 --warmup 2 \\
         --threads 1 --json-out bench_cpu_dino.jsonl
     # a GPU, every measurement at the default (GPU-sized) settings
-    python benchmark.py --reference --json-out bench_gpu.jsonl
+    python -m tools.benchmark --reference --json-out bench_gpu.jsonl
 
 Measurements (``--only`` picks some):
 

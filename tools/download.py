@@ -6,7 +6,7 @@ It only downloads (and unpacks); it never trains. Run it from the repository roo
     bash hw1_download.sh --data              # + the course's archive from Google Drive, unpacked into hw1_data/
     bash hw1_download.sh --dino-official     # + the official DINO ResNet-50 backbone, for comparisons
     bash hw1_download.sh --force             # re-download files no pinned sha256 can vouch for; re-unpack data
-    python3 -m utils.download --help
+    python3 -m tools.download --help
 
 Manifest (``checkpoints/manifest.csv``): csv with the header ``group,url,sha256,destination``; lines starting
 with ``#`` are comments. ``group`` is ``grading`` (always fetched) or ``dino-official`` (``--dino-official``);

@@ -1,0 +1,1 @@
+"""Tools that no experiment imports: report generator, toy data, downloads and publishing, benchmark."""
