@@ -36,7 +36,7 @@ for s in A B C D E; do
 done
 echo "== 5/10 t-SNE of setting C at its first and last epoch"
 "$py" p1_tsne.py --checkpoints "$out/runs/p1_C/epoch_001.pth" "$out/runs/p1_C/epoch_$(printf %03d "$epochs").pth" \
-  --labels "epoch 1" "epoch $epochs" --csv "$p1/office/train.csv" --output-dir "$out/runs/p1_tsne" --workers 0 \
+  --titles "epoch 1" "epoch $epochs" --csv "$p1/office/train.csv" --output-dir "$out/runs/p1_tsne" --workers 0 \
   --perplexity 10
 echo "== 6/10 grading script hw1_1.sh with setting C on the office val csv"
 HW1_P1_CHECKPOINT="$out/runs/p1_C/best.pth" bash hw1_1.sh "$p1/office/val.csv" "$p1/office/val" "$out/pred_p1.csv"

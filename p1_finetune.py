@@ -24,11 +24,9 @@ our exported backbone.pth; any missing or unexpected key is an error naming the 
 ``--save-epochs 1 -1`` (the default) keeps epoch_001.pth and the last epoch's checkpoint for ``p1_tsne.py``.
 """
 import argparse
-import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -36,15 +34,15 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from utils import distributed as dist_utils
-from utils.checkpoint import load_checkpoint, make_checkpoint, plain, save_atomic
-from utils.classify import CLASSIFIER_KIND
+from utils.classify import CLASSIFIER_KIND, build_classifier
+from utils.cli import add_common_train_args, add_flag, run_cli
 from utils.datasets import CsvImages
-from utils.misc import (JsonlLogger, StopRequest, add_common_train_args, amp_dtype, autocast, fast_layout,
-                        make_grad_scaler, maybe_compile, plot_curves, progress, read_jsonl, run_cli, seed_everything,
-                        setup_determinism, weight_decay_groups)
-from utils.models import CLASSIFIER_BACKBONES, build_classifier, load_backbone_weights, load_resnet_state_dict
-from utils.distributed import ShardSampler, unwrap
-from utils.seg_engine import lr_at
+from utils.distributed import unwrap
+from utils.lifecycle import Run, checkpoint_state
+from utils.models import CLASSIFIER_BACKBONES, load_backbone_weights, load_resnet_state_dict
+from utils.optim import make_optimizer, scaled_lr, schedule, set_lr, weight_decay_groups
+from utils.precision import autocast, fast_layout, make_grad_scaler, maybe_compile
+from utils.runlog import progress
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, classify_eval_transform, normalize
 
 SETTINGS = {  # setting -> (which backbone, frozen)
@@ -56,7 +54,7 @@ DEFAULT_BACKBONES = {"course": "hw1_data/p1_data/pretrain_model_SL.pt", "dino": 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Office-Home classification, settings A-E (report problem 1).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_train_args(parser, epochs=100, batch_size=64, lr=0.01, workers=8,
+    add_common_train_args(parser, epochs=100, batch_size=64, lr=0.01, lr_ref_batch=None, workers=8,
                           data_dir="hw1_data/p1_data/office", output_dir="runs/p1_finetune")
     g = parser.add_argument_group("setting")
     g.add_argument("--setting", choices=sorted(SETTINGS), default="C",
@@ -75,24 +73,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-csv", type=Path, default=None, help="default: DATA_DIR/val.csv")
     g.add_argument("--val-dir", type=Path, default=None, help="default: DATA_DIR/val")
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="resnet50", choices=CLASSIFIER_BACKBONES, help="backbone architecture")
-    g.add_argument("--num-classes", type=int, default=65, help="Office-Home has 65 classes")
-    g.add_argument("--hidden-dim", type=int, default=1024,
-                   help="classifier MLP width (Linear-BN-ReLU-Dropout-Linear); 0 = a linear classifier")
+    add_flag(g, "--arch", "resnet50", "the classifier's ResNet backbone", choices=CLASSIFIER_BACKBONES)
+    add_flag(g, "--num-classes", 65, "Office-Home has 65")
+    add_flag(g, "--hidden-dim", 1024, "the classifier MLP (Linear-BN-ReLU-Dropout-Linear); 0 = a linear classifier")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout before the final linear layer")
     g = parser.add_argument_group("recipe")
-    g.add_argument("--image-size", type=int, default=128, help="train crop and eval size (the report: 128)")
-    g.add_argument("--min-scale", type=float, default=0.25, help="smallest RandomResizedCrop area fraction")
-    g.add_argument("--color-jitter", type=float, default=0.3, help="colour jitter strength; 0 disables")
+    add_flag(g, "--image-size", 128)
+    add_flag(g, "--min-scale", 0.25, "RandomResizedCrop")
+    add_flag(g, "--color-jitter", 0.3, "brightness/contrast/saturation (hue a third of it)")
     g.add_argument("--randaugment", type=int, default=0,
                    help="RandAugment with this many ops (0 = off); stronger regularisation for long runs")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="SGD (momentum 0.9) or AdamW")
+    add_flag(g, "--optimizer", "sgd", "SGD is Nesterov here")
     g.add_argument("--backbone-lr-mult", type=float, default=None,
                    help="backbone lr = lr x this; default 1.0 for a random backbone (A), 0.1 for a pretrained one")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (not on biases/norms)")
-    g.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warm-up epochs, then cosine to 0")
+    add_flag(g, "--weight-decay", 5e-4)
+    add_flag(g, "--warmup-epochs", 5.0, "then cosine to 0")
     g.add_argument("--save-epochs", type=int, nargs="*", default=[1, -1],
                    help="also keep epoch_NNN.pth at these epochs (-1 = the last); the t-SNE uses the first "
                         "and the last")
@@ -130,14 +127,14 @@ def train_transform(args: argparse.Namespace) -> v2.Compose:
     return v2.Compose(ops)
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.Namespace, device: torch.device,
-                    dtype: Optional[torch.dtype], epoch: int, step: int, total_steps: int, warmup_steps: int,
-                    frozen: bool, features: bool = False, stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.Namespace, run: Run, epoch: int,
+                    step: int, lr_at: Any, frozen: bool, features: bool = False) -> Dict[str, Any]:
     """One epoch of cross-entropy training; a frozen backbone stays in eval mode (BN statistics fixed). A
     SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     model.train()
     if frozen:
         unwrap(model).backbone.eval()
+    device, dtype = run.device, run.dtype
     sums = torch.zeros(3, device=device)  # loss, correct, samples
     ones = torch.ones((), device=device)  # samples are counted on the device: no host copy (and sync) per step
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
@@ -145,9 +142,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
     interrupted = False
     for i, (images, labels) in enumerate(bar):
         batches += 1
-        lr = lr_at(step, total_steps, warmup_steps, args.lr, "cosine")
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        set_lr(optimizer, lr_at(step))
         labels = labels.to(device, non_blocking=True)
         x = images.to(device, non_blocking=True)
         if not features:
@@ -171,14 +166,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
                              ones * labels.shape[0]])
         step += 1
         if i % args.print_freq == 0:
-            bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr))
-        if stop is not None and stop.requested(i + 1, device):  # all ranks agree here
+            bar.set_postfix(loss="{:.4f}".format(loss.item()), lr="{:.2e}".format(lr_at(step - 1)))
+        if run.stop.requested(i + 1, device):  # all ranks agree here
             interrupted = True
             break
     dist_utils.all_reduce_sum(sums)
     return {"train_loss": float(sums[0] / sums[2].clamp(min=1)), "train_acc": float(sums[1] / sums[2].clamp(min=1)),
-            "step": step, "interrupted": interrupted, "batches": batches,
-            "lr": lr_at(max(step - 1, 0), total_steps, warmup_steps, args.lr, "cosine")}
+            "step": step, "interrupted": interrupted, "batches": batches, "lr": lr_at(max(step - 1, 0))}
 
 
 @torch.no_grad()
@@ -213,160 +207,123 @@ def cache_backbone_features(model: nn.Module, dataset, args: argparse.Namespace,
     return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-def main(args: argparse.Namespace) -> Dict[str, Any]:
-    device = dist_utils.resolve_device(args.device)
-    dist_utils.init_distributed(device)
-    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-    setup_determinism(args.deterministic)
-    seed_everything(args.seed)
-    out = Path(args.output_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    dist_utils.barrier()
-    setting = resolve_setting(args)
-    config = {"arch": args.arch, "num_classes": args.num_classes, "hidden_dim": args.hidden_dim,
-              "dropout": args.dropout}
-
-    resume = args.resume or (out / "checkpoint.pth" if (out / "checkpoint.pth").is_file() and not args.overwrite
-                             else None)
-    ckpt = load_checkpoint(resume, CLASSIFIER_KIND) if resume else None
-    if ckpt is not None and args.resume is None and (ckpt["model_config"] != plain(config)
-                                                     or ckpt.get("setting") != args.setting):
-        raise SystemExit("error: {} holds another run (setting {}, {}); use another --output-dir or --overwrite"
-                         .format(out, ckpt.get("setting"), ckpt["model_config"]))
-    model = build_classifier(ckpt["model_config"] if ckpt else config)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+def build_model(run: Run, setting: Dict[str, Any]) -> nn.Module:
+    """The classifier: resumed weights, else the setting's backbone weights; frozen backbone when asked."""
+    model = build_classifier(run.config)
+    if run.ckpt is not None:
+        model.load_state_dict(run.ckpt["model"])
     elif setting["backbone"] != "none":
         load_backbone_weights(model.backbone, load_resnet_state_dict(setting["backbone"]),
-                              source=str(setting["backbone"]), arch=args.arch)
+                              source=str(setting["backbone"]), arch=run.config["arch"])
     if setting["frozen"]:
         for p in model.backbone.parameters():
             p.requires_grad = False
-    model.to(device)
-    dtype = amp_dtype(device, args.amp, cpu=args.cpu_amp)
+    model.to(run.device)
+    return model.to(memory_format=torch.channels_last) if fast_layout(run.device, run.dtype) else model
+
+
+def datasets(args: argparse.Namespace, run: Run, model: nn.Module, use_cache: bool):
+    """(train set, val set): the train set as backbone features with --cache-features, else augmented images."""
     data = Path(args.data_dir)
     eval_tf = classify_eval_transform(args.image_size)
-    train_csv, train_dir = args.train_csv or data / "train.csv", args.train_dir or data / "train"
     val_set = CsvImages(args.val_csv or data / "val.csv", args.val_dir or data / "val", eval_tf,
                         num_classes=args.num_classes, strict=args.strict)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size * 2, num_workers=args.workers,
-                                             sampler=ShardSampler(len(val_set), rank, world),
-                                             pin_memory=device.type == "cuda")
     if args.eval_only:
-        if ckpt is None:
-            raise SystemExit("error: --eval-only needs a checkpoint (--resume PATH or OUTPUT_DIR/checkpoint.pth)")
-        metrics = evaluate(model, val_loader, device, dtype)
-        if rank == 0:
-            print(json.dumps(metrics))
-        dist_utils.cleanup()
-        return metrics
-
-    use_cache = args.cache_features and setting["frozen"]
+        return None, val_set
+    train_csv, train_dir = args.train_csv or data / "train.csv", args.train_dir or data / "train"
     if use_cache:
         plain_set = CsvImages(train_csv, train_dir, eval_tf, num_classes=args.num_classes, strict=args.strict)
-        train_set = cache_backbone_features(model, plain_set, args, device, dtype)
-    else:
-        train_set = CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes,
-                              strict=args.strict)
-    if fast_layout(device, dtype):
-        model = model.to(memory_format=torch.channels_last)
-    model = dist_utils.wrap_ddp(model, device)
-    plain_model = unwrap(model)
-    train_model = maybe_compile(model, args.compile)  # shares parameters; evaluation and checkpoints use model
-    sampler = dist_utils.train_sampler(train_set, args.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=0 if use_cache else args.workers, drop_last=True,
-                                         pin_memory=device.type == "cuda",
-                                         persistent_workers=(args.workers > 0 and not use_cache
-                                                             and not args.deterministic))
-    if len(loader) == 0:
-        raise SystemExit("error: {} training images cannot fill one batch of {}".format(len(train_set),
-                                                                                       args.batch_size))
-    groups = []  # head at --lr, backbone at --lr x backbone_lr_mult; no decay on biases/norms in either
-    for module, mult in ((plain_model.head, 1.0), (plain_model.backbone, setting["backbone_lr_mult"])):
+        return cache_backbone_features(model, plain_set, args, run.device, run.dtype), val_set
+    return CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes,
+                     strict=args.strict), val_set
+
+
+def make_optimizer_for(args: argparse.Namespace, model: nn.Module, setting: Dict[str, Any], lr: float):
+    """Head at the lr, backbone at lr x backbone_lr_mult; no weight decay on biases/norms in either."""
+    groups = []
+    for module, mult in ((model.head, 1.0), (model.backbone, setting["backbone_lr_mult"])):
         groups += [dict(g, lr_mult=mult) for g in weight_decay_groups(module, args.weight_decay) if g["params"]]
-    optimizer = (torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True) if args.optimizer == "sgd"
-                 else torch.optim.AdamW(groups, lr=args.lr))
-    scaler = make_grad_scaler(dtype)
-    steps_per_epoch = len(loader)
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = int(round(args.warmup_epochs * len(loader)))
-    start_epoch, step, best_acc, partial = 0, 0, -1.0, 0
-    logger = JsonlLogger(out / "log.jsonl", enabled=rank == 0)
-    if ckpt is not None and "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt.get("scaler", {}))
-        start_epoch, step, best_acc = ckpt["epoch"], ckpt["step"], ckpt.get("best_acc", -1.0)
-        partial = ckpt.get("partial_steps", 0)  # steps of epoch start_epoch + 1 done before a SIGINT/SIGTERM
-        logger.truncate_after(start_epoch)
-    elif rank == 0 and (out / "log.jsonl").exists():
-        (out / "log.jsonl").unlink()
-    if rank == 0:
-        print("setting {}: backbone {} ({}), {}; {} train / {} val images; {} process(es) x batch {}; lr {:g} "
+    return make_optimizer(args.optimizer, groups, lr, nesterov=True)
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    setting = resolve_setting(args)
+    config = {"arch": args.arch, "num_classes": args.num_classes, "hidden_dim": args.hidden_dim,
+              "dropout": args.dropout}
+    run = Run(args, CLASSIFIER_KIND, config, match=("setting", "optimizer"), curve_keys=(
+        "train_loss", "train_acc", "val_acc"), title="setting " + args.setting)
+    model = build_model(run, setting)
+    use_cache = args.cache_features and setting["frozen"]
+    train_set, val_set = datasets(args, run, model, use_cache)
+    val_loader = run.loader(val_set, args.batch_size * 2, train=False)
+    if args.eval_only:
+        return run.finish(evaluate(model, val_loader, run.device, run.dtype), write=False)
+    model = dist_utils.wrap_ddp(model, run.device)
+    train_model = maybe_compile(model, args.compile)  # shares parameters; evaluation and checkpoints use model
+    if len(train_set) < args.batch_size * run.world:
+        raise SystemExit("error: {} training images cannot fill one batch of {} per process; lower --batch-size"
+                         .format(len(train_set), args.batch_size))
+    loader = run.loader(train_set, args.batch_size, train=True, workers=0 if use_cache else None)
+    lr = scaled_lr(args.lr, args.batch_size * run.world, args.lr_ref_batch)
+    objects = {"optimizer": make_optimizer_for(args, unwrap(model), setting, lr),
+               "scaler": make_grad_scaler(run.dtype)}
+    total_steps, warmup_steps = args.epochs * len(loader), int(round(args.warmup_epochs * len(loader)))
+
+    def lr_at(step: int) -> float:
+        return schedule(step, total_steps, lr, 0.0, warmup_steps, lr / max(warmup_steps, 1))
+
+    state = dict({"step": 0, "best_metric": -1.0}, **run.restore(**objects))
+    last = {"val_acc": run.ckpt.get("val_acc")} if run.ckpt is not None else {}
+    run.begin("setting {}: backbone {} ({}), {}; {} train / {} val images; {} process(es) x batch {}; lr {:g} "
               "(backbone x{:g}); {} epochs on {}".format(
                   args.setting, setting["backbone"], setting["pretraining"], setting["finetuning"], len(train_set),
-                  len(val_set), world, args.batch_size, args.lr, setting["backbone_lr_mult"], args.epochs, device))
-        with open(out / "args.json", "w") as f:
-            json.dump(plain(args), f, indent=2)
-    save_epochs = {e if e > 0 else args.epochs + 1 + e for e in args.save_epochs}
-    extra = {"setting": args.setting, "backbone_source": str(setting["backbone"]), "image_size": args.image_size,
-             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": args.num_classes}
-    metrics = {"val_acc": ckpt.get("val_acc")} if ckpt is not None else {}  # type: Dict[str, Any]
-    stop = StopRequest(every=args.print_freq)
-    with stop:
-        for epoch in range(start_epoch + 1, args.epochs + 1):
-            dist_utils.start_epoch(sampler, args.seed, epoch, skip_batches=partial, batch_size=args.batch_size)
-            t0 = time.time()
-            stats = train_one_epoch(train_model, loader, optimizer, scaler, args, device, dtype, epoch, step,
-                                    total_steps, warmup_steps, setting["frozen"], features=use_cache, stop=stop)
-            step = stats.pop("step")
-            if stats.pop("interrupted"):
-                done = partial + stats["batches"]
-                if rank == 0:
-                    weights = make_checkpoint(CLASSIFIER_KIND, config, plain_model.state_dict(), args, epoch=epoch - 1,
-                                              val_acc=metrics.get("val_acc"), **extra)
-                    save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                                     best_acc=best_acc, partial_steps=done), out / "checkpoint.pth")
-                dist_utils.barrier()
-                stop.exit(out / "checkpoint.pth", done, steps_per_epoch)
-            partial = 0
-            if not math.isfinite(stats["train_loss"]):
-                raise SystemExit("error: the training loss became {} in epoch {}; the last good checkpoint is kept. "
-                                 "Lower --lr or try --no-amp".format(stats["train_loss"], epoch))
-            metrics = evaluate(model, val_loader, device, dtype)
-            metrics.update(stats, epoch=epoch, seconds=time.time() - t0)
-            is_best = metrics["val_acc"] > best_acc
-            best_acc = max(best_acc, metrics["val_acc"])
-            metrics["best_acc"] = best_acc
-            if rank == 0:
-                weights = make_checkpoint(CLASSIFIER_KIND, config, plain_model.state_dict(), args, epoch=epoch,
-                                          val_acc=metrics["val_acc"], **extra)
-                save_atomic(dict(weights, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                                 best_acc=best_acc), out / "checkpoint.pth")
-                if is_best:
-                    save_atomic(weights, out / "best.pth")
-                if epoch in save_epochs:
-                    save_atomic(weights, out / "epoch_{:03d}.pth".format(epoch))
-                logger.log(metrics)
-                plot_curves(read_jsonl(out / "log.jsonl"), ["train_loss", "train_acc", "val_acc"], out / "curves.png",
-                            title="setting " + args.setting)
-                print("epoch {}/{}: train loss {:.4f}, train acc {:.4f}, val acc {:.4f} (best {:.4f})".format(
-                    epoch, args.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_acc"], best_acc))
-            dist_utils.barrier()
-
-    result = {"setting": args.setting, "backbone": str(setting["backbone"]), "pretraining": setting["pretraining"],
-              "finetuning": setting["finetuning"], "best_val_acc": best_acc, "last_val_acc": metrics.get("val_acc"),
-              "epochs": args.epochs, "seed": args.seed, "arch": args.arch}
-    if rank == 0:
-        with open(out / "results.json", "w") as f:
-            json.dump(result, f, indent=2)
-    dist_utils.cleanup()
-    return result
+                  len(val_set), run.world, args.batch_size, lr, setting["backbone_lr_mult"], args.epochs, run.device))
+    for epoch in run.epochs(loader):
+        t0 = time.time()
+        stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
+                                state["step"], lr_at, setting["frozen"], features=use_cache)
+        state["step"] = stats.pop("step")
+        if stats.pop("interrupted"):
+            run.save_and_exit(classifier_checkpoint(run, model, setting, epoch - 1, last, state, objects),
+                              stats["batches"], len(loader))
+        run.check_finite(stats["train_loss"], epoch)
+        last = dict(evaluate(model, val_loader, run.device, run.dtype), epoch=epoch, **stats)
+        last["seconds"] = time.time() - t0
+        end_of_epoch(run, model, setting, state, last, objects)
+    return run.finish({"setting": args.setting, "backbone": str(setting["backbone"]),
+                       "pretraining": setting["pretraining"], "finetuning": setting["finetuning"],
+                       "best_val_acc": state["best_metric"], "last_val_acc": last.get("val_acc"),
+                       "epochs": args.epochs, "seed": args.seed, "arch": run.config["arch"]})
 
 
-def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    return main(get_args_parser().parse_args(argv))
+def classifier_checkpoint(run: Run, model: nn.Module, setting: Dict[str, Any], epoch: int, metrics: Dict[str, Any],
+                          state: Optional[Dict[str, Any]] = None, objects: Optional[Dict[str, Any]] = None
+                          ) -> Dict[str, Any]:
+    """The weights with what inference needs (image size, normalisation); with ``state``/``objects`` also what
+    resumes the run."""
+    args = run.args
+    return checkpoint_state(CLASSIFIER_KIND, run.config, unwrap(model).state_dict(), args, epoch=epoch,
+                            val_acc=metrics.get("val_acc"), setting=args.setting,
+                            backbone_source=str(setting["backbone"]), image_size=args.image_size,
+                            mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), num_classes=args.num_classes,
+                            **dict(state or {}, **(objects or {})))
+
+
+def end_of_epoch(run: Run, model: nn.Module, setting: Dict[str, Any], state: Dict[str, Any],
+                 metrics: Dict[str, Any], objects: Dict[str, Any]) -> None:
+    """Best-model bookkeeping, then best.pth / epoch_NNN.pth, the log line and the checkpoint, in that order."""
+    epoch, args = metrics["epoch"], run.args
+    is_best = metrics["val_acc"] > state["best_metric"]
+    state["best_metric"] = max(state["best_metric"], metrics["val_acc"])
+    metrics["best_acc"] = state["best_metric"]
+    weights = classifier_checkpoint(run, model, setting, epoch, metrics)
+    files = {"best.pth": weights} if is_best else {}
+    if epoch in {e if e > 0 else args.epochs + 1 + e for e in args.save_epochs}:
+        files["epoch_{:03d}.pth".format(epoch)] = weights
+    run.end_epoch(classifier_checkpoint(run, model, setting, epoch, metrics, state, objects), epoch, metrics, files)
+    if run.main:
+        print("epoch {}/{}: train loss {:.4f}, train acc {:.4f}, val acc {:.4f} (best {:.4f})".format(
+            epoch, args.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_acc"], state["best_metric"]))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import csv
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -25,7 +24,10 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.misc import add_bool_flag, amp_dtype, progress, run_cli
+from utils.checkpoint import atomic_write
+from utils.cli import add_flag, run_cli
+from utils.precision import amp_dtype
+from utils.runlog import progress
 
 FAILED_LABEL = -1  # written for rows whose image cannot be read: an integer, and never a real class
 
@@ -33,19 +35,17 @@ FAILED_LABEL = -1  # written for rows whose image cannot be read: an integer, an
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Classify every image listed in a csv (id,filename,label).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--csv", type=Path, required=True,
-                        help="images csv with a 'filename' column (the hidden test csv has label 'None')")
-    parser.add_argument("--image-dir", type=Path, required=True, help="folder holding the listed images")
+    add_flag(parser, "--csv", more="a 'filename' column is enough; the hidden test csv has label 'None'", required=True)
+    add_flag(parser, "--image-dir", required=True)
     parser.add_argument("--output", type=Path, required=True,
                         help="predictions csv (id,filename,label); its folder is created if missing. Rows whose "
                              "image cannot be read get label {}".format(FAILED_LABEL))
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/p1_best.pth"),
-                        help="a p1_classifier checkpoint (setting C is the graded model)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda:N'")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (lower on OOM)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="image-decoding worker processes (default: up to 4, no more than the CPU count)")
-    add_bool_flag(parser, "amp", True, "mixed precision on CUDA")
+    add_flag(parser, "--checkpoint", Path("checkpoints/p1_best.pth"), "a p1_classifier (setting C is the graded "
+                                                                     "model)")
+    add_flag(parser, "--device", "auto")
+    add_flag(parser, "--batch-size", 64, "lower it on out-of-memory")
+    add_flag(parser, "--workers", min(4, os.cpu_count() or 1), "image decoding; up to 4, no more than the CPU count")
+    add_flag(parser, "--amp", True)
     return parser
 
 
@@ -67,21 +67,13 @@ class CsvRowImages(torch.utils.data.Dataset):
 
 
 def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
-    """Write a csv through a temp file in the same folder + os.replace; the temp file never outlives the call."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(records)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a csv atomically (temp file in the same folder + os.replace)."""
+    def write(f: Any) -> None:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(records)
+
+    atomic_write(path, write, text=True)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

@@ -15,7 +15,7 @@ busy 2-core CPU, seconds on a GPU; PCA + t-SNE run on the CPU, ~1 min::
 
     # the report figure: setting C after its first and its last epoch, on the Office-Home train set
     python p1_tsne.py --checkpoints runs/p1_C/epoch_001.pth runs/p1_C/epoch_100.pth \\
-        --labels "epoch 1" "epoch 100" --csv hw1_data/p1_data/office/train.csv --output-dir runs/p1_tsne
+        --titles "epoch 1" "epoch 100" --csv hw1_data/p1_data/office/train.csv --output-dir runs/p1_tsne
     # CPU smoke run on generated data (any p1_classifier checkpoint works)
     python -m tools.toydata --out toy --parts p1 && python p1_tsne.py --checkpoints CKPT.pth \\
         --csv toy/p1_data/office/train.csv --output-dir runs/p1_tsne_smoke --device cpu --workers 0
@@ -39,12 +39,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from utils.classify import eval_transform_for, load_classifier, penultimate_features
 from utils.datasets import CsvImages
 from utils.distributed import resolve_device
-from utils.misc import add_bool_flag, amp_dtype, progress, run_cli
+from utils.cli import add_flag, run_cli
+from utils.knn import knn_classify
+from utils.precision import amp_dtype
+from utils.runlog import RunLog, progress
 
 # Five colours as far as possible from the 60 of tab20/tab20b/tab20c (greedy max-min RGB distance over a
 # 5-level grid, too-light colours excluded): black, blue, magenta, violet, lime.
@@ -58,18 +60,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True,
                         help="p1_classifier checkpoints, one panel each, in this order (e.g. setting C's first "
                              "and last epoch)")
-    parser.add_argument("--labels", nargs="+", default=None,
+    parser.add_argument("--titles", nargs="+", default=None,
                         help="panel titles, one per checkpoint (default: 'setting S, epoch E' from the checkpoint, "
                              "or its file name)")
-    parser.add_argument("--csv", type=Path, default=Path("hw1_data/p1_data/office/train.csv"),
-                        help="images to embed (id,filename,label); the report uses the train set "
-                             "(default: %(default)s)")
-    parser.add_argument("--image-dir", type=Path, default=None,
-                        help="folder of the csv's images (default: the csv's folder / the csv's name without "
-                             ".csv, e.g. office/train for office/train.csv)")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/p1_tsne"),
-                        help="where tsne.png, tsne_metrics.json and tsne_coords.npz go, created if missing "
-                             "(default: %(default)s)")
+    add_flag(parser, "--csv", Path("hw1_data/p1_data/office/train.csv"), "the images to embed; the report uses the "
+                                                                          "train set")
+    add_flag(parser, "--image-dir", None, "default: the csv's folder / the csv's name without .csv, e.g. "
+                                          "office/train for office/train.csv")
+    add_flag(parser, "--output-dir", Path("runs/p1_tsne"), "tsne.png, tsne_metrics.json and tsne_coords.npz")
     parser.add_argument("--perplexity", type=float, default=30.0,
                         help="t-SNE perplexity (~ neighbours per point); capped at (N-1)/3. 30 suits ~60 images "
                              "per class; lower it for a few images per class (default: %(default)s)")
@@ -77,20 +75,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="PCA dimensions before t-SNE and for the silhouette (capped at N and the feature size; "
                              "0 = no PCA). PCA to ~50 removes noise directions and speeds t-SNE up "
                              "(default: %(default)s)")
-    parser.add_argument("--knn-k", type=int, default=5,
-                        help="neighbours of the leave-one-out k-NN accuracy, capped at N-1 (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of PCA, t-SNE and the --max-images subset (default: %(default)s)")
-    parser.add_argument("--max-images", type=int, default=None,
-                        help="embed a seeded random subset of this many images (default: all); for quick looks")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (cuda when available), 'cpu' or 'cuda:N' (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128,
-                        help="images per forward pass; lower it on out-of-memory (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="image-decoding worker processes; 0 decodes in the main process (default: up to 4, "
-                             "no more than the CPU count)")
-    add_bool_flag(parser, "amp", True, "mixed precision on CUDA for the feature extraction")
+    add_flag(parser, "--knn-k", 5, "the leave-one-out k-NN accuracy, capped at N-1")
+    add_flag(parser, "--seed", 0, "of PCA, t-SNE and the --max-images subset")
+    add_flag(parser, "--max-images", None, "a seeded random subset, for quick looks")
+    add_flag(parser, "--device", "auto")
+    add_flag(parser, "--batch-size", 128, "lower it on out-of-memory")
+    add_flag(parser, "--workers", min(4, os.cpu_count() or 1), "image decoding; up to 4, no more than the CPU count")
+    add_flag(parser, "--amp", True, " for the feature extraction")
+    add_flag(parser, "--tensorboard", more="the figure as an image")
     return parser
 
 
@@ -141,27 +133,16 @@ def extract(path: Path, dataset_kwargs: Dict[str, Any], indices: Optional[np.nda
     return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64), ckpt
 
 
-def loo_knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5, chunk: int = 1024) -> float:
+def loo_knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     """Leave-one-out k-NN accuracy: each point's majority label among its k most cosine-similar other points
     (ties go to the class with the larger summed similarity)."""
     n = features.shape[0]
-    k = min(k, n - 1)
-    if k < 1:
+    if min(k, n - 1) < 1:
         raise ValueError("k-NN accuracy needs at least 2 points, got {}".format(n))
-    x = F.normalize(torch.from_numpy(np.ascontiguousarray(features)).double(), dim=1)  # (N, D)
+    x = torch.from_numpy(np.ascontiguousarray(features)).double()
     y = torch.from_numpy(labels).long()
-    num_classes = int(y.max()) + 1
-    correct = 0
-    for start in range(0, n, chunk):
-        sim = x[start:start + chunk] @ x.T  # (b, N)
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + start] = -float("inf")  # leave the point itself out
-        top_sim, top_idx = sim.topk(k, dim=1)
-        # one vote per neighbour; the summed similarity (< 1 in total after scaling) only breaks ties
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float64)
-        votes.scatter_add_(1, y[top_idx], 1.0 + top_sim / (2.0 * k))
-        correct += int((votes.argmax(1) == y[start:start + chunk]).sum())
-    return correct / n
+    pred = knn_classify(x, y, x, int(y.max()) + 1, k, temperature=None, leave_one_out=True)
+    return float((pred == y).double().mean())
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray, metric: str) -> Optional[float]:
@@ -248,9 +229,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             raise FileNotFoundError("checkpoint not found: {}".format(path))
     if not args.csv.is_file():
         raise FileNotFoundError("csv not found: {}".format(args.csv))
-    if args.labels is not None and len(args.labels) != len(args.checkpoints):
-        raise ValueError("--labels has {} name(s) for {} checkpoint(s)".format(
-            len(args.labels), len(args.checkpoints)))
+    if args.titles is not None and len(args.titles) != len(args.checkpoints):
+        raise ValueError("--titles has {} title(s) for {} checkpoint(s)".format(
+            len(args.titles), len(args.checkpoints)))
     if args.max_images is not None and args.max_images < 5:
         raise ValueError("--max-images must be at least 5, got {}".format(args.max_images))
     image_dir = args.image_dir if args.image_dir is not None else args.csv.parent / args.csv.stem
@@ -271,7 +252,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     for i, path in enumerate(args.checkpoints):
         t1 = time.time()
         feats, labels, ckpt = extract(path, dataset_kwargs, indices, device, args)
-        name = args.labels[i] if args.labels is not None else default_label(path, ckpt)
+        name = args.titles[i] if args.titles is not None else default_label(path, ckpt)
         t2 = time.time()
         reduced, xy, tsne = embed(feats, args.pca_dim, args.perplexity, args.seed)
         t3 = time.time()
@@ -297,6 +278,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     figure = args.output_dir / "tsne.png"
     plot_panels(coords, labels, titles, figure)
+    if args.tensorboard:
+        log = RunLog(args.output_dir, tensorboard=True)
+        log.image("tsne", figure, 0)
+        log.close()
     coords_path = args.output_dir / "tsne_coords.npz"
     np.savez(str(coords_path), coords=np.stack(coords), labels=labels,
              filenames=np.array([r.filename for r in rows]), names=np.array(names),
@@ -312,10 +297,6 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     summary["metrics"] = str(metrics_path)
     print("wrote {}, {} and {} in {:.1f} s".format(figure, coords_path, metrics_path, summary["seconds"]))
     return summary
-
-
-def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    return main(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

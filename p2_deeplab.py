@@ -17,10 +17,10 @@ Snapshots for the report: ``--snapshot-epochs 1 50 100 --snapshot-images 0018_sa
 (the defaults) keep those epochs' models and draw OUTPUT_DIR/snapshots.png.
 """
 import argparse
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
-from utils.misc import run_cli
-from utils.seg_engine import add_seg_train_args, fit
+from utils.cli import add_flag, run_cli
+from utils.segmentation import add_seg_train_args, fit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,12 +30,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     # Recipe: torchvision's segmentation reference for DeepLabV3 (SGD 0.01 at batch 8, momentum 0.9,
     # wd 1e-4, poly decay), ImageNet backbone, 100 epochs at 512x512.
     add_seg_train_args(parser, epochs=100, batch_size=8, lr=0.01, optimizer="sgd", weight_decay=1e-4,
-                       schedule="poly", output_dir="runs/p2_deeplab")
+                       schedule_shape="poly", output_dir="runs/p2_deeplab")
     g = parser.add_argument_group("DeepLabV3")
-    g.add_argument("--arch", choices=("deeplabv3", "fcn32s"), default="deeplabv3",
-                   help="deeplabv3 (model B) or fcn32s (the course's VGG16-FCN32s baseline)")
-    g.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50",
-                   help="ResNet depth of the DeepLabV3 backbone (resnet101: ~1.5x slower, often +1-2 mIoU)")
+    add_flag(g, "--arch", "deeplabv3", "deeplabv3 (model B) or fcn32s (the course's VGG16-FCN32s baseline)",
+             choices=("deeplabv3", "fcn32s"))
+    add_flag(g, "--encoder", "resnet50", "DeepLabV3's (resnet101: ~1.5x slower, often +1-2 mIoU)",
+             choices=("resnet50", "resnet101"))
     g.add_argument("--backbone-weights", default="imagenet",
                    help="'imagenet' (torchvision's published weights, downloaded to the torch cache), 'none' "
                         "(random, nothing downloaded) or a PATH to a local torchvision ResNet state_dict")
@@ -48,16 +48,12 @@ def model_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The dict that rebuilds this model (stored in every checkpoint)."""
     if args.arch == "fcn32s":
         return {"arch": "fcn32s", "num_classes": 7, "backbone_weights": args.backbone_weights}
-    return {"arch": "deeplabv3", "num_classes": 7, "backbone": args.backbone, "aux_loss": args.aux_loss,
+    return {"arch": "deeplabv3", "num_classes": 7, "backbone": args.encoder, "aux_loss": args.aux_loss,
             "backbone_weights": args.backbone_weights}
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     return fit(args, model_config(args))
-
-
-def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    return main(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ import torch
 from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.misc import add_bool_flag, amp_dtype, progress, run_cli
+from utils.cli import add_flag, run_cli
+from utils.precision import amp_dtype
+from utils.runlog import progress
 from utils.predict import load_segmenter, predict_classes
 
 
@@ -30,17 +32,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a colour mask for every satellite image in a folder.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input-dir", type=Path, required=True, help="folder of xxxx_sat.jpg images")
-    parser.add_argument("--output-dir", type=Path, required=True,
-                        help="folder for xxxx_mask.png (created if missing; nothing else is written there)")
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/p2_best.pth"),
-                        help="a checkpoint written by p2_unet.py or p2_deeplab.py (best.pth or snapshot)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda:N'")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (lower on OOM)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="image-decoding worker processes (default: up to 4, no more than the CPU count)")
-    parser.add_argument("--tta", action="store_true",
-                        help="average the prediction with that of the horizontally flipped image (2x slower)")
-    add_bool_flag(parser, "amp", True, "mixed precision on CUDA")
+    add_flag(parser, "--output-dir", more="xxxx_mask.png files (created if missing; nothing else is written there)",
+             required=True)
+    add_flag(parser, "--checkpoint", Path("checkpoints/p2_best.pth"), "from p2_unet.py or p2_deeplab.py (best.pth "
+                                                                     "or a snapshot)")
+    add_flag(parser, "--device", "auto")
+    add_flag(parser, "--batch-size", 8, "lower it on out-of-memory")
+    add_flag(parser, "--workers", min(4, os.cpu_count() or 1), "image decoding; up to 4, no more than the CPU count")
+    add_flag(parser, "--tta", more="average the prediction with that of the horizontally flipped image (2x slower)",
+             action="store_true")
+    add_flag(parser, "--amp", True)
     return parser
 
 

@@ -15,8 +15,8 @@ Commands (one GPU is picked automatically when available; CPU works too, ~1 min 
 
     # the report figure: three validation images, SAM vit_h, our model and the ground truth
     python p2_sam.py --images hw1_data/p2_data/validation/{0018,0065,0109}_sat.jpg \\
-        --checkpoint checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
-        --seg-checkpoint runs/p2_deeplab/checkpoint.pth --masks-dir hw1_data/p2_data/validation \\
+        --sam-weights checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
+        --checkpoint runs/p2_deeplab/best.pth --masks-dir hw1_data/p2_data/validation \\
         --output-dir runs/p2_sam
 
     # plumbing only (random SAM weights, meaningless masks, no checkpoint needed)
@@ -44,7 +44,8 @@ from utils.checkpoint import load_safe
 from utils.datasets import mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import CLASS_NAMES, IGNORE_INDEX, PALETTE, class_to_rgb, read_mask
-from utils.misc import add_bool_flag, amp_dtype, autocast
+from utils.cli import add_flag, run_cli
+from utils.precision import amp_dtype, autocast
 
 INSTALL_HINT = "pip install -r requirements-sam.txt"
 SAM_WEIGHTS = {  # model type -> (official file name, image-encoder width, depth)
@@ -63,25 +64,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, nargs="+", required=True,
                         help="images to segment, e.g. validation 0018_sat.jpg 0065_sat.jpg 0109_sat.jpg")
     weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", type=Path, default=None,
+    weights.add_argument("--sam-weights", type=Path, default=None,
                          help="local official SAM checkpoint, e.g. sam_vit_h_4b8939.pth (never downloaded; see "
                               "the module docstring for the links). Loaded with weights_only=True")
     weights.add_argument("--random-init", action="store_true",
-                         help="random SAM weights instead of --checkpoint: only to test the plumbing, the masks "
+                         help="random SAM weights instead of --sam-weights: only to test the plumbing, the masks "
                               "are meaningless (use with relaxed thresholds, e.g. 0 and 0)")
     parser.add_argument("--model-type", choices=sorted(SAM_WEIGHTS), default="vit_h",
-                        help="SAM image encoder; must match --checkpoint. vit_h is the published default and the "
+                        help="SAM image encoder; must match --sam-weights. vit_h is the published default and the "
                              "best; vit_b is several times cheaper (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, required=True, help="where figures, npz files and the summary go")
-    parser.add_argument("--seg-checkpoint", type=Path, default=None,
-                        help="one of our p2 segmentation checkpoints: adds a panel with its prediction")
+    add_flag(parser, "--output-dir", more="figures, npz files and the summary", required=True)
+    add_flag(parser, "--checkpoint", None, "one of our p2 segmentation checkpoints: adds a panel with its "
+                                          "prediction")
     parser.add_argument("--masks-dir", type=Path, default=None,
                         help="folder with ground-truth <id>_mask.png (id = image stem without _sat): adds a panel")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
-    add_bool_flag(parser, "amp", False,
-                  "bf16/fp16 autocast for SAM's image encoder and our model on CUDA; faster, but SAM's published "
-                  "results are fp32 so it stays off by default. Ignored on CPU")
+    add_flag(parser, "--device", "auto")
+    add_flag(parser, "--amp", False, " for SAM's image encoder and our model; faster, but SAM's published results "
+                                     "are fp32 so it stays off by default. Ignored on CPU")
     g = parser.add_argument_group("SAM automatic mask generator (defaults = SAM's own)")
     g.add_argument("--points-per-side", type=int, default=32,
                    help="the point grid is N x N prompts; more finds smaller objects, cost grows with N^2 "
@@ -98,8 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="if > 0, remove islands and fill holes smaller than this many pixels in every mask; needs "
                         "OpenCV (pip install opencv-python-headless), which is not needed otherwise "
                         "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for --random-init weights and the mask colours (default: %(default)s)")
+    add_flag(parser, "--seed", 0, "for --random-init weights and the mask colours")
     return parser
 
 
@@ -236,18 +234,18 @@ def save_figure(path: Path, panels: List[Tuple[str, np.ndarray]], with_legend: b
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Cheap checks before any model is built, each a one-line error."""
-    if args.checkpoint is None and not args.random_init:
-        raise SystemExit("error: pass --checkpoint (an official SAM file, e.g. {}) or --random-init".format(
+    if args.sam_weights is None and not args.random_init:
+        raise SystemExit("error: pass --sam-weights (an official SAM file, e.g. {}) or --random-init".format(
             SAM_WEIGHTS[args.model_type][0]))
-    if args.checkpoint is not None and args.random_init:
-        raise SystemExit("error: --checkpoint and --random-init exclude each other")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
+    if args.sam_weights is not None and args.random_init:
+        raise SystemExit("error: --sam-weights and --random-init exclude each other")
+    if args.sam_weights is not None and not args.sam_weights.is_file():
         name = SAM_WEIGHTS[args.model_type][0]
         raise SystemExit("error: SAM checkpoint not found: {}. Fetch the official {} weights on a machine with "
                          "internet ({}{}; links in the segment-anything README) and pass the local file".format(
-                             args.checkpoint, args.model_type, WEIGHTS_URL, name))
-    if args.seg_checkpoint is not None and not args.seg_checkpoint.is_file():
-        raise SystemExit("error: --seg-checkpoint not found: {}".format(args.seg_checkpoint))
+                             args.sam_weights, args.model_type, WEIGHTS_URL, name))
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise SystemExit("error: --checkpoint not found: {}".format(args.checkpoint))
     if args.masks_dir is not None and not args.masks_dir.is_dir():
         raise SystemExit("error: --masks-dir is not a folder: {}".format(args.masks_dir))
     if args.points_per_side < 1 or args.points_per_batch < 1:
@@ -268,106 +266,117 @@ def check_inputs(args: argparse.Namespace) -> None:
                              "opencv-python-headless (or use --min-mask-region-area 0)") from None
 
 
-def main(args: argparse.Namespace) -> Dict[str, Any]:
+def load_our_model(args: argparse.Namespace, device: torch.device):
+    """(model, config) of --checkpoint, or (None, None); loaded before SAM: its errors are cheaper to hit."""
+    if args.checkpoint is None:
+        return None, None
+    from utils.predict import load_segmenter  # our model zoo, only when needed
+
+    try:
+        model, ckpt = load_segmenter(args.checkpoint, device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit("error: {}".format(exc)) from None
+    return model, ckpt["model_config"]
+
+
+def make_generator(args: argparse.Namespace, device: torch.device, dtype: Optional[torch.dtype]) -> Any:
+    """SAM (our safe weight loading) wrapped in its automatic mask generator with the command's settings."""
     sam_model_registry, SamAutomaticMaskGenerator = import_sam()
-    check_inputs(args)
-    device = resolve_device(args.device)
-    dtype = amp_dtype(device, args.amp)  # None (fp32) on CPU
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-
-    # our model first: its errors are cheaper to hit than building SAM
-    seg_model, seg_config = None, None
-    if args.seg_checkpoint is not None:
-        from utils.predict import load_segmenter, predict_classes  # our model zoo, only when needed
-
-        try:
-            seg_model, seg_ckpt = load_segmenter(args.seg_checkpoint, device)
-        except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit("error: {}".format(exc)) from None
-        seg_config = seg_ckpt["model_config"]
-
     torch.manual_seed(args.seed)
-    sam = build_sam(sam_model_registry, args.model_type, args.checkpoint)
+    sam = build_sam(sam_model_registry, args.model_type, args.sam_weights)
     if args.random_init:
         print("warning: --random-init: SAM has random weights, its masks are meaningless (plumbing test only)",
               file=sys.stderr)
     if dtype is not None:
         sam.image_encoder = AutocastEncoder(sam.image_encoder, device, dtype)
     sam.to(device).eval()
-    generator = SamAutomaticMaskGenerator(
+    return SamAutomaticMaskGenerator(
         sam, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
         min_mask_region_area=args.min_mask_region_area)
 
+
+def timed_masks(generator: Any, image: np.ndarray, device: torch.device) -> Tuple[List[Dict[str, Any]], float]:
+    """SAM's masks of one image, largest first, and the seconds the generator took (encoder + decoder + filter)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    masks = generator.generate(image)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return sorted(masks, key=lambda m: m["area"], reverse=True), time.perf_counter() - start
+
+
+def ground_truth_panel(args: argparse.Namespace, path: Path, shape: Tuple[int, int]) -> Optional[np.ndarray]:
+    """The ground-truth colours of ``path`` from --masks-dir, or None (with a note) when there is none."""
+    if args.masks_dir is None:
+        return None
+    gt_path = args.masks_dir / mask_name_for(path)
+    try:
+        gt = read_mask(gt_path)
+        if gt.shape != shape:
+            raise ValueError("mask {} is {}x{} but the image is {}x{}".format(
+                gt_path, gt.shape[1], gt.shape[0], shape[1], shape[0]))
+        return classes_rgb(gt)
+    except (OSError, ValueError) as exc:
+        tqdm.write("note: no ground-truth panel for {}: {}".format(path.name, exc), file=sys.stderr)
+        return None
+
+
+def process_image(args: argparse.Namespace, path: Path, generator: Any, ours: Tuple[Any, Any],
+                  device: torch.device, dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+    """SAM masks of one image saved as .npz, the figure beside our prediction and the ground truth; its summary."""
+    image = read_rgb(path)
+    height, width = image.shape[:2]
+    masks, seconds = timed_masks(generator, image, device)
+    labels = label_image(masks, height, width)
+    np.savez_compressed(
+        str(args.output_dir / "{}_sam_masks.npz".format(path.stem)), labels=labels,
+        areas=np.array([m["area"] for m in masks], dtype=np.int64),
+        predicted_iou=np.array([m["predicted_iou"] for m in masks], dtype=np.float32),
+        stability_score=np.array([m["stability_score"] for m in masks], dtype=np.float32),
+        bboxes=np.array([m["bbox"] for m in masks], dtype=np.int64).reshape(-1, 4))
+    sam_title = "SAM {}: {} mask{}".format(args.model_type, len(masks), "" if len(masks) == 1 else "s")
+    panels = [("input {}".format(path.name), image), (sam_title, overlay_masks(image, masks, args.seed))]
+    model, config = ours
+    if model is not None:
+        from utils.predict import predict_classes
+
+        pred = predict_classes(model, to_chw_uint8(image)[None].to(device), config, amp_dtype=dtype)[0]
+        panels.append(("ours ({})".format(config.get("arch", "?")), classes_rgb(pred.cpu().numpy())))
+    gt = ground_truth_panel(args, path, (height, width))
+    if gt is not None:
+        panels.append(("ground truth", gt))
+    figure = args.output_dir / "{}_sam.png".format(path.stem)
+    save_figure(figure, panels, with_legend=model is not None or gt is not None)
+    return {"image": str(path), "num_masks": len(masks),
+            "mean_predicted_iou": float(np.mean([m["predicted_iou"] for m in masks])) if masks else None,
+            "coverage": float((labels > 0).mean()),  # fraction of pixels inside at least one mask
+            "seconds": round(seconds, 3), "with_ground_truth": gt is not None, "figure": str(figure)}
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    import_sam()  # the install hint first
+    check_inputs(args)
+    device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp)  # None (fp32) on CPU
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    ours = load_our_model(args, device)
+    generator = make_generator(args, device, dtype)
     summary = {
-        "model_type": args.model_type,
-        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "model_type": args.model_type, "sam_weights": None if args.sam_weights is None else str(args.sam_weights),
         "random_init": bool(args.random_init),
         "settings": {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh",
                                                     "stability_score_thresh", "min_mask_region_area")},
-        "device": str(device),
-        "amp": None if dtype is None else str(dtype).replace("torch.", ""),
-        "with_prediction": seg_model is not None,
-        "images": [],
-        "failed": [],
-    }
+        "device": str(device), "amp": None if dtype is None else str(dtype).replace("torch.", ""),
+        "with_prediction": ours[0] is not None, "images": [], "failed": [],
+    }  # type: Dict[str, Any]
     for path in tqdm(args.images, desc="SAM", unit="img", file=sys.stderr):
         try:
-            image = read_rgb(path)
-        except (OSError, ValueError) as exc:
+            summary["images"].append(process_image(args, path, generator, ours, device, dtype))
+        except (OSError, ValueError) as exc:  # an unreadable image: named, and the others still run
             tqdm.write("error: {} (skipped)".format(exc), file=sys.stderr)
             summary["failed"].append({"image": str(path), "error": str(exc)})
-            continue
-        height, width = image.shape[:2]
-
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        masks = generator.generate(image)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        masks = sorted(masks, key=lambda m: m["area"], reverse=True)
-
-        labels = label_image(masks, height, width)
-        np.savez_compressed(
-            str(args.output_dir / "{}_sam_masks.npz".format(path.stem)), labels=labels,
-            areas=np.array([m["area"] for m in masks], dtype=np.int64),
-            predicted_iou=np.array([m["predicted_iou"] for m in masks], dtype=np.float32),
-            stability_score=np.array([m["stability_score"] for m in masks], dtype=np.float32),
-            bboxes=np.array([m["bbox"] for m in masks], dtype=np.int64).reshape(-1, 4))
-
-        sam_title = "SAM {}: {} mask{}".format(args.model_type, len(masks), "" if len(masks) == 1 else "s")
-        panels = [("input {}".format(path.name), image), (sam_title, overlay_masks(image, masks, args.seed))]
-        if seg_model is not None:
-            batch = to_chw_uint8(image)[None].to(device)
-            pred = predict_classes(seg_model, batch, seg_config, amp_dtype=dtype)[0].cpu().numpy()
-            panels.append(("ours ({})".format(seg_config.get("arch", "?")), classes_rgb(pred)))
-        gt_path = None if args.masks_dir is None else args.masks_dir / mask_name_for(path)
-        has_gt = False
-        if gt_path is not None:
-            try:
-                gt = read_mask(gt_path)
-                if gt.shape != (height, width):
-                    raise ValueError("mask {} is {}x{} but the image is {}x{}".format(
-                        gt_path, gt.shape[1], gt.shape[0], width, height))
-                panels.append(("ground truth", classes_rgb(gt)))
-                has_gt = True
-            except (OSError, ValueError) as exc:
-                tqdm.write("note: no ground-truth panel for {}: {}".format(path.name, exc), file=sys.stderr)
-        figure = args.output_dir / "{}_sam.png".format(path.stem)
-        save_figure(figure, panels, with_legend=seg_model is not None or has_gt)
-
-        summary["images"].append({
-            "image": str(path),
-            "num_masks": len(masks),
-            "mean_predicted_iou": float(np.mean([m["predicted_iou"] for m in masks])) if masks else None,
-            "coverage": float((labels > 0).mean()),  # fraction of pixels inside at least one mask
-            "seconds": round(seconds, 3),  # SAM mask generation only (encoder + decoder + filtering)
-            "with_ground_truth": has_gt,
-            "figure": str(figure),
-        })
-
     with open(args.output_dir / "sam_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     print("SAM masks: {} image(s) done, {} failed -> {}".format(
@@ -376,5 +385,5 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    result = main(get_args_parser().parse_args())
+    result = run_cli(main, get_args_parser())
     sys.exit(1 if result["failed"] else 0)

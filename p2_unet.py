@@ -15,10 +15,10 @@ The report's baseline, and its skip-connection ablation (``--drop-skip``).
 A killed run resumes from OUTPUT_DIR/checkpoint.pth when started again with the same command.
 """
 import argparse
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
-from utils.misc import run_cli
-from utils.seg_engine import add_seg_train_args, fit
+from utils.cli import run_cli
+from utils.segmentation import add_seg_train_args, fit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     # Recipe: AdamW 1e-3, cosine, 100 epochs, batch 8 at 512x512; from-scratch U-Nets train stably with Adam
     # at this rate, where SGD needs far more epochs to leave the all-'agriculture' plateau.
     add_seg_train_args(parser, epochs=100, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
-                       schedule="cosine", output_dir="runs/p2_unet")
+                       schedule_shape="cosine", output_dir="runs/p2_unet")
     g = parser.add_argument_group("U-Net")
     g.add_argument("--base-width", type=int, default=64,
                    help="channels of the first stage; stage i has base-width * 2^i (32 halves compute)")
@@ -50,10 +50,6 @@ def model_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     return fit(args, model_config(args))
-
-
-def cli(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    return main(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 if [ "$SCALE" = tiny ]; then
   mini_per_class=6; tiles=6; tile=64; arch=resnet18; epochs=2; dino_batch=${DINO_BATCH:-8}; workers=0
   bench=(--batch-size 2 --arch resnet18 --out-dim 256 --hidden-dim 64 --bottleneck-dim 32 --seg-size 64
-         --seg-batch-size 2 --finetune-size 32 --global-size 32 --local-size 16 --num-local 2 --steps 1 --warmup 1)
+         --seg-batch-size 2 --image-size 32 --global-crop-size 32 --local-crop-size 16 --local-crops-number 2 --steps 1 --warmup 1)
   dino_extra=(--global-crop-size 32 --local-crop-size 16 --local-crops-number 2 --out-dim 256 --hidden-dim 64
               --bottleneck-dim 32)
   unet_extra=(--base-width 8 --depth 2 --crop-size 64 --batch-size 2)
@@ -30,7 +30,7 @@ fi
 echo "== 1/5 device"
 "$PYTHON" - "$DEVICE" "$OUT/device.json" <<'EOF'
 import json, sys, torch
-from utils.misc import cpu_bf16_supported
+from utils.precision import cpu_bf16_supported
 dev = sys.argv[1]
 info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "device": dev}
 if dev.startswith("cuda"):

@@ -5,6 +5,6 @@ source "$(dirname "$0")/_launch.sh"
 need "$RUNS/p1_C/epoch_001.pth" "setting C's first-epoch checkpoint (run scripts/p1_settings.sh first)"
 last=$(ls "$RUNS"/p1_C/epoch_[0-9]*.pth | sort | tail -n 1)
 n=$(basename "$last" .pth); n=$((10#${n#epoch_}))
-"$PYTHON" p1_tsne.py --checkpoints "$RUNS/p1_C/epoch_001.pth" "$last" --labels "epoch 1" "epoch $n" \
+"$PYTHON" p1_tsne.py --checkpoints "$RUNS/p1_C/epoch_001.pth" "$last" --titles "epoch 1" "epoch $n" \
   --csv "$HW1_DATA/p1_data/office/train.csv" --image-dir "$HW1_DATA/p1_data/office/train" \
   --output-dir "$RUNS/p1_tsne" "$@"

@@ -9,6 +9,6 @@ val="$HW1_DATA/p2_data/validation"
 images=()
 for name in ${SNAPSHOT_IMAGES:-0018_sat.jpg 0065_sat.jpg 0109_sat.jpg}; do need "$val/$name" "image"; images+=("$val/$name"); done
 seg=()
-if [ -f "$RUNS/p2_deeplab/best.pth" ]; then seg=(--seg-checkpoint "$RUNS/p2_deeplab/best.pth"); fi
-"$PYTHON" p2_sam.py --images "${images[@]}" --checkpoint "$SAM_CHECKPOINT" --model-type "${SAM_MODEL_TYPE:-vit_h}" \
+if [ -f "$RUNS/p2_deeplab/best.pth" ]; then seg=(--checkpoint "$RUNS/p2_deeplab/best.pth"); fi
+"$PYTHON" p2_sam.py --images "${images[@]}" --sam-weights "$SAM_CHECKPOINT" --model-type "${SAM_MODEL_TYPE:-vit_h}" \
   "${seg[@]}" --masks-dir "$val" --output-dir "$RUNS/p2_sam" "$@"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch-size", "2", "--arch", "resnet18", "--out-dim", "256", "--hidden-dim", "64",
-        "--bottleneck-dim", "32", "--input-size", "32", "--global-size", "32", "--local-size", "16", "--num-local",
-        "2", "--finetune-size", "32", "--seg-size", "64", "--seg-batch-size", "2", "--steps", "2", "--warmup", "1",
+        "--bottleneck-dim", "32", "--input-size", "32", "--global-crop-size", "32", "--local-crop-size", "16",
+        "--local-crops-number", "2", "--image-size", "32", "--seg-size", "64", "--seg-batch-size", "2", "--steps", "2", "--warmup", "1",
         "--threads", "1"]
 ALL = ["aug_per_image", "aug_batched", "dino_step", "finetune_step", "seg_step_unet", "seg_step_deeplab", "inference"]
 COMMON = {"name", "device", "images_per_s", "seconds_per_iter", "batch_size", "repeats", "warmup", "threads",

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from utils.gpu_multicrop import (BatchedMultiCrop, InMemoryImages, _adjust_hue_, batched_blur_kernel_sizes,
+from utils.datasets import InMemoryImages
+from utils.gpu_multicrop import (BatchedMultiCrop, _adjust_hue_, batched_blur_kernel_sizes,
                                  batched_params_from_uniforms)
 from utils.multicrop import (JITTER_OPS, NUM_UNIFORMS, MultiCropAugmentation, ViewSpec, adjust_hue, apply_view,
                              blur_kernel_size, dino_view_specs, params_from_uniforms)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import p1_ssl_pretrain as dino
+import p1_ssl_pretrain
+from utils import dino
+from utils.optim import schedule
 
 
 def _reference_loss(student, teacher, center, num_crops, t_temp, s_temp=0.1):
@@ -77,17 +79,37 @@ def test_loss_skips_same_view_pairs():
     assert a == pytest.approx(ref_a, abs=1e-5) and b == pytest.approx(ref_b, abs=1e-5)
 
 
-def test_schedules_at_known_points():
-    # lr: linear warm-up from 0 over 10 steps to 1.0, cosine to 0.01 at step 110
-    assert dino.cosine_schedule(0, 1.0, 0.01, 110, 10) == pytest.approx(0.0)
-    assert dino.cosine_schedule(5, 1.0, 0.01, 110, 10) == pytest.approx(0.5)
-    assert dino.cosine_schedule(10, 1.0, 0.01, 110, 10) == pytest.approx(1.0)
-    assert dino.cosine_schedule(60, 1.0, 0.01, 110, 10) == pytest.approx(0.505)
-    assert dino.cosine_schedule(110, 1.0, 0.01, 110, 10) == pytest.approx(0.01)
+def _dino_cosine_scheduler(base, final, epochs, steps_per_epoch, warmup_epochs=0, start_warmup_value=0.0):
+    """The per-step schedule array as DINO's ``cosine_scheduler`` defines it, written out independently: a
+    np.linspace warm-up from start to base over the warm-up steps, then a half cosine from base towards final over
+    the remaining steps (evaluated at 0..n-1 of n)."""
+    warmup_steps = warmup_epochs * steps_per_epoch
+    warmup = np.linspace(start_warmup_value, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    n = epochs * steps_per_epoch - warmup_steps
+    decay = np.array([final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n)) for i in range(n)])
+    return np.concatenate([warmup, decay])
+
+
+@pytest.mark.parametrize("epochs, steps, warmup", [(11, 10, 1), (30, 7, 10), (5, 3, 0), (4, 1, 1)])
+def test_schedule_is_dinos_cosine_scheduler(epochs, steps, warmup):
+    total = epochs * steps
+    expected = _dino_cosine_scheduler(0.005, 1e-6, epochs, steps, warmup)
+    ours = np.array([schedule(i, total, 0.005, 1e-6, warmup * steps) for i in range(total)])
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
+    momentum = _dino_cosine_scheduler(0.996, 1.0, epochs, steps)
+    np.testing.assert_allclose([schedule(i, total, 0.996, 1.0) for i in range(total)], momentum, rtol=1e-12)
+
+
+def test_schedule_warmup_reaches_the_peak_at_its_last_step():
+    w = 10
+    assert schedule(0, 110, 1.0, 0.01, w) == 0.0  # steps 0, W-1 and W
+    assert schedule(w - 1, 110, 1.0, 0.01, w) == pytest.approx(1.0)
+    assert schedule(w, 110, 1.0, 0.01, w) == pytest.approx(1.0)
+    assert schedule(5, 110, 1.0, 0.01, w) == pytest.approx(5 / 9)
+    assert schedule(60, 110, 1.0, 0.01, w) == pytest.approx(0.505)
     # teacher momentum: cosine from 0.996 to 1 over the run, no warm-up
-    assert dino.cosine_schedule(0, 0.996, 1.0, 100) == pytest.approx(0.996)
-    assert dino.cosine_schedule(50, 0.996, 1.0, 100) == pytest.approx(0.998)
-    assert dino.cosine_schedule(100, 0.996, 1.0, 100) == pytest.approx(1.0)
+    assert schedule(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert schedule(50, 100, 0.996, 1.0) == pytest.approx(0.998)
 
 
 def _tiny_config():
@@ -137,10 +159,10 @@ def test_per_parameter_gradient_clipping():
 
 def test_collapse_warning():
     k = 4096
-    assert dino.collapse_warning({"embed_std": 0.5, "loss": 3.0, "teacher_entropy": 2.0, "kl": 1.0}, k, 3) is None
-    assert "zero spread" in dino.collapse_warning({"embed_std": 0.01, "loss": 3.0, "teacher_entropy": 2.0,
+    assert p1_ssl_pretrain.collapse_warning({"embed_std": 0.5, "loss": 3.0, "teacher_entropy": 2.0, "kl": 1.0}, k, 3) is None
+    assert "zero spread" in p1_ssl_pretrain.collapse_warning({"embed_std": 0.01, "loss": 3.0, "teacher_entropy": 2.0,
                                                    "kl": 1.0}, k, 3)
-    assert "uniform" in dino.collapse_warning({"embed_std": 0.5, "loss": math.log(k), "teacher_entropy":
+    assert "uniform" in p1_ssl_pretrain.collapse_warning({"embed_std": 0.5, "loss": math.log(k), "teacher_entropy":
                                                math.log(k), "kl": 0.0}, k, 3)
-    assert "one prototype" in dino.collapse_warning({"embed_std": 0.5, "loss": 0.001, "teacher_entropy": 0.001,
+    assert "one prototype" in p1_ssl_pretrain.collapse_warning({"embed_std": 0.5, "loss": 0.001, "teacher_entropy": 0.001,
                                                      "kl": 0.0}, k, 3)

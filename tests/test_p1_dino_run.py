@@ -11,6 +11,7 @@ import torchvision
 
 import p1_ssl_pretrain as dino
 from utils.checkpoint import load_checkpoint
+from helpers import run_main
 
 TINY = ["--arch", "resnet18", "--batch-size", "16", "--workers", "0", "--global-crop-size", "32",
         "--local-crop-size", "16", "--local-crops-number", "2", "--out-dim", "64", "--hidden-dim", "64",
@@ -26,7 +27,7 @@ def toy_p1(tmp_path_factory):
 
 
 def _run(data, out, *extra):
-    return dino.cli(["--data-dir", str(data / "mini" / "train"), "--output-dir", str(out)] + TINY + list(extra))
+    return run_main(dino, ["--data-dir", str(data / "mini" / "train"), "--output-dir", str(out)] + TINY + list(extra))
 
 
 def _losses(out):
@@ -53,7 +54,7 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(toy_p1, tmp_path):
 
 def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
     out = tmp_path / "r50"
-    result = dino.cli(["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet50",
+    result = run_main(dino, ["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet50",
                        "--epochs", "1", "--batch-size", "8", "--max-images", "16", "--workers", "0",
                        "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "1",
                        "--out-dim", "32", "--hidden-dim", "32", "--bottleneck-dim", "16"])
@@ -66,15 +67,15 @@ def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
     torch.testing.assert_close(state["conv1.weight"], ckpt["teacher"]["backbone.conv1.weight"])
     # --export-only from any checkpoint, student on request
-    dino.cli(["--output-dir", str(out), "--export-only", "--export-from", "student",
+    run_main(dino, ["--output-dir", str(out), "--export-only", "--export-from", "student",
               "--export-path", str(tmp_path / "student.pth")])
     student = torch.load(str(tmp_path / "student.pth"), weights_only=True)
     torch.testing.assert_close(student["conv1.weight"], ckpt["student"]["backbone.conv1.weight"])
     # the teacher moved by EMA only: it differs from the student after training
     assert not torch.equal(student["conv1.weight"], state["conv1.weight"])
     # a different model in the same folder is refused
-    with pytest.raises(SystemExit, match="another model"):
-        dino.cli(["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet18"])
+    with pytest.raises(SystemExit, match="holds another run"):
+        run_main(dino, ["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet18"])
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -134,12 +135,12 @@ SANITY = ["--epochs", "8", "--batch-size", "32", "--workers", "0", "--arch", "re
 
 @pytest.mark.slow
 def test_short_run_raises_teacher_knn_above_random_init(tmp_path):
-    from utils.misc import read_jsonl
+    from utils.runlog import read_jsonl
     from tools.toydata import make_p1_sanity_data
 
     root = make_p1_sanity_data(tmp_path / "data")  # 512 unlabeled + 7 x (30 + 30) labeled, 32 px
     out = tmp_path / "run"
-    result = dino.cli(["--data-dir", str(root / "mini" / "train"), "--output-dir", str(out),
+    result = run_main(dino, ["--data-dir", str(root / "mini" / "train"), "--output-dir", str(out),
                        "--knn-train-csv", str(root / "office" / "train.csv"),
                        "--knn-val-csv", str(root / "office" / "val.csv")] + SANITY)
     knn = {r["epoch"]: r["knn_acc"] for r in read_jsonl(out / "log.jsonl") if "knn_acc" in r}
@@ -155,7 +156,7 @@ def test_batched_aug_path_trains_resumes_exactly_and_caches_the_decoded_images(t
     cache = tmp_path / "mini_uint8.npy"
     _run(toy_p1, tmp_path / "full", "--epochs", "2", "--batched-aug", "--image-cache", str(cache))
     assert cache.is_file()
-    from utils.gpu_multicrop import InMemoryImages
+    from utils.datasets import InMemoryImages
 
     images = InMemoryImages(toy_p1 / "mini" / "train", cache_path=cache)
     assert images.from_cache and images.images.shape == (48, 3, 84, 84) and images.images.dtype == torch.uint8

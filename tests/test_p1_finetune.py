@@ -8,6 +8,7 @@ import torchvision
 import p1_finetune
 from utils.classify import load_classifier
 from utils.models import build_resnet_backbone
+from helpers import run_main
 
 TINY = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--workers", "0",
         "--num-classes", "4", "--hidden-dim", "32", "--deterministic", "--warmup-epochs", "0.5"]
@@ -32,7 +33,7 @@ def backbone_file(tmp_path_factory):
 
 
 def _run(office, out, *extra):
-    return p1_finetune.cli(["--data-dir", str(office), "--output-dir", str(out)] + TINY + list(extra))
+    return run_main(p1_finetune, ["--data-dir", str(office), "--output-dir", str(out)] + TINY + list(extra))
 
 
 def _backbone_state(path):
@@ -80,7 +81,7 @@ def test_backbone_formats_and_mismatch(office, tmp_path):
     for name, obj in formats.items():
         torch.save(obj, str(tmp_path / name))
         out = tmp_path / ("run_" + name)
-        p1_finetune.cli(["--data-dir", str(office), "--output-dir", str(out), "--backbone", str(tmp_path / name),
+        run_main(p1_finetune, ["--data-dir", str(office), "--output-dir", str(out), "--backbone", str(tmp_path / name),
                          "--setting", "E"] + TINY[:2] + ["--epochs", "1"] + TINY[4:])
         loaded = _backbone_state(out / "best.pth")
         for key in reference:
@@ -121,14 +122,14 @@ def test_labeled_standin_backbone_beats_random_init(tmp_path):
                         office_val_per_class=10, seed=0)
     common = ["--arch", "resnet18", "--batch-size", "32", "--image-size", "48", "--workers", "0", "--num-classes",
               "4", "--hidden-dim", "64", "--deterministic", "--warmup-epochs", "1", "--lr", "0.05", "--save-epochs"]
-    standin = p1_finetune.cli(["--setting", "A", "--data-dir", str(root / "office"), "--train-csv",
+    standin = run_main(p1_finetune, ["--setting", "A", "--data-dir", str(root / "office"), "--train-csv",
                                str(root / "standin_mini_labels.csv"), "--train-dir", str(root / "mini" / "train"),
                                "--output-dir", str(tmp_path / "standin_SL"), "--epochs", "8"] + common)
     assert standin["best_val_acc"] > 0.6
     acc = {}
     for setting, extra in (("A", []), ("B", ["--backbone", str(tmp_path / "standin_SL" / "best.pth")]),
                            ("D", ["--backbone", str(tmp_path / "standin_SL" / "best.pth")])):
-        acc[setting] = p1_finetune.cli(["--setting", setting, "--data-dir", str(root / "office"), "--output-dir",
+        acc[setting] = run_main(p1_finetune, ["--setting", setting, "--data-dir", str(root / "office"), "--output-dir",
                                         str(tmp_path / setting), "--epochs", "6"] + extra + common)["best_val_acc"]
     assert acc["B"] > acc["A"] + 0.2
     assert acc["D"] > acc["A"] + 0.2
@@ -146,7 +147,7 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
 
     root = make_p1_data(tmp_path / "data", num_classes=8, mini_per_class=40, office_train_per_class=12,
                         office_val_per_class=10, seed=0)
-    p1_ssl_pretrain.cli(["--arch", "resnet18", "--workers", "0", "--data-dir", str(root / "mini" / "train"),
+    run_main(p1_ssl_pretrain, ["--arch", "resnet18", "--workers", "0", "--data-dir", str(root / "mini" / "train"),
                          "--output-dir", str(tmp_path / "dino"), "--epochs", "4", "--batch-size", "32",
                          "--global-crop-size", "48", "--local-crop-size", "24", "--local-crops-number", "2",
                          "--out-dim", "256", "--hidden-dim", "256", "--bottleneck-dim", "64", "--warmup-epochs", "1"])
@@ -156,7 +157,7 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
     acc = {"A": [], "C": []}
     for seed in ("0", "1"):
         for setting, backbone in (("A", "none"), ("C", str(tmp_path / "dino" / "backbone.pth"))):
-            result = p1_finetune.cli(common + ["--setting", setting, "--backbone", backbone, "--seed", seed,
+            result = run_main(p1_finetune, common + ["--setting", setting, "--backbone", backbone, "--seed", seed,
                                                "--output-dir", str(tmp_path / (setting + seed))])
             acc[setting].append(result["best_val_acc"])
     assert sum(acc["C"]) / 2 > sum(acc["A"]) / 2 + 0.08

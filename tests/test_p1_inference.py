@@ -11,7 +11,7 @@ import p1_inference
 from utils.checkpoint import make_checkpoint, save_atomic
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import read_rgb, to_chw_uint8
-from utils.models import build_classifier
+from utils.classify import build_classifier
 from tools.toydata import make_p1_data
 
 CONFIG = {"arch": "resnet18", "num_classes": 5, "hidden_dim": 16, "dropout": 0.0}

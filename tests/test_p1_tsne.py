@@ -13,8 +13,9 @@ import p1_tsne
 from utils.checkpoint import make_checkpoint, save_atomic
 from utils.classify import eval_transform_for
 from utils.datasets import CsvImages
-from utils.models import build_classifier
+from utils.classify import build_classifier
 from utils.transforms import normalize
+from helpers import run_main
 
 CONFIG = {"arch": "resnet18", "num_classes": 4, "hidden_dim": 32, "dropout": 0.0}
 IMAGE_SIZE = 32
@@ -33,7 +34,7 @@ def _one_openmp_thread():
 
 def _run(argv):
     with _one_openmp_thread():
-        return p1_tsne.cli(argv)
+        return run_main(p1_tsne, argv)
 
 
 def _save(model, path, epoch):
@@ -74,7 +75,7 @@ def toy(tmp_path_factory):
 
 def test_random_vs_trained_outputs_and_separability(toy, tmp_path):
     out = tmp_path / "out"
-    result = _run(["--checkpoints", str(toy["random"]), str(toy["trained"]), "--labels", "random", "trained",
+    result = _run(["--checkpoints", str(toy["random"]), str(toy["trained"]), "--titles", "random", "trained",
                           "--csv", str(toy["csv"]), "--output-dir", str(out), "--device", "cpu", "--workers", "0",
                           "--batch-size", "16", "--perplexity", "10"])
     for name in ("tsne.png", "tsne_coords.npz", "tsne_metrics.json"):
@@ -154,8 +155,8 @@ def test_missing_checkpoint_and_bad_labels_are_clear_errors(toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         _run(["--checkpoints", str(toy["random"]), "--csv", str(tmp_path / "nope.csv"),
                      "--output-dir", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="--labels"):
-        _run(["--checkpoints", str(toy["random"]), "--labels", "a", "b", "--csv", str(toy["csv"]),
+    with pytest.raises(ValueError, match="--titles"):
+        _run(["--checkpoints", str(toy["random"]), "--titles", "a", "b", "--csv", str(toy["csv"]),
                      "--output-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()  # nothing written before the inputs are checked
 

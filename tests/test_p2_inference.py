@@ -11,13 +11,14 @@ from PIL import Image
 
 import p2_unet
 from utils.masks import PALETTE
+from helpers import run_main
 
 
 @pytest.fixture(scope="module")
 def trained(toy_p2, tmp_path_factory):
     """A U-Net trained 3 epochs on the toy data, and its trainer-reported val mIoU."""
     out = tmp_path_factory.mktemp("p2train")
-    result = p2_unet.cli(["--data-dir", str(toy_p2), "--output-dir", str(out), "--epochs", "3", "--batch-size", "4",
+    result = run_main(p2_unet, ["--data-dir", str(toy_p2), "--output-dir", str(out), "--epochs", "3", "--batch-size", "4",
                           "--crop-size", "64", "--base-width", "8", "--depth", "3", "--workers", "0", "--lr", "3e-3",
                           "--snapshot-epochs", "--deterministic"])
     return out / "checkpoint.pth", result

@@ -11,14 +11,17 @@ import p2_unet
 from utils.checkpoint import load_checkpoint
 from utils.datasets import SegmentationDataset
 from utils.models import build_seg_model
-from utils.seg_engine import ShardSampler, evaluate, lr_at
+from utils.distributed import ShardSampler
+from utils.optim import schedule
+from utils.segmentation import evaluate
+from helpers import run_main
 
 UNET_FLAGS = ["--batch-size", "4", "--crop-size", "64", "--base-width", "8", "--depth", "3", "--workers", "0",
               "--deterministic", "--snapshot-epochs"]
 
 
 def _unet(data: Path, out: Path, *extra: str) -> dict:
-    return p2_unet.cli(["--data-dir", str(data), "--output-dir", str(out)] + UNET_FLAGS + list(extra))
+    return run_main(p2_unet, ["--data-dir", str(data), "--output-dir", str(out)] + UNET_FLAGS + list(extra))
 
 
 def _untrained_miou(data: Path) -> float:
@@ -69,7 +72,7 @@ def test_eval_only_and_refusing_another_model(toy_p2, tmp_path):
     trained = _unet(toy_p2, out, "--epochs", "1")
     metrics = _unet(toy_p2, out, "--epochs", "1", "--eval-only")
     assert metrics["val_miou"] == pytest.approx(trained["last_miou"], abs=1e-12)
-    with pytest.raises(SystemExit, match="another model"):
+    with pytest.raises(SystemExit, match="holds another run"):
         _unet(toy_p2, out, "--epochs", "1", "--base-width", "4")
     with pytest.raises(SystemExit, match="needs a checkpoint"):
         _unet(toy_p2, tmp_path / "empty", "--eval-only")
@@ -77,7 +80,7 @@ def test_eval_only_and_refusing_another_model(toy_p2, tmp_path):
 
 def test_snapshots_grid_and_ablation(toy_p2, tmp_path):
     out = tmp_path / "ablation"
-    p2_unet.cli(["--data-dir", str(toy_p2), "--output-dir", str(out), "--epochs", "2", "--batch-size", "4",
+    run_main(p2_unet, ["--data-dir", str(toy_p2), "--output-dir", str(out), "--epochs", "2", "--batch-size", "4",
                  "--crop-size", "64", "--base-width", "8", "--depth", "3", "--workers", "0", "--drop-skip", "0", "1",
                  "--snapshot-epochs", "1", "2", "--snapshot-images", "0000_sat.jpg", "0003_sat.jpg", "9999_sat.jpg"])
     assert (out / "snapshots.png").is_file()
@@ -97,7 +100,7 @@ def test_deeplab_trains_two_epochs_without_network(toy_p2, tmp_path, monkeypatch
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    result = p2_deeplab.cli(["--data-dir", str(toy_p2), "--output-dir", str(tmp_path / "dl"), "--epochs", "2",
+    result = run_main(p2_deeplab, ["--data-dir", str(toy_p2), "--output-dir", str(tmp_path / "dl"), "--epochs", "2",
                              "--batch-size", "4", "--crop-size", "64", "--workers", "0", "--backbone-weights", "none",
                              "--snapshot-epochs"])
     assert result["arch"] == "deeplabv3" and result["model_config"]["aux_loss"] is True
@@ -106,12 +109,15 @@ def test_deeplab_trains_two_epochs_without_network(toy_p2, tmp_path, monkeypatch
 
 
 def test_lr_schedule_points():
-    assert lr_at(0, 100, 10, 1.0, "poly") == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0, "poly") == pytest.approx(1.0)
-    assert lr_at(10, 100, 10, 1.0, "cosine") == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0, "cosine") == pytest.approx(0.5)
-    assert lr_at(55, 100, 10, 1.0, "poly") == pytest.approx(0.5 ** 0.9)
-    assert lr_at(100, 100, 10, 1.0, "poly") == pytest.approx(0.0)
+    def lr_at(step, shape):  # the segmentation trainers' ramp: base * (step + 1) / W, then the decay
+        return schedule(step, 100, 1.0, 0.0, 10, 1.0 / 10, shape)
+
+    assert lr_at(0, "poly") == pytest.approx(0.1)
+    assert lr_at(9, "poly") == pytest.approx(1.0)
+    assert lr_at(10, "cosine") == pytest.approx(1.0)
+    assert lr_at(55, "cosine") == pytest.approx(0.5)
+    assert lr_at(55, "poly") == pytest.approx(0.5 ** 0.9)
+    assert lr_at(100, "poly") == pytest.approx(0.0)
 
 
 def test_compile_flag_trains_through_the_compiled_module(toy_p2, tmp_path, monkeypatch):
@@ -136,7 +142,7 @@ def test_compile_flag_trains_through_the_compiled_module(toy_p2, tmp_path, monke
 
 
 def test_cpu_amp_trains_in_bf16_where_the_cpu_has_bf16_kernels(toy_p2, tmp_path, capsys):
-    from utils.misc import cpu_bf16_supported
+    from utils.precision import cpu_bf16_supported
 
     _unet(toy_p2, tmp_path / "bf16", "--epochs", "2", "--cpu-amp")
     out = capsys.readouterr().out

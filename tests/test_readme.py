@@ -53,6 +53,7 @@ COVERAGE = [
     (r"^python -m tools\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
     (r"^python -m tools\.benchmark( |$)", "tests/test_benchmark.py", "tools.benchmark"),
     (r"^python \S+\.py --help$", "tests/test_readme.py", "def test_every_script_explains_its_flags"),
+    (r"^python -m tools\.X --help$", "tests/test_readme.py", "for script in SCRIPTS + TOOLS"),
 ]
 
 SCRIPTS = ["p1_ssl_pretrain.py", "p1_finetune.py", "p1_tsne.py", "p1_inference.py", "p2_unet.py", "p2_deeplab.py",
@@ -147,3 +148,22 @@ def test_every_script_explains_its_flags():
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, "{}: {} has no help".format(script, action.option_strings)
+
+
+def test_layout_lists_every_file_and_nothing_else():
+    """README's Layout names each top-level script, each utils/ and tools/ module, one line each, as the tree has them."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout"):]
+    section = section[:section.index("\n## ")] if "\n## " in section else section
+    blocks = re.findall(r"```\n(.*?)```", section, re.S)
+    assert len(blocks) == 3, "Layout: top level, utils/, tools/"
+    listed = []
+    for block, prefix in zip(blocks, ("", "utils/", "tools/")):
+        for line in block.splitlines():
+            names = line.split("  ")[0].strip()
+            listed += [prefix + n.strip() for n in names.split(",") if n.strip()]
+    tree = sorted(p.name for p in ROOT.iterdir() if p.suffix in (".py", ".sh") and p.is_file()) + ["scripts/"]
+    tree += sorted("utils/" + p.name for p in (ROOT / "utils").glob("*.py") if p.name != "__init__.py")
+    tree += sorted("tools/" + p.name for p in (ROOT / "tools").glob("*.py") if p.name != "__init__.py")
+    assert sorted(listed) == sorted(tree)
+    assert len(listed) == len(set(listed))

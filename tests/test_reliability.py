@@ -254,7 +254,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(toy_p2, tmp_path):
 def test_out_of_memory_names_the_flags_to_lower(monkeypatch, capsys):
     import argparse
 
-    from utils.misc import run_cli
+    from utils.cli import run_cli
 
     def main(args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -386,7 +386,7 @@ def test_p2_inference_memory_does_not_grow_with_the_number_of_images(toy_p2, tmp
 
 def test_p1_inference_memory_does_not_grow_with_the_number_of_images(tmp_path):
     from utils.checkpoint import make_checkpoint, save_atomic
-    from utils.models import build_classifier
+    from utils.classify import build_classifier
 
     config = {"arch": "resnet18", "num_classes": 65, "hidden_dim": 16, "dropout": 0.0}
     ckpt = tmp_path / "p1.pth"

@@ -78,7 +78,7 @@ def test_plumbing_with_prediction_and_ground_truth(tmp_path, tiny_registry):
     write_mask(tmp_path / "0018_mask.png", np.full((64, 64), 3, dtype=np.uint8))
     out = tmp_path / "out"
     summary = run(["--images", tmp_path / "0018_sat.jpg", "--random-init", "--model-type", "vit_b",
-                   "--device", "cpu", "--output-dir", out, "--seg-checkpoint", seg_checkpoint(tmp_path / "seg.pth"),
+                   "--device", "cpu", "--output-dir", out, "--checkpoint", seg_checkpoint(tmp_path / "seg.pth"),
                    "--masks-dir", tmp_path] + RELAXED)
 
     assert summary["with_prediction"] is True and summary["failed"] == []
@@ -125,20 +125,20 @@ def test_missing_package_message(tmp_path, monkeypatch):
 def test_missing_checkpoint_names_file_and_official_weights(tmp_path):
     missing = tmp_path / "sam_vit_h_4b8939.pth"
     with pytest.raises(SystemExit, match="not found.*sam_vit_h_4b8939.pth.*dl.fbaipublicfiles.com"):
-        run(["--images", tmp_path / "x.jpg", "--checkpoint", missing, "--output-dir", tmp_path / "out"])
+        run(["--images", tmp_path / "x.jpg", "--sam-weights", missing, "--output-dir", tmp_path / "out"])
 
 
 def test_checkpoint_or_random_init_is_required(tmp_path, capsys):
     with pytest.raises(SystemExit):
         p2_sam.get_args_parser().parse_args(["--images", "x.jpg", "--output-dir", str(tmp_path)])
-    assert "--checkpoint" in capsys.readouterr().err
+    assert "--sam-weights" in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint_names_file(tmp_path):
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(SystemExit, match="sam_vit_b.pth.*corrupt"):
-        run(["--images", tmp_path / "x.jpg", "--checkpoint", bad, "--model-type", "vit_b",
+        run(["--images", tmp_path / "x.jpg", "--sam-weights", bad, "--model-type", "vit_b",
              "--output-dir", tmp_path / "out"])
 
 
@@ -149,7 +149,7 @@ def test_model_type_mismatch_is_explained(tmp_path):
     path = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save(fake, str(path))
     with pytest.raises(SystemExit, match="holds SAM vit_b but --model-type is vit_h"):
-        run(["--images", tmp_path / "x.jpg", "--checkpoint", path, "--model-type", "vit_h",
+        run(["--images", tmp_path / "x.jpg", "--sam-weights", path, "--model-type", "vit_h",
              "--output-dir", tmp_path / "out"])
 
 
@@ -157,7 +157,7 @@ def test_not_a_sam_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, str(path))
     with pytest.raises(SystemExit, match="other.pth is not a SAM checkpoint"):
-        run(["--images", tmp_path / "x.jpg", "--checkpoint", path, "--output-dir", tmp_path / "out"])
+        run(["--images", tmp_path / "x.jpg", "--sam-weights", path, "--output-dir", tmp_path / "out"])
 
 
 def test_help_explains_flags():

@@ -12,7 +12,7 @@ reference).
     # the CPU comparison of the README (batch 16, ResNet-50, out_dim 65,536, 2 x 128 + 6 x 64 crops of 84 px)
     python -m tools.benchmark --device cpu --only aug_per_image aug_batched --reference --batch-size 16 --steps 20 \\
         --warmup 3 --json-out bench_cpu_aug.jsonl
-    python -m tools.benchmark --device cpu --only dino_step --reference --batch-size 16 --steps 5 --warmup 2 \\
+    python -m tools.benchmark --device cpu --cpu-amp --only dino_step --reference --batch-size 16 --steps 5 --warmup 2 \\
         --threads 1 --json-out bench_cpu_dino.jsonl
     # a GPU, every measurement at the default (GPU-sized) settings
     python -m tools.benchmark --reference --json-out bench_gpu.jsonl
@@ -29,11 +29,11 @@ Measurements (``--only`` picks some):
 * ``dino_step``: one DINO step on fixed pre-made crops: student over all views, teacher over the 2 global views,
   ``DINOLoss``, backward, per-parameter clipping, SGD, EMA (the pieces of ``p1_ssl_pretrain.py``). Fast path:
   channels_last (``--channels-last``), autocast (``--amp``: bf16, or fp16 with a GradScaler on GPUs without bf16;
-  on the CPU bf16 where oneDNN has native bf16 kernels, ``--no-cpu-bf16`` keeps it fp32), foreach EMA
+  on the CPU with ``--cpu-amp`` bf16 where oneDNN has native bf16 kernels), foreach EMA
   (``ema_update``) and foreach SGD. Reference: fp32, contiguous memory, a per-parameter Python EMA loop and the
   default SGD. Both start from the same weights and inputs; ``loss_rel_diff`` compares their first-step losses.
 * ``finetune_step``: the Office-Home classifier (``utils.models.build_classifier``, 65 classes) on
-  ``--finetune-size`` px: forward, label-smoothed cross-entropy, backward, SGD.
+  ``--image-size`` px: forward, label-smoothed cross-entropy, backward, SGD.
 * ``seg_step_unet`` / ``seg_step_deeplab``: a training step of ``utils.models.build_seg_model`` (U-Net;
   DeepLabV3-ResNet50 with its auxiliary head) on ``--seg-size`` px, batch ``--seg-batch-size``.
 * ``inference``: what ``p2_inference.py`` does per batch: a checkpoint (random weights, ``--inference-arch``)
@@ -60,13 +60,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from p1_ssl_pretrain import DINOLoss, build_dino_net, clip_gradients, ema_update
 from utils.checkpoint import make_checkpoint, save_atomic
+from utils.classify import build_classifier
+from utils.cli import add_bool_flag, add_flag
+from utils.dino import DINOLoss, build_dino_net, ema_update, train_step
 from utils.distributed import resolve_device
 from utils.gpu_multicrop import BatchedMultiCrop
-from utils.misc import add_bool_flag, amp_dtype, autocast, cpu_bf16_supported, make_grad_scaler, weight_decay_groups
-from utils.models import CLASSIFIER_BACKBONES, build_classifier, build_seg_model
-from utils.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
+from utils.models import CLASSIFIER_BACKBONES, build_seg_model
+from utils.multicrop import MultiCropAugmentation
+from utils.optim import weight_decay_groups
+from utils.precision import amp_dtype, autocast, make_grad_scaler, maybe_compile
+from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.predict import SEG_KIND, load_segmenter, predict_classes
 
 MEASUREMENTS = ("aug_per_image", "aug_batched", "dino_step", "finetune_step", "seg_step_unet", "seg_step_deeplab",
@@ -76,7 +80,7 @@ MEASUREMENTS = ("aug_per_image", "aug_batched", "dino_step", "finetune_step", "s
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Throughput benchmark (one JSON line per measurement).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    add_flag(parser, "--device", "auto")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), metavar="NAME",
                         help="measurements to run, from: " + ", ".join(MEASUREMENTS))
     parser.add_argument("--reference", action="store_true",
@@ -84,34 +88,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", "--repeats", dest="repeats", type=int, default=10,
                         help="timed iterations per measurement (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per augmentation call / DINO step / fine-tuning step")
+    add_flag(parser, "--batch-size", 32, "of the augmentation, DINO and fine-tuning measurements")
     parser.add_argument("--input-size", type=int, default=84, help="side of the uint8 images to augment")
-    parser.add_argument("--global-size", type=int, default=128, help="global crop side")
-    parser.add_argument("--local-size", type=int, default=64, help="local crop side")
-    parser.add_argument("--num-local", type=int, default=6, help="local crops per image")
-    parser.add_argument("--arch", default="resnet50", choices=CLASSIFIER_BACKBONES,
-                        help="backbone of the DINO and fine-tuning measurements")
-    parser.add_argument("--out-dim", type=int, default=65536, help="DINO head prototypes")
-    parser.add_argument("--hidden-dim", type=int, default=2048, help="DINO head hidden width")
-    parser.add_argument("--bottleneck-dim", type=int, default=256, help="DINO head bottleneck")
-    parser.add_argument("--finetune-size", type=int, default=128, help="fine-tuning image side")
+    add_flag(parser, "--global-crop-size", 128)
+    add_flag(parser, "--local-crop-size", 64)
+    add_flag(parser, "--local-crops-number", 6)
+    add_flag(parser, "--arch", "resnet50", "the ResNet of the DINO and fine-tuning measurements",
+             choices=CLASSIFIER_BACKBONES)
+    add_flag(parser, "--out-dim", 65536)
+    add_flag(parser, "--hidden-dim", 2048, "the DINO head's MLP")
+    add_flag(parser, "--bottleneck-dim", 256)
+    add_flag(parser, "--image-size", 128, "of the fine-tuning measurement")
     parser.add_argument("--seg-size", type=int, default=512, help="segmentation tile side (use 128 on a CPU)")
     parser.add_argument("--seg-batch-size", type=int, default=None,
                         help="segmentation / inference batch (default: 8 on CUDA, 2 on the CPU)")
     parser.add_argument("--inference-arch", choices=("unet", "deeplabv3"), default="deeplabv3",
                         help="model of the inference measurement")
-    add_bool_flag(parser, "amp", True, "autocast in the fast path (bf16, or fp16 + GradScaler without bf16)")
-    add_bool_flag(parser, "cpu-bf16", True, "let --amp use bf16 autocast on the CPU too, where oneDNN has native "
-                                            "bf16 kernels (AVX-512 BF16 / AMX)")
+    add_flag(parser, "--amp", True, " in the fast path")
+    add_flag(parser, "--cpu-amp", more="in the fast path (the CPU figures of the README use it)")
     add_bool_flag(parser, "channels-last", True, "channels_last models and inputs in the fast path")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the fast path's models (when torch.compile exists; compile time is "
-                             "spent in the warm-up iterations, so use a larger --warmup)")
+    add_flag(parser, "--compile", more="the fast path's models; compile time is spent in the warm-up iterations, "
+                                       "so use a larger --warmup")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for the model measurements (default: the cores this process may use)")
     parser.add_argument("--aug-threads", type=int, default=1, help="intra-op threads for the CPU augmentation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs and initial weights")
+    add_flag(parser, "--seed", 0, "of the synthetic inputs and initial weights")
     parser.add_argument("--json-out", type=Path, default=None, help="also write every JSON line to this file")
     return parser
 
@@ -122,8 +123,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fast_amp_dtype(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:
-    """The fast path's autocast dtype (the trainers' rule, utils.misc.amp_dtype): None means fp32."""
-    return amp_dtype(device, args.amp, cpu=args.cpu_bf16)
+    """The fast path's autocast dtype (the trainers' rule, utils.precision.amp_dtype): None means fp32."""
+    return amp_dtype(device, args.amp, cpu=args.cpu_amp)
 
 
 def dtype_name(dtype: Optional[torch.dtype]) -> str:
@@ -172,15 +173,6 @@ def time_alternating(fns: Dict[str, Callable[[], Any]], repeats: int, warmup: in
             sync(device)
             times[name].append(time.perf_counter() - t0)
     return times
-
-
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    if not enabled:
-        return model
-    if not hasattr(torch, "compile"):
-        print("warning: this torch has no torch.compile; --compile ignored", file=sys.stderr)
-        return model
-    return torch.compile(model)
 
 
 def make_record(name: str, args: argparse.Namespace, device: torch.device, batch: int,
@@ -271,8 +263,8 @@ def aug_functions(args: argparse.Namespace) -> Dict[str, Callable[[], Any]]:
 
     images = random_uint8(args.batch_size, args.input_size, torch.device("cpu"), args.seed)
     pil_images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-    per_image = MultiCropAugmentation(args.global_size, args.local_size, args.num_local, seed=args.seed)
-    pil = PILMultiCrop(args.global_size, args.local_size, args.num_local)
+    per_image = MultiCropAugmentation(args.global_crop_size, args.local_crop_size, args.local_crops_number, seed=args.seed)
+    pil = PILMultiCrop(args.global_crop_size, args.local_crop_size, args.local_crops_number)
     random.seed(args.seed)
     return {"per_image": lambda: [per_image(img) for img in images], "pil": lambda: [pil(img) for img in pil_images]}
 
@@ -286,13 +278,13 @@ def measure_aug_per_image(args: argparse.Namespace, device: torch.device) -> Dic
         times = time_alternating(timed, args.repeats, args.warmup, torch.device("cpu"))
     return make_record("aug_per_image", args, torch.device("cpu"), args.batch_size, times, args.aug_threads,
                        input_size=args.input_size, views="2x{} + {}x{}".format(
-                           args.global_size, args.num_local, args.local_size),
+                           args.global_crop_size, args.local_crops_number, args.local_crop_size),
                        reference="DINO PIL pipeline" if args.reference else None)
 
 
 def measure_aug_batched(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     images = random_uint8(args.batch_size, args.input_size, device, args.seed)
-    aug = BatchedMultiCrop(args.global_size, args.local_size, args.num_local,
+    aug = BatchedMultiCrop(args.global_crop_size, args.local_crop_size, args.local_crops_number,
                            generator=torch.Generator().manual_seed(args.seed))
     timed = {"fast": lambda: aug(images)}  # type: Dict[str, Callable[[], Any]]
     if args.reference:
@@ -312,7 +304,7 @@ def measure_aug_batched(args: argparse.Namespace, device: torch.device) -> Dict[
                 times.update(time_alternating({k: v for k, v in timed.items() if k != "fast"}, args.repeats,
                                               args.warmup, torch.device("cpu")))
     extra = {"input_size": args.input_size,
-             "views": "2x{} + {}x{}".format(args.global_size, args.num_local, args.local_size)}
+             "views": "2x{} + {}x{}".format(args.global_crop_size, args.local_crops_number, args.local_crop_size)}
     if args.reference:
         per_image = args.batch_size / statistics.median(times["per_image"])
         extra.update(reference="DINO PIL pipeline", per_image_images_per_s=round(per_image, 3),
@@ -345,7 +337,6 @@ class DinoStep:
         if channels_last:
             self.student.to(memory_format=torch.channels_last)
             self.teacher.to(memory_format=torch.channels_last)
-        self.plain_student = self.student
         self.student_fn = maybe_compile(self.student, compile_model)
         self.teacher_fn = maybe_compile(self.teacher, compile_model)
         self.loss = DINOLoss(config["out_dim"], num_crops, 0.04, 0.04, 30).to(device)
@@ -357,31 +348,22 @@ class DinoStep:
         self.device, self.fast, self.dtype = device, fast, dtype
         self.losses = []  # type: List[float]
 
-    def ema(self, momentum: float) -> None:
+    def ema(self, teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
         if self.fast:
-            ema_update(self.teacher, self.plain_student, momentum)
+            ema_update(teacher, student, momentum)
         else:  # one Python iteration and two kernels per parameter
             with torch.no_grad():
-                for pt, ps in zip(self.teacher.parameters(), self.plain_student.parameters()):
+                for pt, ps in zip(teacher.parameters(), student.parameters()):
                     pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
 
     def __call__(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         crops = [c.contiguous(memory_format=self.memory_format) for c in crops]
-        with autocast(self.device, self.dtype):
-            with torch.no_grad():
-                teacher_out = self.teacher_fn(crops[:2])["out"]
-            student_out = self.student_fn(crops)["out"]
-            loss = self.loss(student_out, teacher_out, 0)["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        clip_gradients(self.plain_student, 3.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.ema(0.996)
+        res, _ = train_step(self.student_fn, self.teacher_fn, self.loss, self.optimizer, self.scaler, crops, 0,
+                            0.996, clip_grad=3.0, freeze_last_layer=0, dtype=self.dtype, ema=self.ema)
+        loss = res["loss"].detach()
         if not self.losses:  # the first step's loss, from the initial weights (one host sync, once)
-            self.losses.append(float(loss.detach()))
-        return loss.detach()
+            self.losses.append(float(loss))
+        return loss
 
 
 def measure_dino_step(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
@@ -390,7 +372,7 @@ def measure_dino_step(args: argparse.Namespace, device: torch.device) -> Dict[st
     torch.manual_seed(args.seed)
     state = {k: v.clone() for k, v in build_dino_net(config).state_dict().items()}
     images = random_uint8(args.batch_size, args.input_size, device, args.seed)
-    crops = BatchedMultiCrop(args.global_size, args.local_size, args.num_local,
+    crops = BatchedMultiCrop(args.global_crop_size, args.local_crop_size, args.local_crops_number,
                              generator=torch.Generator().manual_seed(args.seed))(images)
     num_crops = len(crops)
     dtype = fast_amp_dtype(args, device)
@@ -407,7 +389,7 @@ def measure_dino_step(args: argparse.Namespace, device: torch.device) -> Dict[st
         times = time_alternating(timed, args.repeats, args.warmup, device)
     extra = {"arch": args.arch, "out_dim": args.out_dim, "amp_dtype": dtype_name(dtype),
              "channels_last": args.channels_last, "compile": args.compile, "ema": "foreach",
-             "views": "2x{} + {}x{}".format(args.global_size, args.num_local, args.local_size),
+             "views": "2x{} + {}x{}".format(args.global_crop_size, args.local_crops_number, args.local_crop_size),
              "loss": round(fast.losses[0], 6)}
     if reference is not None:
         ref_loss = reference.losses[0]
@@ -477,14 +459,14 @@ def normalised_images(batch: int, size: int, device: torch.device, seed: int) ->
 
 def measure_finetune_step(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     config = {"arch": args.arch, "num_classes": 65, "hidden_dim": 1024, "dropout": 0.5}
-    inputs = normalised_images(args.batch_size, args.finetune_size, device, args.seed)
+    inputs = normalised_images(args.batch_size, args.image_size, device, args.seed)
     labels = torch.randint(0, 65, (args.batch_size,), generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=0.1)
 
     return measure_supervised("finetune_step", args, device, lambda: build_classifier(config), loss_fn, inputs,
-                              labels, True, arch=args.arch, image_size=args.finetune_size, num_classes=65)
+                              labels, True, arch=args.arch, image_size=args.image_size, num_classes=65)
 
 
 def measure_seg_step(name: str, config: Dict[str, Any], args: argparse.Namespace,
@@ -508,11 +490,7 @@ def measure_inference(args: argparse.Namespace, device: torch.device) -> Dict[st
               "backbone_weights": "none"}
     torch.manual_seed(args.seed)
     model = build_seg_model(config)
-    dtype = None
-    if args.amp and device.type == "cuda":  # what p2_inference.py does (misc.amp_dtype: CUDA only)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif args.amp and args.cpu_bf16 and cpu_bf16_supported():
-        dtype = torch.bfloat16
+    dtype = fast_amp_dtype(args, device)  # what p2_inference.py does on CUDA; on the CPU with --cpu-amp
     images = random_uint8(args.seg_batch_size, args.seg_size, device, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "seg.pth"

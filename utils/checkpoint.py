@@ -11,7 +11,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -19,14 +19,16 @@ FORMAT_VERSION = 1
 PathLike = Union[str, Path]
 
 
-def save_atomic(obj: Any, path: PathLike) -> None:
-    """torch.save ``obj`` to ``path`` atomically (temp file + fsync + os.replace)."""
+def atomic_write(path: PathLike, write: Callable[[Any], None], text: bool = False) -> None:
+    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, fsync, then os.replace it:
+    a kill at any moment leaves either the old file or the new one, and a symlink at ``path`` is replaced, never
+    followed. The temp file never outlives the call."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -45,6 +47,11 @@ def save_atomic(obj: Any, path: PathLike) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def save_atomic(obj: Any, path: PathLike) -> None:
+    """torch.save ``obj`` to ``path`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_safe(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
@@ -112,3 +119,21 @@ def load_checkpoint(path: PathLike, expected_kind: Optional[str] = None,
         raise ValueError("{} is a '{}' checkpoint, but a '{}' checkpoint is needed here".format(
             path, ckpt.get("kind"), expected_kind))
     return ckpt
+
+
+def load_model(path: PathLike, kind: str, build: Callable[[Dict[str, Any]], torch.nn.Module],
+               device: torch.device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild a model from one of our checkpoints alone (``build(model_config)``, no download) and load its
+    weights; returns (model in eval mode on ``device``, checkpoint). A checkpoint whose weights do not fit the
+    model its config describes is a ValueError naming the file."""
+    ckpt = load_checkpoint(path, expected_kind=kind)
+    model = build(ckpt["model_config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError("checkpoint {} does not fit the model it describes ({}): {}".format(
+            path, ckpt["model_config"].get("arch"), str(exc).splitlines()[0])) from None
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, ckpt

@@ -1,30 +1,54 @@
-"""Problem-1 classifier checkpoints: one loader and one evaluation path for fine-tuning, t-SNE and grading."""
+"""The problem-1 classifier (a ResNet + an MLP head) and its checkpoints: one model, one loader and one evaluation
+path for fine-tuning, t-SNE and grading."""
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from utils.checkpoint import load_checkpoint
-from utils.misc import autocast
-from utils.models import ImageClassifier, build_classifier
+from torch import Tensor, nn
+
+from utils.checkpoint import load_model
+from utils.models import build_resnet_backbone
+from utils.precision import autocast
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, classify_eval_transform, normalize
 
 CLASSIFIER_KIND = "p1_classifier"
 
 
+class ImageClassifier(nn.Module):
+    """ResNet backbone (fc = identity) + MLP head: Linear -> BatchNorm -> ReLU -> Dropout -> Linear.
+
+    ``penultimate(x)`` returns the input of the final linear layer (the report's t-SNE features).
+    """
+
+    def __init__(self, arch: str = "resnet50", num_classes: int = 65, hidden_dim: int = 1024,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = build_resnet_backbone(arch)
+        feature_dim = self.backbone.feature_dim
+        if hidden_dim > 0:
+            self.head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
+                                      nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+        else:  # a linear probe
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+
+    def penultimate(self, x: Tensor) -> Tensor:
+        """Features entering the final linear layer, (B, hidden_dim or feature_dim)."""
+        return self.head[:-1](self.backbone(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_classifier(config: Mapping[str, Any]) -> ImageClassifier:
+    """The problem-1 classifier from its config: arch, num_classes, hidden_dim, dropout (random weights)."""
+    return ImageClassifier(config.get("arch", "resnet50"), int(config.get("num_classes", 65)),
+                           int(config.get("hidden_dim", 1024)), float(config.get("dropout", 0.5)))
+
+
 def load_classifier(path: Union[str, Path], device: torch.device) -> Tuple[ImageClassifier, Dict[str, Any]]:
     """Rebuild a classifier from one of our checkpoints alone; returns (model in eval mode, checkpoint)."""
-    ckpt = load_checkpoint(path, expected_kind=CLASSIFIER_KIND)
-    model = build_classifier(ckpt["model_config"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError("checkpoint {} does not fit the classifier it describes ({}): {}".format(
-            path, ckpt["model_config"], str(exc).splitlines()[0])) from None
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model, ckpt
+    return load_model(path, CLASSIFIER_KIND, build_classifier, device)
 
 
 def eval_transform_for(ckpt: Dict[str, Any]):

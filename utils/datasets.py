@@ -4,6 +4,9 @@ Training datasets check every file before the first step (``verify=True``): each
 in threads, and a file that cannot be used is skipped with one warning line naming it, or is an error when
 ``strict=True`` (the trainers' ``--strict``). Nothing fails hours into a run because of one bad file.
 """
+import hashlib
+import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from utils.checkpoint import atomic_write
 from utils.masks import read_mask
 
 PathLike = Union[str, Path]
@@ -327,3 +331,106 @@ class CsvImages(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, -1 if row.label is None else row.label
+
+
+def file_list_key(files: Sequence[Path]) -> str:
+    """sha256 of the sorted (name, byte size) list: changes when a file is added, removed, renamed or resized."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update("{}\t{}\n".format(path.name, path.stat().st_size).encode("utf-8"))
+    return digest.hexdigest()
+
+
+class InMemoryImages(torch.utils.data.Dataset):
+    """Every image of a folder decoded once into one uint8 tensor (N, 3, H, W); item i is its (3, H, W) view.
+
+    All images must have one size (Mini-ImageNet: 84x84), else a ValueError names the first file that differs.
+    ``cache_path`` (e.g. ``mini_train.npy``) keeps the decoded array on disk: it is reused while the folder's
+    sorted file list (names and byte sizes) is unchanged, and rewritten otherwise; the key lives in
+    ``<cache_path>.json``, written after the array, so an interrupted write is never mistaken for a valid cache.
+    """
+
+    def __init__(self, folder: PathLike, cache_path: Optional[PathLike] = None,
+                 transform: Optional[Callable] = None, max_images: Optional[int] = None,
+                 workers: Optional[int] = None, files: Optional[Sequence[PathLike]] = None) -> None:
+        self.folder = Path(folder)
+        # ``files``: an already checked list (e.g. UnlabeledImages' after its pre-flight check), else the folder's
+        files = [Path(f) for f in files] if files is not None else list_images(self.folder)
+        self.files = files[:max_images] if max_images is not None else files
+        self.transform = transform
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.from_cache = False
+        key = file_list_key(self.files)
+        array = self._load_cache(key) if self.cache_path is not None else None
+        if array is None:
+            array = self._decode(workers)
+            if self.cache_path is not None:
+                self._save_cache(array, key)
+        else:
+            self.from_cache = True
+        self.images = torch.from_numpy(array)
+
+    def _decode(self, workers: Optional[int]) -> np.ndarray:
+        """Decode every file (PIL releases the GIL, so threads help), checking that sizes agree."""
+        workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        array = None  # type: Optional[np.ndarray]
+        first = None  # type: Optional[Tuple[Path, Tuple[int, ...]]]
+        chunk = 256  # bounded work in flight: an error surfaces without decoding the rest of the folder
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for offset in range(0, len(self.files), chunk):
+                names = self.files[offset:offset + chunk]
+                for index, (path, rgb) in enumerate(zip(names, pool.map(read_rgb, names)), start=offset):
+                    if first is None:
+                        first = (path, rgb.shape)
+                        array = np.empty((len(self.files), 3) + rgb.shape[:2], dtype=np.uint8)
+                    elif rgb.shape != first[1]:
+                        raise ValueError("image {} is {}x{} but {} is {}x{}: InMemoryImages needs images of one "
+                                         "size (use UnlabeledImages with a transform for mixed sizes)".format(
+                                             path, rgb.shape[1], rgb.shape[0], first[0].name, first[1][1],
+                                             first[1][0]))
+                    array[index] = rgb.transpose(2, 0, 1)
+        assert array is not None  # list_images never returns an empty list
+        return array
+
+    def _key_path(self) -> Path:
+        assert self.cache_path is not None
+        return Path(str(self.cache_path) + ".json")
+
+    def _load_cache(self, key: str) -> Optional[np.ndarray]:
+        """The cached array when its key matches this file list, else None (also for a damaged cache)."""
+        key_path = self._key_path()
+        if not key_path.is_file() or not self.cache_path.is_file():
+            return None
+        try:
+            with open(key_path) as f:
+                meta = json.load(f)
+            if meta.get("key") != key or meta.get("count") != len(self.files):
+                return None
+            array = np.load(str(self.cache_path), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != len(self.files) or array.shape[1] != 3 \
+                or list(array.shape) != meta.get("shape"):
+            return None
+        return array
+
+    def _save_cache(self, array: np.ndarray, key: str) -> None:
+        """Array first, key last: a crash in between leaves no key, hence no stale cache."""
+        key_path = self._key_path()
+        if key_path.exists():
+            key_path.unlink()
+        atomic_write(self.cache_path, lambda f: np.save(f, array, allow_pickle=False))
+        meta = {"key": key, "count": len(self.files), "shape": list(array.shape), "folder": str(self.folder)}
+        atomic_write(key_path, lambda f: f.write(json.dumps(meta).encode("utf-8")))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded images: N * 3 * H * W bytes."""
+        return int(self.images.numel())
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return self.transform(image) if self.transform is not None else image

@@ -38,31 +38,20 @@ How each step is batched:
   faults on the CPU), so one instance must not be called from two threads at once; the outputs are fresh.
 
 Given the same parameters the output matches ``apply_view`` to ~1e-5 (float rounding; ``tests/test_gpu_multicrop.py``
-checks it sample by sample, and the two paths' parameter and output statistics). Speed on the 2-core test CPU,
-one thread, 2 x 128 + 6 x 64 views of 84x84 images, batch 16: ~2x DINO's per-image PIL pipeline and ~1.5x
-``MultiCropAugmentation`` (``python -m tools.benchmark --only aug_batched --reference``; on the CPU the remaining cost
-is memory traffic: ~170k output floats per image pass through ~30 elementwise passes and the matmuls).
-
-``InMemoryImages`` decodes a folder of equal-sized images once into one uint8 tensor, optionally cached as .npy,
-so a DataLoader only has to batch uint8 tensors and the augmentation can run on the device.
+checks it sample by sample, and the two paths' parameter and output statistics). Speed: README, Performance
+(``python -m tools.benchmark --only aug_batched --reference``). Its input is a batch of ``InMemoryImages``
+(utils/datasets.py): images decoded once, so a DataLoader only batches uint8 tensors.
 """
-import hashlib
-import json
 import math
-import os
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch.utils.data
 
-from utils.datasets import list_images, read_rgb
-from utils.multicrop import (_CROP_ATTEMPTS, _U_AREA, _U_BLUR, _U_FACTORS, _U_FLIP, _U_GRAY, _U_JITTER, _U_LEFT,
-                             _U_LOG_RATIO, _U_ORDER, _U_SIGMA, _U_SOLARIZE, _U_TOP, IMAGENET_MEAN, IMAGENET_STD,
+from utils.multicrop import (CROP_ATTEMPTS, U_AREA, U_BLUR, U_FACTORS, U_FLIP, U_GRAY, U_JITTER, U_LEFT,
+                             U_LOG_RATIO, U_ORDER, U_SIGMA, U_SOLARIZE, U_TOP, IMAGENET_MEAN, IMAGENET_STD,
                              JITTER_OPS, NUM_UNIFORMS, ViewSpec, dino_view_specs)
 
 PathLike = Union[str, Path]
@@ -79,8 +68,8 @@ def _crops_np(spec: ViewSpec, height: int, width: int, u: np.ndarray) -> np.ndar
     """torchvision's RandomResizedCrop boxes for a (B, NUM_UNIFORMS) float64 block: int64 (B, 4) top, left, h, w."""
     area = float(height * width)
     log_lo, log_hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
-    target = area * (spec.scale[0] + (spec.scale[1] - spec.scale[0]) * u[:, _U_AREA:_U_AREA + _CROP_ATTEMPTS])
-    ratio = np.exp(log_lo + (log_hi - log_lo) * u[:, _U_LOG_RATIO:_U_LOG_RATIO + _CROP_ATTEMPTS])
+    target = area * (spec.scale[0] + (spec.scale[1] - spec.scale[0]) * u[:, U_AREA:U_AREA + CROP_ATTEMPTS])
+    ratio = np.exp(log_lo + (log_hi - log_lo) * u[:, U_LOG_RATIO:U_LOG_RATIO + CROP_ATTEMPTS])
     w = np.round(np.sqrt(target * ratio))  # round half to even, as Python's round()
     h = np.round(np.sqrt(target / ratio))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -99,8 +88,8 @@ def _crops_np(spec: ViewSpec, height: int, width: int, u: np.ndarray) -> np.ndar
     h = np.where(found, h, fh)
     w = np.where(found, w, fw)
     # floor(u * n) is uniform on 0..n-1 (torch.randint(0, n)); the min guards u rounding up to 1
-    top = np.minimum(np.floor(u[:, _U_TOP] * (height - h + 1)), height - h)
-    left = np.minimum(np.floor(u[:, _U_LEFT] * (width - w + 1)), width - w)
+    top = np.minimum(np.floor(u[:, U_TOP] * (height - h + 1)), height - h)
+    left = np.minimum(np.floor(u[:, U_LEFT] * (width - w + 1)), width - w)
     top = np.where(found, top, (height - fh) // 2)
     left = np.where(found, left, (width - fw) // 2)
     return np.stack([top, left, h, w], 1).astype(np.int64)
@@ -112,15 +101,15 @@ def _params_np(spec: ViewSpec, height: int, width: int, u: np.ndarray) -> Dict[s
     strengths = np.array([spec.brightness, spec.contrast, spec.saturation, spec.hue])
     return {
         "crop": _crops_np(spec, height, width, u),
-        "flip": u[:, _U_FLIP] < spec.p_flip,
-        "jitter": u[:, _U_JITTER] < spec.p_jitter,
+        "flip": u[:, U_FLIP] < spec.p_flip,
+        "jitter": u[:, U_JITTER] < spec.p_jitter,
         # argsort of i.i.d. uniforms: a uniform random permutation (stable, as Python's sorted)
-        "order": np.argsort(u[:, _U_ORDER:_U_ORDER + 4], axis=1, kind="stable").astype(np.int64),
-        "factors": np.array(_NEUTRAL) - strengths + 2.0 * strengths * u[:, _U_FACTORS:_U_FACTORS + 4],
-        "gray": u[:, _U_GRAY] < spec.p_gray,
-        "blur": u[:, _U_BLUR] < spec.p_blur,
-        "sigma": spec.blur_sigma[0] + (spec.blur_sigma[1] - spec.blur_sigma[0]) * u[:, _U_SIGMA],
-        "solarize": u[:, _U_SOLARIZE] < spec.p_solarize,
+        "order": np.argsort(u[:, U_ORDER:U_ORDER + 4], axis=1, kind="stable").astype(np.int64),
+        "factors": np.array(_NEUTRAL) - strengths + 2.0 * strengths * u[:, U_FACTORS:U_FACTORS + 4],
+        "gray": u[:, U_GRAY] < spec.p_gray,
+        "blur": u[:, U_BLUR] < spec.p_blur,
+        "sigma": spec.blur_sigma[0] + (spec.blur_sigma[1] - spec.blur_sigma[0]) * u[:, U_SIGMA],
+        "solarize": u[:, U_SOLARIZE] < spec.p_solarize,
         "solarize_threshold": np.full(u.shape[0], float(spec.solarize_threshold)),
     }
 
@@ -140,12 +129,6 @@ def batched_params_from_uniforms(spec: ViewSpec, height: int, width: int,
     if u_np.ndim != 2 or u_np.shape[1] < NUM_UNIFORMS:
         raise ValueError("need a (B, {}) block of uniforms, got shape {}".format(NUM_UNIFORMS, tuple(u_np.shape)))
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _params_np(spec, height, width, u_np).items()}
-
-
-def batched_crops(spec: ViewSpec, height: int, width: int, u: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
-    """int64 (B, 4) crop boxes (top, left, h, w) of a (B, NUM_UNIFORMS) block; row b equals
-    ``params_from_uniforms(spec, height, width, u[b])["crop"]``."""
-    return batched_params_from_uniforms(spec, height, width, u)["crop"]
 
 
 def batched_blur_kernel_sizes(sigma: Union[torch.Tensor, np.ndarray], image_size: int) -> np.ndarray:
@@ -395,31 +378,30 @@ def _params_as_numpy(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
     return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in params.items()}
 
 
-def _apply_group(images: torch.Tensor, size: int, views: Sequence[Dict[str, np.ndarray]],
-                 workspace: _Workspace) -> torch.Tensor:
-    """All views of one output size: (V * B, 3, size, size) float32 normalised, view-major."""
-    device = images.device
-    batch, _, height, width = images.shape
-    params = {key: np.concatenate([v[key] for v in views]) for key in views[0]}
-    n = params["crop"].shape[0]
-    ints, floats = _Pack(np.int64), _Pack(np.float32)
-
-    # ---- plan on the CPU: crop windows, then which samples each op touches, in which order
+def _plan_crops(params: Dict[str, np.ndarray], batch: int, height: int, width: int, size: int, ints: "_Pack",
+                floats: "_Pack") -> Dict[str, Any]:
+    """The crop windows on the CPU: for every sample the rows it reads and its box, packed for the device."""
     top, left, h, w = params["crop"].T
     if (top < 0).any() or (left < 0).any() or (h < 1).any() or (w < 1).any() or (top + h > height).any() \
             or (left + w > width).any():
         raise ValueError("crop boxes outside the {}x{} images".format(height, width))
+    n = params["crop"].shape[0]
     # each sample reads a window of rows as tall as the group's tallest crop (all columns: gathering whole rows
     # is a plain row copy, while a 2-d window gather costs more than the matmul it saves)
     win_h = int(h.max())
     win_top = np.minimum(top, height - win_h)
     sample = np.arange(n) % batch  # which image each view-sample is cut from
     rows = (sample * height + win_top)[:, None] + np.arange(win_h)[None, :]  # rows of the (B*H, 3*W) image
-    h_rows = ints.add(rows)
-    h_box = floats.add(np.stack([top, h, win_top, left, w, np.zeros_like(left)], 1))
-    h_flip = ints.add(params["flip"])
-    taps_y, taps_x = resample_taps(win_h, size), resample_taps(int(w.max()), size)
+    return {"win_h": win_h, "rows": ints.add(rows), "flip": ints.add(params["flip"]),
+            "box": floats.add(np.stack([top, h, win_top, left, w, np.zeros_like(left)], 1)),
+            "taps_y": resample_taps(win_h, size), "taps_x": resample_taps(int(w.max()), size)}
 
+
+def _plan_ops(params: Dict[str, np.ndarray], size: int, ints: "_Pack", floats: "_Pack"
+              ) -> Tuple[List[Tuple[str, Any]], Optional[Tuple[int, Tuple[int, ...]]]]:
+    """The colour, grayscale, blur and solarize steps on the CPU: which samples each touches, in which order
+    (the batch is permuted so each subset is a contiguous slice), and the gather that restores the order."""
+    n = params["crop"].shape[0]
     order = _Order(n)
     steps = []  # type: List[Tuple[str, Any]]
 
@@ -467,9 +449,45 @@ def _apply_group(images: torch.Tensor, size: int, views: Sequence[Dict[str, np.n
                 threshold = params["solarize_threshold"][order.originals(start, end)]
                 steps.append(("solarize", (start, end, floats.add(threshold))))
     restore = order.restore()
-    h_restore = ints.add(restore) if restore is not None else None
+    return steps, (ints.add(restore) if restore is not None else None)
 
-    # ---- pixels, on the device: two copies of the plan, then tensor ops only (no host sync)
+
+def _crop_resize(images: torch.Tensor, plan: Dict[str, Any], size: int, n: int, get_i: Any, get_f: Any,
+                 workspace: "_Workspace") -> torch.Tensor:
+    """Crop + resize (+ flip, / 255) of every sample as two batched matmuls; float32 (N, 3, size, size) in [0, 1]."""
+    device = images.device
+    batch, _, height, width = images.shape
+    win_h = plan["win_h"]
+    # rows of every image as (B * H, 3 * W): a window of win_h rows is then one index_select of whole rows
+    image_rows = images.permute(0, 2, 1, 3).reshape(batch * height, 3 * width)
+    window = workspace.get("window", (n, win_h * 3, width), device)
+    window.copy_(image_rows.index_select(0, get_i(plan["rows"]).view(-1)).view(n, win_h * 3, width))  # to float32
+    box = get_f(plan["box"])
+    wy = resample_weights(box[:, 0], box[:, 1], box[:, 2], win_h, size, plan["taps_y"])  # (N, size, win_h)
+    wx = resample_weights(box[:, 3], box[:, 4], box[:, 5], width, size, plan["taps_x"],
+                          flip=get_i(plan["flip"]).bool())
+    if images.dtype == torch.uint8:
+        wy = wy * (1.0 / 255.0)
+    along_w = workspace.get("along_w", (n, win_h * 3, size), device)
+    torch.bmm(window, wx.transpose(1, 2), out=along_w)
+    along_h = workspace.get("along_h", (n, size, 3 * size), device)
+    torch.bmm(wy, along_w.view(n, win_h, 3 * size), out=along_h)  # (N, size, 3 * size), i.e. (N, H, C, W)
+    # back to (N, C, H, W) and clamp (bicubic overshoots) in one pass
+    x = workspace.get("x0", (n, 3, size, size), device)
+    torch.clamp(along_h.view(n, size, 3, size).permute(0, 2, 1, 3), 0.0, 1.0, out=x)
+    return x
+
+
+def _apply_group(images: torch.Tensor, size: int, views: Sequence[Dict[str, np.ndarray]],
+                 workspace: "_Workspace") -> torch.Tensor:
+    """All views of one output size: (V * B, 3, size, size) float32 normalised, view-major."""
+    device = images.device
+    params = {key: np.concatenate([v[key] for v in views]) for key in views[0]}
+    n = params["crop"].shape[0]
+    ints, floats = _Pack(np.int64), _Pack(np.float32)
+    # plan on the CPU, then two copies of the plan to the device, then tensor ops only (no host sync)
+    plan = _plan_crops(params, images.shape[0], images.shape[2], images.shape[3], size, ints, floats)
+    steps, h_restore = _plan_ops(params, size, ints, floats)
     int_data, float_data = ints.send(device), floats.send(device)
 
     def get_i(handle: Tuple[int, Tuple[int, ...]]) -> torch.Tensor:
@@ -478,24 +496,8 @@ def _apply_group(images: torch.Tensor, size: int, views: Sequence[Dict[str, np.n
     def get_f(handle: Tuple[int, Tuple[int, ...]]) -> torch.Tensor:
         return _Pack.get(float_data, handle)
 
-    # rows of every image as (B * H, 3 * W): a window of win_h rows is then one index_select of whole rows
-    image_rows = images.permute(0, 2, 1, 3).reshape(batch * height, 3 * width)
-    window = workspace.get("window", (n, win_h * 3, width), device)
-    window.copy_(image_rows.index_select(0, get_i(h_rows).view(-1)).view(n, win_h * 3, width))  # to float32
-    box = get_f(h_box)
-    wy = resample_weights(box[:, 0], box[:, 1], box[:, 2], win_h, size, taps_y)  # (N, size, win_h)
-    wx = resample_weights(box[:, 3], box[:, 4], box[:, 5], width, size, taps_x, flip=get_i(h_flip).bool())
-    if images.dtype == torch.uint8:
-        wy = wy * (1.0 / 255.0)
-    along_w = workspace.get("along_w", (n, win_h * 3, size), device)
-    torch.bmm(window, wx.transpose(1, 2), out=along_w)
-    along_h = workspace.get("along_h", (n, size, 3 * size), device)
-    torch.bmm(wy, along_w.view(n, win_h, 3 * size), out=along_h)  # (N, size, 3 * size), i.e. (N, H, C, W)
-    # back to (N, C, H, W) and clamp (bicubic overshoots) in one pass; later gathers alternate two buffers
-    buffers = ["x0", "x1"]
-    x = workspace.get(buffers[0], (n, 3, size, size), device)
-    torch.clamp(along_h.view(n, size, 3, size).permute(0, 2, 1, 3), 0.0, 1.0, out=x)
-
+    x = _crop_resize(images, plan, size, n, get_i, get_f, workspace)
+    buffers = ["x0", "x1"]  # gathers alternate between two buffers
     for kind, arg in steps:
         if kind == "gather":
             buffers.reverse()
@@ -592,126 +594,3 @@ def _check_batch(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError("expected uint8 (or float in [0, 1]) images, got {}".format(images.dtype))
     return images
-
-
-# --------------------------------------------------------------------------------------------------------------
-# A folder of equal-sized images, decoded once
-# --------------------------------------------------------------------------------------------------------------
-
-def file_list_key(files: Sequence[Path]) -> str:
-    """sha256 of the sorted (name, byte size) list: changes when a file is added, removed, renamed or resized."""
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        digest.update("{}\t{}\n".format(path.name, path.stat().st_size).encode("utf-8"))
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through ``write(fileobj)`` into a temp file next to ``path``, then os.replace it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class InMemoryImages(torch.utils.data.Dataset):
-    """Every image of a folder decoded once into one uint8 tensor (N, 3, H, W); item i is its (3, H, W) view.
-
-    All images must have one size (Mini-ImageNet: 84x84), else a ValueError names the first file that differs.
-    ``cache_path`` (e.g. ``mini_train.npy``) keeps the decoded array on disk: it is reused while the folder's
-    sorted file list (names and byte sizes) is unchanged, and rewritten otherwise; the key lives in
-    ``<cache_path>.json``, written after the array, so an interrupted write is never mistaken for a valid cache.
-    """
-
-    def __init__(self, folder: PathLike, cache_path: Optional[PathLike] = None,
-                 transform: Optional[Callable] = None, max_images: Optional[int] = None,
-                 workers: Optional[int] = None, files: Optional[Sequence[PathLike]] = None) -> None:
-        self.folder = Path(folder)
-        # ``files``: an already checked list (e.g. UnlabeledImages' after its pre-flight check), else the folder's
-        files = [Path(f) for f in files] if files is not None else list_images(self.folder)
-        self.files = files[:max_images] if max_images is not None else files
-        self.transform = transform
-        self.cache_path = Path(cache_path) if cache_path is not None else None
-        self.from_cache = False
-        key = file_list_key(self.files)
-        array = self._load_cache(key) if self.cache_path is not None else None
-        if array is None:
-            array = self._decode(workers)
-            if self.cache_path is not None:
-                self._save_cache(array, key)
-        else:
-            self.from_cache = True
-        self.images = torch.from_numpy(array)
-
-    def _decode(self, workers: Optional[int]) -> np.ndarray:
-        """Decode every file (PIL releases the GIL, so threads help), checking that sizes agree."""
-        workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-        array = None  # type: Optional[np.ndarray]
-        first = None  # type: Optional[Tuple[Path, Tuple[int, ...]]]
-        chunk = 256  # bounded work in flight: an error surfaces without decoding the rest of the folder
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for offset in range(0, len(self.files), chunk):
-                names = self.files[offset:offset + chunk]
-                for index, (path, rgb) in enumerate(zip(names, pool.map(read_rgb, names)), start=offset):
-                    if first is None:
-                        first = (path, rgb.shape)
-                        array = np.empty((len(self.files), 3) + rgb.shape[:2], dtype=np.uint8)
-                    elif rgb.shape != first[1]:
-                        raise ValueError("image {} is {}x{} but {} is {}x{}: InMemoryImages needs images of one "
-                                         "size (use UnlabeledImages with a transform for mixed sizes)".format(
-                                             path, rgb.shape[1], rgb.shape[0], first[0].name, first[1][1],
-                                             first[1][0]))
-                    array[index] = rgb.transpose(2, 0, 1)
-        assert array is not None  # list_images never returns an empty list
-        return array
-
-    def _key_path(self) -> Path:
-        assert self.cache_path is not None
-        return Path(str(self.cache_path) + ".json")
-
-    def _load_cache(self, key: str) -> Optional[np.ndarray]:
-        """The cached array when its key matches this file list, else None (also for a damaged cache)."""
-        key_path = self._key_path()
-        if not key_path.is_file() or not self.cache_path.is_file():
-            return None
-        try:
-            with open(key_path) as f:
-                meta = json.load(f)
-            if meta.get("key") != key or meta.get("count") != len(self.files):
-                return None
-            array = np.load(str(self.cache_path), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != len(self.files) or array.shape[1] != 3 \
-                or list(array.shape) != meta.get("shape"):
-            return None
-        return array
-
-    def _save_cache(self, array: np.ndarray, key: str) -> None:
-        """Array first, key last: a crash in between leaves no key, hence no stale cache."""
-        key_path = self._key_path()
-        if key_path.exists():
-            key_path.unlink()
-        _write_atomic(self.cache_path, lambda f: np.save(f, array, allow_pickle=False))
-        meta = {"key": key, "count": len(self.files), "shape": list(array.shape), "folder": str(self.folder)}
-        _write_atomic(key_path, lambda f: f.write(json.dumps(meta).encode("utf-8")))
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the decoded images: N * 3 * H * W bytes."""
-        return int(self.images.numel())
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        return self.transform(image) if self.transform is not None else image

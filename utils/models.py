@@ -479,34 +479,3 @@ def build_resnet_backbone(arch: str = "resnet50") -> nn.Module:
     model.feature_dim = model.fc.in_features
     model.fc = nn.Identity()
     return model
-
-
-class ImageClassifier(nn.Module):
-    """ResNet backbone (fc = identity) + MLP head: Linear -> BatchNorm -> ReLU -> Dropout -> Linear.
-
-    ``penultimate(x)`` returns the input of the final linear layer (the report's t-SNE features).
-    """
-
-    def __init__(self, arch: str = "resnet50", num_classes: int = 65, hidden_dim: int = 1024,
-                 dropout: float = 0.5) -> None:
-        super().__init__()
-        self.backbone = build_resnet_backbone(arch)
-        feature_dim = self.backbone.feature_dim
-        if hidden_dim > 0:
-            self.head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
-                                      nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
-        else:  # a linear probe
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
-
-    def penultimate(self, x: Tensor) -> Tensor:
-        """Features entering the final linear layer, (B, hidden_dim or feature_dim)."""
-        return self.head[:-1](self.backbone(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
-
-
-def build_classifier(config: Mapping[str, Any]) -> ImageClassifier:
-    """The problem-1 classifier from its config: arch, num_classes, hidden_dim, dropout (random weights)."""
-    return ImageClassifier(config.get("arch", "resnet50"), int(config.get("num_classes", 65)),
-                           int(config.get("hidden_dim", 1024)), float(config.get("dropout", 0.5)))

@@ -9,9 +9,8 @@ GPU path later:
 2. ``apply_view(image, spec, params)`` applies them, on float [0, 1] pixels, with
    ``torchvision.transforms.v2.functional`` (hue excepted: ``adjust_hue`` here is the same map, 2-3x faster).
 
-Speed (2-core CPU, one thread, 84x84 input, 2 x 128 + 6 x 64 views): ~1.4x DINO's PIL pipeline, measured in one
-process side by side. Run it with one intra-op thread (DataLoader workers already do): on these small tensors
-threading only adds overhead, and on a busy machine OpenMP's spinning threads can make a call 100x slower.
+Run it with one intra-op thread (DataLoader workers already do): on these small tensors threading only adds
+overhead, and on a busy machine OpenMP's spinning threads can make a call 100x slower. Speed: README, Performance.
 
 Randomness: with ``seed=None`` every draw comes from torch's global RNG, so ``torch.manual_seed`` and DataLoader
 worker seeding make runs reproducible. With an explicit seed the transform owns a ``torch.Generator``; inside a
@@ -33,27 +32,27 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # torchvision ColorJitter's fn_idx 0..3
 
 # Fixed layout of the uniforms drawn per view: every view consumes the same number of draws whatever gets
 # applied, so one view's outcome never shifts the next view's randomness, and a batched sampler can draw a
-# (views, NUM_UNIFORMS) block at once.
-_CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 times before its centre-crop fallback
-_U_AREA = 0
-_U_LOG_RATIO = _U_AREA + _CROP_ATTEMPTS
-_U_TOP = _U_LOG_RATIO + _CROP_ATTEMPTS
-_U_LEFT = _U_TOP + 1
-_U_FLIP = _U_LEFT + 1
-_U_JITTER = _U_FLIP + 1
-_U_ORDER = _U_JITTER + 1  # 4 sort keys -> a uniform random permutation of the jitter ops
-_U_FACTORS = _U_ORDER + 4  # brightness, contrast, saturation, hue
-_U_GRAY = _U_FACTORS + 4
-_U_BLUR = _U_GRAY + 1
-_U_SIGMA = _U_BLUR + 1
-_U_SOLARIZE = _U_SIGMA + 1
-NUM_UNIFORMS = _U_SOLARIZE + 1
+# (views, NUM_UNIFORMS) block at once. The U_* offsets are public: utils/gpu_multicrop.py reads the same layout.
+CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 times before its centre-crop fallback
+U_AREA = 0
+U_LOG_RATIO = U_AREA + CROP_ATTEMPTS
+U_TOP = U_LOG_RATIO + CROP_ATTEMPTS
+U_LEFT = U_TOP + 1
+U_FLIP = U_LEFT + 1
+U_JITTER = U_FLIP + 1
+U_ORDER = U_JITTER + 1  # 4 sort keys -> a uniform random permutation of the jitter ops
+U_FACTORS = U_ORDER + 4  # brightness, contrast, saturation, hue
+U_GRAY = U_FACTORS + 4
+U_BLUR = U_GRAY + 1
+U_SIGMA = U_BLUR + 1
+U_SOLARIZE = U_SIGMA + 1
+NUM_UNIFORMS = U_SOLARIZE + 1
 
 _MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
@@ -123,15 +122,15 @@ def _crop_from_uniforms(spec: ViewSpec, height: int, width: int, u: Sequence[flo
     """torchvision's RandomResizedCrop algorithm driven by given uniforms: (top, left, h, w)."""
     area = height * width
     log_lo, log_hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
-    for k in range(_CROP_ATTEMPTS):
-        target_area = area * (spec.scale[0] + (spec.scale[1] - spec.scale[0]) * u[_U_AREA + k])
-        aspect_ratio = math.exp(log_lo + (log_hi - log_lo) * u[_U_LOG_RATIO + k])  # width / height
+    for k in range(CROP_ATTEMPTS):
+        target_area = area * (spec.scale[0] + (spec.scale[1] - spec.scale[0]) * u[U_AREA + k])
+        aspect_ratio = math.exp(log_lo + (log_hi - log_lo) * u[U_LOG_RATIO + k])  # width / height
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
             # floor(u * n) is uniform on 0..n-1, i.e. torch.randint(0, n); min() guards u rounding up to 1
-            top = min(int(u[_U_TOP] * (height - h + 1)), height - h)
-            left = min(int(u[_U_LEFT] * (width - w + 1)), width - w)
+            top = min(int(u[U_TOP] * (height - h + 1)), height - h)
+            left = min(int(u[U_LEFT] * (width - w + 1)), width - w)
             return top, left, h, w
     # fallback, as torchvision: the largest centred crop whose aspect ratio lies within `ratio`
     in_ratio = float(width) / float(height)
@@ -151,10 +150,10 @@ def params_from_uniforms(spec: ViewSpec, height: int, width: int, u: Sequence[fl
     if len(u) < NUM_UNIFORMS:
         raise ValueError("need {} uniforms, got {}".format(NUM_UNIFORMS, len(u)))
     jitter = None
-    if u[_U_JITTER] < spec.p_jitter:
+    if u[U_JITTER] < spec.p_jitter:
         # ColorJitter applies its four ops in a random order; argsort of i.i.d. uniforms is a uniform permutation
-        order = sorted(range(4), key=lambda k: u[_U_ORDER + k])
-        b, c, s, h = (u[_U_FACTORS + k] for k in range(4))
+        order = sorted(range(4), key=lambda k: u[U_ORDER + k])
+        b, c, s, h = (u[U_FACTORS + k] for k in range(4))
         jitter = {
             "order": [JITTER_OPS[k] for k in order],
             "brightness": 1.0 - spec.brightness + 2.0 * spec.brightness * b,
@@ -163,15 +162,15 @@ def params_from_uniforms(spec: ViewSpec, height: int, width: int, u: Sequence[fl
             "hue": -spec.hue + 2.0 * spec.hue * h,
         }
     blur_sigma = None
-    if u[_U_BLUR] < spec.p_blur:
-        blur_sigma = spec.blur_sigma[0] + (spec.blur_sigma[1] - spec.blur_sigma[0]) * u[_U_SIGMA]
+    if u[U_BLUR] < spec.p_blur:
+        blur_sigma = spec.blur_sigma[0] + (spec.blur_sigma[1] - spec.blur_sigma[0]) * u[U_SIGMA]
     return {
         "crop": _crop_from_uniforms(spec, height, width, u),
-        "flip": u[_U_FLIP] < spec.p_flip,
+        "flip": u[U_FLIP] < spec.p_flip,
         "jitter": jitter,
-        "gray": u[_U_GRAY] < spec.p_gray,
+        "gray": u[U_GRAY] < spec.p_gray,
         "blur_sigma": blur_sigma,
-        "solarize": u[_U_SOLARIZE] < spec.p_solarize,
+        "solarize": u[U_SOLARIZE] < spec.p_solarize,
     }
 
 

@@ -5,8 +5,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from utils.checkpoint import load_checkpoint
-from utils.misc import autocast
+from utils.checkpoint import load_model
+from utils.precision import autocast
 from utils.models import build_seg_model, input_multiple
 from utils.transforms import normalize
 
@@ -15,18 +15,7 @@ SEG_KIND = "p2_segmentation"
 
 def load_segmenter(path: Union[str, Path], device: torch.device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Rebuild a segmentation model from one of our checkpoints alone (no flags, no download)."""
-    ckpt = load_checkpoint(path, expected_kind=SEG_KIND)
-    config = dict(ckpt["model_config"], backbone_weights="none")  # weights come from the checkpoint
-    model = build_seg_model(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError("checkpoint {} does not fit the model it describes ({}): {}".format(
-            path, config.get("arch"), str(exc).splitlines()[0])) from None
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model, ckpt
+    return load_model(path, SEG_KIND, lambda config: build_seg_model(dict(config, backbone_weights="none")), device)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

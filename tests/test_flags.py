@@ -1,0 +1,74 @@
+"""One flag name, one meaning: every flag that two scripts share comes from utils.cli.FLAGS, with its type and the
+sentence that opens its help text; a flag in one script only may say what it likes."""
+import argparse
+import collections
+import importlib
+
+import pytest
+
+from utils.cli import FLAGS, add_flag
+
+SCRIPTS = ["p1_ssl_pretrain", "p1_finetune", "p1_tsne", "p1_inference", "p2_unet", "p2_deeplab", "p2_inference",
+           "p2_sam", "tools.benchmark"]
+
+
+def _options():
+    """{flag: [(script, action)]} over every script's parser."""
+    found = collections.defaultdict(list)
+    for name in SCRIPTS:
+        parser = importlib.import_module(name).get_args_parser()
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    found[option].append((name, action))
+    return found
+
+
+def test_shared_flags_are_registered_or_defined_once():
+    """A flag in several scripts is in the registry, or all its uses come from one definition (the segmentation
+    recipe flags of utils.segmentation: same type, same help)."""
+    loose = {}
+    for flag, uses in _options().items():
+        if len(uses) < 2 or flag in FLAGS or flag.replace("--no-", "--") in FLAGS:
+            continue
+        if len({(a.type, a.help, a.nargs, str(a.choices)) for _, a in uses}) > 1:
+            loose[flag] = [s for s, _ in uses]
+    assert not loose, "flags that mean different things in different scripts: {}".format(loose)
+
+
+def test_every_use_of_a_registered_flag_has_its_type_and_meaning():
+    checked = 0
+    for flag, uses in _options().items():
+        if flag not in FLAGS:
+            continue
+        spec, meaning = FLAGS[flag]
+        for script, action in uses:
+            assert action.type is spec.get("type"), (flag, script, action.type)
+            if flag == "--amp":
+                continue
+            assert action.help.startswith(meaning), "{} in {}: help does not open with the meaning {!r}: {!r}" \
+                .format(flag, script, meaning, action.help)
+            if "action" in spec:
+                assert action.nargs == 0, (flag, script)
+            checked += 1
+    assert checked > 60
+
+
+def test_amp_is_the_same_switch_everywhere():
+    for flag in ("--amp", "--no-amp"):
+        uses = _options()[flag]
+        assert len(uses) >= 8
+        assert all(a.dest == "amp" and a.nargs == 0 for _, a in uses)
+
+
+def test_validating_types_refuse_nonsense():
+    parser = argparse.ArgumentParser()
+    for flag, default in (("--epochs", 1), ("--crop-size", 8), ("--device", "auto"), ("--workers", 0),
+                          ("--lr", 0.1)):
+        add_flag(parser, flag, default)
+    for argv in (["--epochs", "0"], ["--epochs", "-3"], ["--crop-size", "0"], ["--device", "tpu"],
+                 ["--workers", "-1"], ["--lr", "0"], ["--lr", "nan"], ["--lr", "inf"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    args = parser.parse_args(["--epochs", "2", "--device", "cuda:1", "--lr", "1e-3"])
+    assert (args.epochs, args.device, args.lr) == (2, "cuda:1", 1e-3)

@@ -1,0 +1,54 @@
+"""The run log: JSON lines, curves, and the optional TensorBoard events (scalars per epoch, figures as images)."""
+import json
+
+import pytest
+
+import p2_unet
+from helpers import run_main
+from utils.runlog import RunLog
+
+
+def test_jsonl_curves_and_truncation(tmp_path):
+    log = RunLog(tmp_path, curve_keys=("loss",), title="t")
+    for epoch in (1, 2, 3):
+        log.log({"epoch": epoch, "loss": 1.0 / epoch})
+    assert [r["epoch"] for r in log.records()] == [1, 2, 3]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    log.truncate_after(1)
+    assert [r["epoch"] for r in log.records()] == [1]
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"epoch": 9, "lo')  # a torn last line (killed mid-write) is skipped
+    assert [r["epoch"] for r in log.records()] == [1]
+    assert RunLog(tmp_path / "x", enabled=False).records() == []
+
+
+def test_tensorboard_events_on_generated_data(toy_p2, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "2", "--batch-size", "4",
+                       "--crop-size", "64", "--base-width", "8", "--depth", "3", "--workers", "0",
+                       "--snapshot-epochs", "1", "2", "--snapshot-images", "0000_sat.jpg", "--tensorboard"])
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    miou = [(e.step, e.value) for e in acc.Scalars("val_miou")]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert miou == [(r["epoch"], pytest.approx(r["val_miou"], rel=1e-6)) for r in logged]
+    assert [e.step for e in acc.Images("snapshots")] == [1, 2]
+
+
+def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name == "tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(SystemExit, match="pip install tensorboard"):
+        RunLog(tmp_path, tensorboard=True)

@@ -1,0 +1,200 @@
+"""Command lines: one name and one meaning per flag across every script, and one way to run a script's main.
+
+``FLAGS`` is the registry of every flag that more than one script has: its type and the sentence that says what
+it means. ``add_flag`` builds an argument from it (a script adds only its default and, after the meaning, what is
+particular to it), so ``--workers`` or ``--checkpoint`` cannot mean two things; ``tests/test_flags.py`` checks
+every parser against the registry.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got {}".format(text))
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got {}".format(text))
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number >= 0, got {}".format(text))
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got {}".format(text))
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError("unknown device {!r}: use auto, cpu, cuda or cuda:N".format(text))
+
+
+# name -> (argparse keywords, meaning). The meaning opens the help text of that flag in every script.
+FLAGS = {
+    "--data-dir": ({"type": Path}, "dataset folder"),
+    "--output-dir": ({"type": Path}, "folder for this script's outputs"),
+    "--epochs": ({"type": positive_int}, "training epochs"),
+    "--batch-size": ({"type": positive_int}, "images per process per step (training) or forward pass"),
+    "--lr": ({"type": positive_float},
+             "peak learning rate; with --lr-ref-batch N it is the rate for a total batch of N images and the run "
+             "uses lr x total_batch / N (printed at start-up)"),
+    "--lr-ref-batch": ({"type": positive_int},
+                       "the total batch that --lr is given for (linear scaling rule); none: --lr is used as given"),
+    "--workers": ({"type": nonnegative_int}, "data-loading worker processes per process; 0 loads in the main process"),
+    "--device": ({"type": device_name}, "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"),
+    "--seed": ({"type": int}, "random seed"),
+    "--amp": ({}, "mixed precision on CUDA (bf16 where supported, else fp16)"),
+    "--cpu-amp": ({"action": "store_true"},
+                  "on a CPU with native bf16 kernels (AVX-512 BF16 / AMX), bf16 autocast and channels_last"),
+    "--compile": ({"action": "store_true"}, "torch.compile the model's forward pass (PyTorch 2)"),
+    "--deterministic": ({"action": "store_true"},
+                        "deterministic algorithms and no cudnn autotuning: bit-reproducible CPU runs, slower GPU"),
+    "--resume": ({"type": Path}, "checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth when it exists); "
+                                 "its model and recipe flags must match this command's"),
+    "--eval-only": ({"action": "store_true"}, "evaluate the checkpoint (--resume or OUTPUT_DIR's) and exit"),
+    "--overwrite": ({"action": "store_true"},
+                    "start afresh in an output folder that holds another run: the files that run wrote there are "
+                    "deleted (otherwise refused)"),
+    "--save-every": ({"type": nonnegative_int},
+                     "also keep the full resumable state as checkpoint_epochNNN.pth every K epochs; 0 keeps only "
+                     "checkpoint.pth"),
+    "--print-freq": ({"type": positive_int}, "steps between progress-bar updates (and interrupt checks)"),
+    "--strict": ({"action": "store_true"},
+                 "an unreadable image or mask found by the check before training is an error; by default it is "
+                 "skipped with a warning naming it"),
+    "--tensorboard": ({"action": "store_true"},
+                      "also write TensorBoard events to OUTPUT_DIR/tensorboard (needs the optional package "
+                      "tensorboard)"),
+    "--arch": ({}, "network architecture"),
+    "--encoder": ({}, "ResNet encoder (backbone) of the model"),
+    "--num-classes": ({"type": positive_int}, "number of classes"),
+    "--hidden-dim": ({"type": nonnegative_int}, "width of the head's hidden layers"),
+    "--out-dim": ({"type": positive_int}, "prototypes (outputs) of the DINO head"),
+    "--bottleneck-dim": ({"type": positive_int}, "DINO head bottleneck before the prototypes"),
+    "--optimizer": ({"choices": ("sgd", "adamw")}, "SGD (momentum 0.9) or AdamW"),
+    "--weight-decay": ({"type": nonnegative_float}, "weight decay, not applied to biases and norm parameters"),
+    "--warmup-epochs": ({"type": nonnegative_float}, "linear learning-rate warm-up, in epochs"),
+    "--min-scale": ({"type": positive_float}, "smallest random crop, as a fraction of the image area"),
+    "--color-jitter": ({"type": nonnegative_float}, "colour jitter strength on the image; 0 disables"),
+    "--image-size": ({"type": positive_int}, "classification train crop and eval size in pixels"),
+    "--crop-size": ({"type": positive_int}, "segmentation training crop side in pixels"),
+    "--global-crop-size": ({"type": positive_int}, "side of DINO's 2 global crops"),
+    "--local-crop-size": ({"type": positive_int}, "side of DINO's local crops"),
+    "--local-crops-number": ({"type": nonnegative_int}, "DINO local crops per image"),
+    "--checkpoint": ({"type": Path}, "a checkpoint written by this project's trainers"),
+    "--csv": ({"type": Path}, "images csv (id,filename,label)"),
+    "--image-dir": ({"type": Path}, "folder of the csv's images"),
+    "--max-images": ({"type": positive_int}, "use at most this many images (quick runs)"),
+    "--knn-k": ({"type": positive_int}, "neighbours that vote in the k-NN"),
+    "--tta": ({}, "test-time augmentation"),
+}  # type: Dict[str, Tuple[Dict[str, Any], str]]
+
+
+def add_flag(parser: Any, name: str, default: Any = None, more: str = "", **kwargs: Any) -> argparse.Action:
+    """Add the registered flag ``name`` with this script's ``default``; ``more`` follows the shared meaning."""
+    spec, meaning = FLAGS[name]
+    options = dict(spec, **kwargs)
+    if name == "--amp":
+        return add_bool_flag(parser, "amp", default if default is not None else True, meaning + more)
+    help_text = meaning + ("; " + more if more else "")
+    if options.get("action") not in ("store_true", "store_false") and not options.get("required"):
+        help_text += " (default: %(default)s)"
+    if options.get("action") not in ("store_true", "store_false"):
+        options.setdefault("default", default)
+    return parser.add_argument(name, help=help_text, **options)
+
+
+def add_bool_flag(parser: Any, name: str, default: bool, help: str) -> None:
+    """Add ``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9)."""
+    dest = name.replace("-", "_")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--" + name, dest=dest, action="store_true", help=help + " (default: %(default)s)")
+    group.add_argument("--no-" + name, dest=dest, action="store_false",
+                       help="turn --{} off (its default: %(default)s)".format(name))
+    parser.set_defaults(**{dest: default})
+
+
+def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
+                          lr_ref_batch: Optional[int], workers: int, data_dir: str, output_dir: str) -> None:
+    """Flags every trainer of this project shares, with the experiment's own defaults."""
+    g = parser.add_argument_group("common training flags")
+    add_flag(g, "--data-dir", Path(data_dir))
+    add_flag(g, "--output-dir", Path(output_dir), "checkpoints, logs and figures; a run there is resumed "
+                                                  "automatically")
+    add_flag(g, "--epochs", epochs)
+    add_flag(g, "--batch-size", batch_size, "the total batch is this times the number of processes")
+    add_flag(g, "--lr", lr)
+    add_flag(g, "--lr-ref-batch", lr_ref_batch)
+    add_flag(g, "--workers", workers)
+    add_flag(g, "--device", "auto")
+    add_flag(g, "--seed", 0)
+    add_flag(g, "--amp", True, "; ignored on the CPU (see --cpu-amp)")
+    add_flag(g, "--cpu-amp", more="about 2x faster DINO steps on such a CPU (README, Performance); off by default "
+                                  "so CPU runs stay fp32")
+    add_flag(g, "--compile", more="worth it for long GPU runs; the first steps are slow while it compiles")
+    add_flag(g, "--deterministic")
+    add_flag(g, "--resume", None)
+    add_flag(g, "--eval-only")
+    add_flag(g, "--overwrite")
+    add_flag(g, "--save-every", 0)
+    add_flag(g, "--print-freq", 20)
+    add_flag(g, "--strict")
+    add_flag(g, "--tensorboard")
+
+
+OOM_HINT = ("error: out of memory ({}).\nLower --batch-size (the lr follows the total batch); for DINO also "
+            "--local-crops-number, --global-crop-size or --local-crop-size; for segmentation --crop-size and "
+            "--val-batch-size; for inference --batch-size. Host memory: lower --workers. The last checkpoint is kept: "
+            "run the same command again to resume.")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or CPU allocator) out-of-memory error."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+            argv: Optional[list] = None) -> Any:
+    """Parse flags and run ``main``; bad input (missing or corrupt files, wrong formats) ends with a one-line
+    'error: ...' naming the file and exit code 2 instead of a traceback; out of memory ends with the flags to
+    lower and exit code 3."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (OSError, ValueError) as exc:  # missing/unreadable/corrupt files, wrong formats, permissions
+        print("error: {}".format(exc), file=sys.stderr)
+        sys.exit(2)
+    except (RuntimeError, MemoryError) as exc:
+        if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+            raise
+        print(OOM_HINT.format((str(exc).splitlines() or [type(exc).__name__])[0][:200]), file=sys.stderr)
+        sys.exit(3)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # raise SystemExit("error: ...") -> the same exit code 2
+            print(exc.code, file=sys.stderr)
+            sys.exit(2)
+        raise

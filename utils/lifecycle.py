@@ -1,0 +1,314 @@
+"""The run lifecycle every trainer shares: start, resume (one policy), save (atomic, ordered), stop, finish.
+
+    run = Run(args, KIND, config, match=("optimizer",))       # output folder, device, torchrun, seed, resume check
+    model = build(run.config)                                  # the checkpoint's config when resuming
+    state = run.restore(model=model, optimizer=optimizer)      # named objects; returns epoch, step, ...
+    for epoch in run.epochs(sampler):                          # re-seeded per epoch, mid-epoch resume included
+        stats = train_one_epoch(...)
+        if stats["interrupted"]: run.save_and_exit(full_state, ...)   # SIGINT/SIGTERM
+        ...
+        run.end_epoch(full_state, epoch, record, files={"best.pth": weights})
+    return run.finish(result)
+
+Saving order: an epoch's own files (best.pth, snapshots, the log line) are written before ``checkpoint.pth``, whose
+``epoch`` marks the epoch done. A kill anywhere in between leaves checkpoint.pth at the previous epoch, so the
+same command redoes that epoch and rewrites its files; nothing claims an epoch whose files are missing.
+"""
+import json
+import os
+import random
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from utils import distributed as dist_utils
+from utils.checkpoint import load_checkpoint, plain, save_atomic
+from utils.precision import amp_dtype
+from utils.runlog import RunLog
+
+# What a trainer may have written into its output folder: --overwrite deletes these and nothing else.
+RUN_FILES = re.compile(r"^(checkpoint(_epoch\d+)?\.pth|best\.pth|epoch_\d+\.pth|snapshot_epoch\d+\.pth|backbone\.pth|"
+                       r"log\.jsonl|curves\.png|snapshots\.png|args\.json|results\.json)$")
+RUN_FOLDERS = ("snapshots", "tensorboard")
+TEMP_FILE = re.compile(r"^\..+\.(tmp|part)$")  # save_atomic's temporary files
+# checkpoint entries that a trainer keeps across a resume (the epoch and the position in it are the Run's own)
+RUN_VARIABLES = ("step", "best_metric", "best_epoch", "best_values")
+
+
+class StopRequest(object):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's kill) during training: the loop finishes its step, the trainer
+    saves a resumable checkpoint and exits with 128 + the signal number. A second signal aborts at once.
+
+    ``requested(i)`` is what the training loop asks after step ``i``; under torchrun the ranks agree through an
+    all-reduce (every ``every`` steps, the loop's existing sync points) so that all of them stop at the same step.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.signum = None  # type: Optional[int]
+        self.every = max(1, int(every))
+        self._previous = {}  # type: Dict[int, Any]
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # second signal: stop now
+        self.signum = signum
+        print("\n{} received: finishing this step, saving a checkpoint, then stopping (send it again to abort)"
+              .format(signal.Signals(signum).name), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def requested(self, step_in_epoch: int, device: Optional[torch.device] = None) -> bool:
+        """Whether to stop after this step (the same answer on every rank)."""
+        if not dist_utils.is_dist():
+            return self.signum is not None
+        if step_in_epoch % self.every:
+            return False
+        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=device)
+        dist_utils.all_reduce_sum(flag)
+        return bool(flag.item() > 0)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def setup_determinism(deterministic: bool) -> None:
+    """Pick cudnn autotuning for speed, or deterministic kernels for bit-reproducible runs."""
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+
+
+def clear_run_files(folder: Path, temp_only: bool = False) -> None:
+    """Delete the files a run wrote into ``folder`` (only names in RUN_FILES / RUN_FOLDERS), or only the temporary
+    files an interrupted atomic write left behind."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_symlink() or path.is_file():
+            if TEMP_FILE.match(path.name) or (not temp_only and RUN_FILES.match(path.name)):
+                path.unlink()
+        elif not temp_only and path.name in RUN_FOLDERS:
+            shutil.rmtree(str(path))
+
+
+class Run(object):
+    """One training run: output folder, device and process group, seeds, the resume decision, logging, saving.
+
+    ``match`` names the arguments that must equal the checkpoint's for a resume (besides the model config, minus the
+    ``ignore`` keys that only say where initial weights came from). The one policy: a checkpoint in OUTPUT_DIR is
+    resumed automatically; one that holds another model or recipe is refused (``--overwrite`` deletes that run's
+    files and starts afresh); ``--resume PATH`` resumes PATH, with the same check; ``--eval-only`` evaluates the
+    checkpoint's own model.
+    """
+
+    def __init__(self, args: Any, kind: str, config: Dict[str, Any], match: Sequence[str] = (),
+                 ignore: Sequence[str] = (), curve_keys: Sequence[str] = (), title: str = "") -> None:
+        self.args, self.kind = args, kind
+        self.out = Path(args.output_dir)
+        if args.overwrite and args.resume is not None:
+            raise SystemExit("error: --overwrite starts afresh and --resume continues a run: choose one")
+        if self.out.exists() and not self.out.is_dir():
+            raise SystemExit("error: --output-dir {} exists and is not a folder".format(self.out))
+        self.device = dist_utils.resolve_device(args.device)
+        self.distributed = dist_utils.init_distributed(self.device)
+        self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
+        self.main = self.rank == 0
+        setup_determinism(args.deterministic)
+        seed_everything(args.seed)
+        self.ckpt = None  # type: Optional[Dict[str, Any]]
+        self.resume_path = None  # type: Optional[Path]
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clear_run_files(self.out, temp_only=not args.overwrite)
+        dist_utils.barrier()
+        self._decide_resume(plain(config), match, ignore)
+        self.config = self.ckpt["model_config"] if self.ckpt is not None else plain(config)
+        self.dtype = amp_dtype(self.device, args.amp, cpu=args.cpu_amp)
+        self.log = RunLog(self.out, curve_keys, title, enabled=self.main, tensorboard=args.tensorboard)
+        self.stop = StopRequest(every=args.print_freq)
+        self.start_epoch, self.partial, self.variables = 0, 0, {}  # type: int, int, Dict[str, Any]
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def _decide_resume(self, config: Dict[str, Any], match: Sequence[str], ignore: Sequence[str]) -> None:
+        args = self.args
+        path = Path(args.resume) if args.resume is not None else self.out / "checkpoint.pth"
+        if args.resume is None and (args.overwrite or not path.is_file()):
+            if args.eval_only:
+                raise SystemExit("error: --eval-only needs a checkpoint: pass --resume PATH or an --output-dir "
+                                 "holding one")
+            return
+        ckpt = load_checkpoint(path, expected_kind=self.kind)
+        if not args.eval_only:
+            diffs = self._differences(ckpt, config, match, ignore)
+            if diffs and args.resume is not None:
+                raise SystemExit("error: --resume {} was trained with other settings than this command: {}. Pass "
+                                 "the same flags to resume it".format(path, "; ".join(diffs)))
+            if diffs:
+                raise SystemExit("error: {} holds another run ({}); use another --output-dir, the same flags, or "
+                                 "--overwrite to delete that run's files and start afresh".format(
+                                     self.out, "; ".join(diffs)))
+        self.ckpt, self.resume_path = ckpt, path
+
+    def _differences(self, ckpt: Dict[str, Any], config: Dict[str, Any], match: Sequence[str],
+                     ignore: Sequence[str]) -> list:
+        theirs = {k: v for k, v in ckpt["model_config"].items() if k not in ignore}
+        mine = {k: v for k, v in config.items() if k not in ignore}
+        diffs = ["model {}: {!r} in the checkpoint, {!r} here".format(k, theirs.get(k), mine.get(k))
+                 for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        saved, now = ckpt.get("args", {}), plain(self.args)
+        diffs += ["--{}: {!r} in the checkpoint, {!r} here".format(k.replace("_", "-"), saved[k], now.get(k))
+                  for k in match if k in saved and saved[k] != now.get(k)]
+        return diffs
+
+    def restore(self, **objects: Any) -> Dict[str, Any]:
+        """Load the resumed checkpoint's entries into ``objects`` by name (modules, optimizers, scalers: their
+        state_dict; tensors: copied); return the trainer's run variables (step, best...). A checkpoint holding weights
+        only (``best.pth``) restores the objects it has and starts at epoch 0."""
+        ckpt = self.ckpt
+        if ckpt is None:
+            return {}
+        resumable = "optimizer" in ckpt
+        for name, obj in objects.items():
+            if name not in ckpt:
+                if resumable:
+                    raise ValueError("checkpoint {} has no '{}' entry to resume from".format(self.resume_path, name))
+                continue
+            if torch.is_tensor(obj):
+                obj.copy_(ckpt[name].to(obj.device))
+            else:
+                obj.load_state_dict(ckpt[name])
+        if not resumable:
+            return {}
+        self.variables = {k: ckpt[k] for k in RUN_VARIABLES if k in ckpt}
+        self.start_epoch = int(ckpt.get("epoch", 0))
+        self.partial = int(ckpt.get("partial_steps", 0))  # steps of the next epoch done before a SIGINT/SIGTERM
+        self.log.truncate_after(self.start_epoch)
+        if self.main:
+            print("resumed from {} at epoch {}{}".format(self.resume_path, self.start_epoch, ", step {} of the next"
+                                                         .format(self.partial) if self.partial else ""))
+        return dict(self.variables)
+
+    # -------------------------------------------------------------------------------------------------- start
+    def begin(self, message: str) -> None:
+        """Print the start-up line and record the arguments (main process); a fresh run starts a fresh log."""
+        if self.main:
+            if self.ckpt is None and self.log.path.exists():
+                self.log.path.unlink()
+            print(message)
+            with open(self.out / "args.json", "w") as f:
+                json.dump(plain(self.args), f, indent=2)
+        dist_utils.barrier()
+
+    def loader(self, dataset: torch.utils.data.Dataset, batch_size: int, train: bool,
+               workers: Optional[int] = None) -> torch.utils.data.DataLoader:
+        """Training: shuffled (per-epoch seeded, resumable mid-epoch; equal shards under torchrun), drop_last.
+        Evaluation: each rank takes every world-th sample, none padded, so pooled metrics count each once."""
+        workers = self.args.workers if workers is None else workers
+        if train:
+            sampler = dist_utils.train_sampler(dataset, self.args.seed)  # type: Any
+            drop_last = len(dataset) // self.world >= batch_size  # a batch of 1 breaks BatchNorm
+        else:
+            sampler, drop_last = dist_utils.ShardSampler(len(dataset), self.rank, self.world), False
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0 and train and not self.args.deterministic)
+
+    def epochs(self, loader: torch.utils.data.DataLoader, first: int = 1) -> Iterator[int]:
+        """Epoch numbers still to run (``first`` is the number of the first epoch); before each, torch's RNG and
+        the sampler are re-seeded from (seed, epoch), and a resumed epoch skips the batches already trained on."""
+        with self.stop:
+            for index in range(self.start_epoch, self.args.epochs):
+                epoch = index + first
+                dist_utils.start_epoch(loader.sampler, self.args.seed, epoch, skip_batches=self.partial,
+                                       batch_size=loader.batch_size)
+                yield epoch
+                self.partial = 0
+
+    # --------------------------------------------------------------------------------------------------- save
+    def save(self, name: str, obj: Any) -> None:
+        """Write ``obj`` atomically as OUTPUT_DIR/name (main process only)."""
+        if self.main:
+            save_atomic(obj, self.out / name)
+
+    def end_epoch(self, state: Dict[str, Any], epoch: int, record: Optional[Dict[str, Any]] = None,
+                  files: Optional[Dict[str, Any]] = None) -> None:
+        """The epoch's files, then its log line, then checkpoint.pth (and every --save-every epochs a numbered
+        copy): the checkpoint that says the epoch is done is written last."""
+        if self.main:
+            for name, obj in (files or {}).items():
+                save_atomic(obj, self.out / name)
+            if record is not None:
+                self.log.log(record)
+            save_atomic(state, self.out / "checkpoint.pth")
+            if self.args.save_every > 0 and epoch % self.args.save_every == 0:
+                save_atomic(state, self.out / "checkpoint_epoch{:03d}.pth".format(epoch))
+        dist_utils.barrier()
+
+    def save_and_exit(self, state: Dict[str, Any], done: int, steps_per_epoch: int) -> None:
+        """After SIGINT/SIGTERM: save ``state`` with the position in the epoch, then exit with 128 + signal."""
+        path = self.out / "checkpoint.pth"
+        partial = self.partial + done
+        self.save("checkpoint.pth", dict(state, partial_steps=partial))
+        dist_utils.barrier()
+        signum = self.stop.signum if self.stop.signum is not None else signal.SIGTERM
+        if self.main:
+            print("stopped after step {} of {} of this epoch; checkpoint saved to {}. Run the same command again to "
+                  "resume.".format(partial, steps_per_epoch, path), file=sys.stderr, flush=True)
+        self.log.close()
+        dist_utils.cleanup()
+        sys.exit(128 + int(signum))
+
+    def check_finite(self, value: float, epoch: int, what: str = "training loss", hint: str = "") -> None:
+        """Stop with a message (the last good checkpoint stays) when ``value`` is NaN or infinite."""
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SystemExit("error: the {} became {} in epoch {}; the last good checkpoint {} is kept. {}".format(
+                what, value, epoch, self.out / "checkpoint.pth", hint or "Lower --lr, or try --no-amp"))
+
+    def finish(self, result: Dict[str, Any], write: bool = True) -> Dict[str, Any]:
+        """Write results.json (main process; not for --eval-only, which prints its JSON), close the log, leave the
+        process group; return ``result``."""
+        if not write and self.main:
+            print(json.dumps(plain(result)))
+        if write and self.main:
+            with open(self.out / "results.json", "w") as f:
+                json.dump(plain(result), f, indent=2)
+        self.log.close()
+        dist_utils.cleanup()
+        return result
+
+
+def checkpoint_state(kind: str, config: Dict[str, Any], weights: Dict[str, torch.Tensor], args: Any,
+                     **entries: Any) -> Dict[str, Any]:
+    """A resumable checkpoint: ``make_checkpoint``'s fields plus state_dicts of the objects given by name
+    (modules, optimizers, scalers) and plain values (epoch, step, best...)."""
+    from utils.checkpoint import make_checkpoint
+
+    return make_checkpoint(kind, config, weights, args, **{
+        name: (value.state_dict() if hasattr(value, "state_dict") else value) for name, value in entries.items()})
+
+
+__all__ = ["Run", "StopRequest", "checkpoint_state", "clear_run_files", "seed_everything", "setup_determinism"]
