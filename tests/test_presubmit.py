@@ -289,3 +289,10 @@ def test_python_flag_accepts_a_venv_folder_or_an_interpreter(tmp_path):
         assert "PYTHONPATH" not in env and "HW1_P1_CHECKPOINT" not in env
     with pytest.raises(ValueError, match="not a virtual environment"):
         presubmit.python_bin(str(tmp_path), tmp_path / "work")
+
+
+def test_p1_contract_for_a_csv_without_ids(tmp_path):
+    """p1_inference.py numbers the rows when the csv has no id column; the check expects the same ids."""
+    given = write(tmp_path / "test.csv", "filename,label\na.jpg,None\nb.jpg,None\n")
+    assert presubmit.check_p1_output(write(tmp_path / "pred.csv", "id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n"),
+                                     given) == []

@@ -185,7 +185,7 @@ def check_p1_output(pred: Path, given: Path) -> List[str]:
     if not pred.is_file():
         return ["no output csv at {}".format(pred)]
     with open(str(given), newline="", encoding="utf-8-sig") as f:
-        wanted = {row["id"]: row["filename"] for row in csv.DictReader(f)}
+        wanted = {row.get("id", str(i)): row["filename"] for i, row in enumerate(csv.DictReader(f))}
     with open(str(pred), newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     problems = []
