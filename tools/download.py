@@ -252,8 +252,8 @@ class _PageParser(html.parser.HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.forms = []  # type: List[Tuple[str, str, Dict[str, str]]]
-        self.links = []  # type: List[str]
+        self.forms: List[Tuple[str, str, Dict[str, str]]] = []
+        self.links: List[str] = []
         self.title = ""
         self._in_title = False
 
