@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fetch what the grading scripts need; run from the repository root:
-#   bash hw1_download.sh [--data] [--dino-official] [--force]
+# Fetch the data and what the grading scripts need; runs from any folder:
+#   bash hw1_download.sh [--data] [--data-2024] [--dino-official] [--force]
 #   (no flags)       the grading checkpoints of checkpoints/manifest.csv (checkpoints/p1_best.pth, p2_best.pth)
-#   --data           also the course's dataset archive (Google Drive; needs gdown), unpacked into hw1_data/
+#   --data           also the course's 2025 dataset archive (Google Drive), unpacked into data_2025/
+#   --data-2024      also the 2024 edition's archive, unpacked into hw1_data/ (not the 2025 data)
 #   --dino-official  also the official DINO ResNet-50 backbone, for comparisons
 #   --force          re-download files no pinned sha256 vouches for, and re-download and unpack the data
 # It only downloads (and unpacks); it never trains. Exit status 0 when everything requested is present and valid.
-python3 -m tools.download "$@"
+# The TAs' step is hw1_download_ckpt.sh (the same module, graded checkpoints only).
+PYTHONPATH="$(dirname "$0")${PYTHONPATH:+:$PYTHONPATH}" python3 -m tools.download "$@"

@@ -1,83 +1,17 @@
-"""Tests for utils/download.py and hw1_download.sh, against a local HTTP server on 127.0.0.1 (no internet)."""
+"""Tests for tools/download.py, hw1_download.sh and hw1_download_ckpt.sh, against a local HTTP server on
+127.0.0.1 (no internet; the ``server`` fixture of conftest.py) that also plays Google Drive and Dropbox."""
 import hashlib
-import http.server
 import os
-import shlex
-import shutil
 import subprocess
 import sys
-import threading
 import types
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tools import download as dl
-
-FORBIDDEN_WORDS = {"rm", "cp", "mv", "mkdir", "cd", "pip", "pip3", "sudo", "CUDA_VISIBLE_DEVICES"}
-
-
-# ------------------------------------------------------------------------------------------ local server
-
-class FileServer:
-    """Serves ``routes`` from 127.0.0.1 on a free port; ``plan`` queues statuses per path, ``hits`` counts GETs."""
-
-    def __init__(self):
-        self.routes = {}  # path -> body
-        self.plan = {}  # path -> list of 500 / 404 / "truncate" / "slow", consumed one per request
-        self.hits = Counter()
-        self.lock = threading.Lock()
-        state = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                with state.lock:
-                    state.hits[self.path] += 1
-                    queued = state.plan.get(self.path)
-                    action = queued.pop(0) if queued else None
-                    body = state.routes.get(self.path)
-                assert self.headers.get("User-Agent", "").startswith("hw1-download/")
-                if action == "slow":
-                    threading.Event().wait(0.6)  # longer than the client's timeout in the test
-                if body is None or isinstance(action, int):
-                    self.send_error(action if isinstance(action, int) else 404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[:len(body) // 2] if action == "truncate" else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda request, address: None  # a client that timed out: not our concern
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-
-    def add(self, path, body, plan=()):
-        self.routes[path] = body
-        self.plan[path] = list(plan)
-        return self.url(path)
-
-    def url(self, path):
-        return "http://127.0.0.1:{}{}".format(self.httpd.server_address[1], path)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)  # talk to 127.0.0.1 directly
-    srv = FileServer()
-    yield srv
-    srv.close()
+from tools.presubmit import script_violations, shell_words
 
 
 @pytest.fixture
@@ -226,6 +160,8 @@ def test_404_is_final(server, tmp_path, capsys):
 
 
 def test_network_error_is_reported(tmp_path, monkeypatch, capsys):
+    from conftest import FileServer
+
     for name in ("http_proxy", "HTTP_PROXY"):
         monkeypatch.delenv(name, raising=False)
     srv = FileServer()
@@ -314,8 +250,9 @@ def make_zip(path, names):
     return path
 
 
-DATA_NAMES = ["hw1_data/p1_data/office/train.csv", "hw1_data/p1_data/mini/train/0.jpg",
-              "hw1_data/p2_data/train/0000_sat.jpg", "hw1_data/p2_data/validation/0000_mask.png"]
+DATA_NAMES = ["data_2025/p1_data/office/train.csv", "data_2025/p1_data/mini/train/0.jpg",
+              "data_2025/p2_data/train/0000_sat.jpg", "data_2025/p2_data/validation/0000_mask.png"]
+DRIVE_2025 = "https://drive.google.com/uc?id=1yt4CP2msqY2HSYCy67mQrWUtTPQRgcBF"
 
 
 def test_zip_slip_is_refused(tmp_path):
@@ -345,73 +282,311 @@ def test_zip_slip_through_a_symlinked_folder_is_refused(tmp_path):
 def test_data_zip_slip_via_main(tmp_path, capsys):
     root = tmp_path / "root"
     root.mkdir()
-    make_zip(root / "hw1_data.zip", DATA_NAMES + ["hw1_data/../../evil.txt"])
+    make_zip(root / "data_2025.zip", DATA_NAMES + ["data_2025/../../evil.txt"])
     manifest = write_manifest(tmp_path / "m.csv", [])
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
     assert "outside" in capsys.readouterr().err
     assert not (tmp_path / "evil.txt").exists()
-    assert folder_names(root) == ["hw1_data.zip"]  # no hw1_data/, no staging folder left
+    assert folder_names(root) == ["data_2025.zip"]  # no data_2025/, no staging folder left
 
 
 def test_data_unpacks_existing_archive_and_then_skips(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gdown", None)  # not needed when the archive is already there
     root = tmp_path / "root"
     root.mkdir()
-    make_zip(root / "hw1_data.zip", DATA_NAMES + ["__MACOSX/._junk"])
+    make_zip(root / "data_2025.zip", DATA_NAMES + ["__MACOSX/._junk"])
     manifest = write_manifest(tmp_path / "m.csv", [])
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
-    assert folder_names(root / "hw1_data") == ["p1_data", "p2_data"]  # top folder stripped, no __MACOSX
-    assert (root / "hw1_data/p2_data/validation/0000_mask.png").read_text().startswith("content of")
-    assert folder_names(root) == ["hw1_data", "hw1_data.zip"]
-    (root / "hw1_data.zip").write_bytes(b"not a zip")  # would fail if used: the skip must not touch it
+    assert folder_names(root / "data_2025") == ["p1_data", "p2_data"]  # top folder stripped, no __MACOSX
+    assert (root / "data_2025/p2_data/validation/0000_mask.png").read_text().startswith("content of")
+    assert folder_names(root) == ["data_2025", "data_2025.zip"]
+    (root / "data_2025.zip").write_bytes(b"not a zip")  # would fail if used: the skip must not touch it
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
 
 
-def test_data_downloads_with_gdown_and_checks_layout(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_download(url, output, quiet=False):
-        calls.append(url)
-        make_zip(Path(output), names)
+def fake_gdown(calls, write):
+    """A stand-in for the gdown module: records each call, and ``write(output)`` makes the file."""
+    def download(url, output, quiet=False, fuzzy=False):
+        calls.append({"url": url, "output": output, "quiet": quiet, "fuzzy": fuzzy})
+        write(Path(output))
         return output
 
-    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=fake_download))
+    return types.SimpleNamespace(download=download, __version__="fake")
+
+
+def test_data_downloads_the_2025_archive_with_gdown_and_checks_layout(tmp_path, monkeypatch):
+    calls = []
+    names = ["data_2025/readme.txt", "data_2025/p1_data/x"]  # no p2_data: refused
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown(calls, lambda path: make_zip(path, names)))
     root = tmp_path / "root"
     root.mkdir()
     manifest = write_manifest(tmp_path / "m.csv", [])
-    names = ["hw1_data/readme.txt", "hw1_data/p1_data/x"]  # no p2_data: refused
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
-    assert not (root / "hw1_data").exists()
-    names = DATA_NAMES
+    assert not (root / "data_2025").exists()
+    names[:] = DATA_NAMES
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data", "--force"]) == 0
-    assert calls == ["https://drive.google.com/uc?id=1x77fyA9BONMHnQXhvxP-87hFTCFwGm9a"] * 2
-    assert (root / "hw1_data" / "p2_data" / "validation").is_dir()
-    assert folder_names(root) == ["hw1_data", "hw1_data.zip"]
+    assert [c["url"] for c in calls] == [DRIVE_2025.replace("uc?id=", "uc?export=download&id=")] * 2
+    assert all(c["fuzzy"] for c in calls)
+    assert (root / "data_2025" / "p2_data" / "validation").is_dir()
+    assert folder_names(root) == ["data_2025", "data_2025.zip"]
 
 
-def test_data_without_gdown_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
+def test_data_2024_only_behind_its_flag(tmp_path, monkeypatch):
+    calls = []
+    names = [n.replace("data_2025/", "hw1_data/") for n in DATA_NAMES]
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown(calls, lambda path: make_zip(path, names)))
+    root = tmp_path / "root"
+    root.mkdir()
     manifest = write_manifest(tmp_path / "m.csv", [])
-    assert dl.main(["--manifest", manifest, "--root", str(tmp_path), "--data"]) == 1
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data-2024"]) == 0
+    assert [c["url"].rsplit("=", 1)[1] for c in calls] == ["1x77fyA9BONMHnQXhvxP-87hFTCFwGm9a"]
+    assert folder_names(root) == ["hw1_data", "hw1_data.zip"]
+    assert folder_names(root / "hw1_data") == ["p1_data", "p2_data"]
+
+
+def test_data_without_gdown_uses_the_builtin_drive_client(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
+    monkeypatch.setenv(dl.DRIVE_BASE_ENV, server.base)
+    archive = make_zip(tmp_path / "served.zip", DATA_NAMES).read_bytes()
+    file_id = "1yt4CP2msqY2HSYCy67mQrWUtTPQRgcBF"
+    first = "/uc?export=download&id=" + file_id
+    server.add(first, drive_warning_page(server, file_id), content_type="text/html; charset=utf-8")
+    server.add("/download?id={}&export=download&confirm=t&uuid=u-1".format(file_id), archive)
+    root = tmp_path / "root"
+    root.mkdir()
+    manifest = write_manifest(tmp_path / "m.csv", [])
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
+    assert folder_names(root / "data_2025") == ["p1_data", "p2_data"]
+    # Drive refuses: the error names the link, says what to do by hand, and nothing is left behind
+    server.add(first, QUOTA_PAGE, content_type="text/html")
+    assert dl.main(["--manifest", manifest, "--root", str(tmp_path / "root2"), "--data"]) == 1
     err = capsys.readouterr().err
-    assert "pip install gdown" in err and "drive.google.com" in err and "hw1_data.zip" in err
-    assert folder_names(tmp_path) == ["m.csv"]
+    assert DRIVE_2025 in err and "quota" in err and "data_2025.zip" in err and "rerun" in err
+    assert folder_names(tmp_path / "root2") == []
+
+
+# ------------------------------------------------------------------------------------------ link styles
+
+def drive_warning_page(server, file_id):
+    """Drive's "can't scan this file for viruses" page for large files: a GET form with hidden inputs."""
+    return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
+            "<p>Google Drive can't scan this file for viruses.</p><a href=\"https://accounts.google.com/"
+            "ServiceLogin\">Sign in</a><form id=\"download-form\" action=\"{}/download\" method=\"get\">"
+            "<input type=\"submit\" value=\"Download anyway\"/><input type=\"hidden\" name=\"id\" value=\"{}\">"
+            "<input type=\"hidden\" name=\"export\" value=\"download\"><input type=\"hidden\" name=\"confirm\" "
+            "value=\"t\"><input type=\"hidden\" name=\"uuid\" value=\"u-1\"></form></body></html>"
+            .format(server.base, file_id)).encode()
+
+
+SIGN_IN_PAGE = (b"<!doctype html><html><head><title>Sign in - Google Accounts</title></head>"
+                b"<body><form action=\"https://accounts.google.com/signin\"></form></body></html>")
+QUOTA_PAGE = (b"<html><head><title>Google Drive - Quota exceeded</title></head><body>Too many users have viewed "
+              b"or downloaded this file recently.</body></html>")
+FILE_ID = "1AbC-d_EfGh"
+
+
+@pytest.mark.parametrize("link, kind, fetched", [
+    ("https://drive.google.com/file/d/{}/view?usp=sharing".format(FILE_ID), "drive",
+     "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://drive.google.com/file/d/{}/view?usp=drive_link".format(FILE_ID), "drive",
+     "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://drive.google.com/file/u/0/d/{}/edit".format(FILE_ID), "drive",
+     "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://drive.google.com/uc?id=" + FILE_ID, "drive", "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://drive.google.com/uc?export=download&id=" + FILE_ID, "drive",
+     "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://drive.google.com/open?id=" + FILE_ID, "drive",
+     "https://drive.google.com/uc?export=download&id=" + FILE_ID),
+    ("https://www.dropbox.com/s/abc123/p1_best.pth?dl=0", "dropbox", "https://www.dropbox.com/s/abc123/p1_best.pth?dl=1"),
+    ("https://www.dropbox.com/scl/fi/x7y/p2_best.pth?rlkey=k9&dl=0", "dropbox",
+     "https://www.dropbox.com/scl/fi/x7y/p2_best.pth?rlkey=k9&dl=1"),
+    ("https://www.dropbox.com/s/abc123/p1_best.pth", "dropbox", "https://www.dropbox.com/s/abc123/p1_best.pth?dl=1"),
+    ("https://github.com/me/hw1/releases/download/v1/p1_best.pth", "plain",
+     "https://github.com/me/hw1/releases/download/v1/p1_best.pth"),
+])
+def test_link_styles_resolve(link, kind, fetched, monkeypatch):
+    monkeypatch.delenv(dl.DRIVE_BASE_ENV, raising=False)
+    monkeypatch.delenv(dl.DROPBOX_BASE_ENV, raising=False)
+    resolved = dl.parse_link(link)
+    assert (resolved.kind, resolved.url) == (kind, fetched)
+    if kind == "drive":
+        assert resolved.file_id == FILE_ID
+
+
+@pytest.mark.parametrize("link, message", [
+    ("https://drive.google.com/drive/folders/1xyz?usp=sharing", "folder link"),
+    ("https://drive.google.com/file/d//view", "no Google Drive file id"),
+    ("https://www.dropbox.com/home/hw1", "not a Dropbox share link"),
+    ("ftp://example.org/p1.pth", "not an http"),
+])
+def test_unusable_links_are_named(link, message):
+    with pytest.raises(dl.DownloadError, match=message) as info:
+        dl.parse_link(link)
+    assert link in str(info.value)
+
+
+def run_link(tmp_path, link, data, destination="checkpoints/p1_best.pth"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rc, root = run_main(tmp_path, [("grading", link, sha(data), destination)])
+    return rc, root / destination
+
+
+def test_drive_share_link_without_gdown_follows_the_virus_scan_form(server, blob, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    monkeypatch.setenv(dl.DRIVE_BASE_ENV, server.base)
+    server.add("/uc?export=download&id=" + FILE_ID, drive_warning_page(server, FILE_ID),
+               content_type="text/html; charset=utf-8")
+    server.add("/download?id={}&export=download&confirm=t&uuid=u-1".format(FILE_ID), blob)
+    rc, target = run_link(tmp_path, "https://drive.google.com/file/d/{}/view?usp=sharing".format(FILE_ID), blob)
+    assert rc == 0 and target.read_bytes() == blob
+    assert server.hits["/uc?export=download&id=" + FILE_ID] == 1
+    assert folder_names(target.parent) == ["p1_best.pth"]
+
+
+def test_drive_older_confirm_link_and_small_files(server, blob, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    monkeypatch.setenv(dl.DRIVE_BASE_ENV, server.base)
+    # the older page: a link carrying confirm=... (with &amp; in the HTML)
+    page = ("<html><head><title>Google Drive - Virus scan warning</title></head><body><a id=\"uc-download-link\" "
+            "href=\"/uc?export=download&amp;confirm=AbC1&amp;id={}\">Download anyway</a></body></html>").format(FILE_ID)
+    server.add("/uc?export=download&id=" + FILE_ID, page.encode(), content_type="text/html")
+    server.add("/uc?export=download&confirm=AbC1&id=" + FILE_ID, blob)
+    rc, target = run_link(tmp_path / "a", "https://drive.google.com/uc?id=" + FILE_ID, blob)
+    assert rc == 0 and target.read_bytes() == blob
+    # a small file comes straight away, with no page in between
+    server.add("/uc?export=download&id=small", b"small file")
+    rc, target = run_link(tmp_path / "b", "https://drive.google.com/uc?export=download&id=small", b"small file")
+    assert rc == 0 and target.read_bytes() == b"small file"
+
+
+@pytest.mark.parametrize("page, message", [
+    (SIGN_IN_PAGE, "sign-in page"),
+    (QUOTA_PAGE, "quota page"),
+    (b"<!DOCTYPE html><html><head><title>Some page</title></head><body>no form</body></html>", "HTML page"),
+])
+@pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream"])
+def test_drive_html_answers_are_errors_naming_the_link(server, tmp_path, monkeypatch, capsys, page, message,
+                                                       content_type):
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    monkeypatch.setenv(dl.DRIVE_BASE_ENV, server.base)
+    server.add("/uc?export=download&id=" + FILE_ID, page, content_type=content_type)
+    link = "https://drive.google.com/file/d/{}/view?usp=sharing".format(FILE_ID)
+    rc, target = run_link(tmp_path, link, b"whatever")
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and link in err
+    assert "Traceback" not in err
+    assert folder_names(target.parent) == []  # never saved as a checkpoint, no temp file
+
+
+def test_dropbox_link_is_fetched_with_dl_1(server, blob, tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.DROPBOX_BASE_ENV, server.base)
+    server.add("/s/abc123/p2_best.pth?dl=0", b"<html>Dropbox preview page</html>", content_type="text/html")
+    server.add("/s/abc123/p2_best.pth?dl=1", blob)
+    rc, target = run_link(tmp_path, "https://www.dropbox.com/s/abc123/p2_best.pth?dl=0", blob,
+                          "checkpoints/p2_best.pth")
+    assert rc == 0 and target.read_bytes() == blob
+    assert server.hits["/s/abc123/p2_best.pth?dl=0"] == 0
+
+
+def test_plain_link_answering_a_web_page_is_refused(server, tmp_path, capsys):
+    # e.g. a GitHub "blob" page instead of the release asset's download link
+    link = server.add("/me/hw1/blob/main/p1_best.pth", b"<!DOCTYPE html><html><title>GitHub</title></html>",
+                      content_type="text/html; charset=utf-8")
+    rc, target = run_link(tmp_path, link, b"whatever")
+    err = capsys.readouterr().err
+    assert rc == 1 and "HTML page" in err and link in err
+    assert folder_names(target.parent) == []
+
+
+def test_drive_link_with_gdown_installed(server, blob, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown(calls, lambda path: path.write_bytes(blob)))
+    monkeypatch.delenv(dl.DRIVE_BASE_ENV, raising=False)
+    rc, target = run_link(tmp_path, "https://drive.google.com/file/d/{}/view?usp=sharing".format(FILE_ID), blob)
+    assert rc == 0 and target.read_bytes() == blob
+    assert len(calls) == 1 and calls[0]["fuzzy"] is True
+    assert calls[0]["url"] == "https://drive.google.com/uc?export=download&id=" + FILE_ID
+    assert Path(calls[0]["output"]).parent != target.parent  # a private folder, gone afterwards
+    assert folder_names(target.parent) == ["p1_best.pth"]
+    assert sum(server.hits.values()) == 0
+
+
+@pytest.mark.parametrize("failure", ["raises", "returns None", "saves HTML"])
+def test_gdown_failure_falls_back_to_the_builtin_client(server, blob, tmp_path, monkeypatch, capsys, failure):
+    def broken(path):
+        if failure == "raises":
+            raise RuntimeError("Failed to retrieve file url")
+        if failure == "saves HTML":
+            path.write_bytes(QUOTA_PAGE)
+
+    calls = []
+    module = fake_gdown(calls, broken)
+    if failure == "returns None":
+        module.download = lambda url, output, quiet=False, fuzzy=False: calls.append(url)
+    monkeypatch.setitem(sys.modules, "gdown", module)
+    monkeypatch.setenv(dl.DRIVE_BASE_ENV, server.base)
+    server.add("/uc?export=download&id=" + FILE_ID, blob)
+    rc, target = run_link(tmp_path, "https://drive.google.com/uc?id=" + FILE_ID, blob)
+    assert rc == 0 and target.read_bytes() == blob and len(calls) == 1
+    assert "trying the built-in Drive client" in capsys.readouterr().err
+    assert folder_names(target.parent) == ["p1_best.pth"]
+
+
+# ------------------------------------------------------------------------------ submission (TAs' script)
+
+def test_submission_without_a_link_fails_naming_manifest_and_readme(tmp_path, capsys):
+    rows = [("grading", "", "", "checkpoints/p1_best.pth")]
+    rc, root = run_main(tmp_path, rows, "--submission")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "manifest.csv" in err and "Submitting" in err and "tools.publish" in err
+    # a file here that git does not hold is not enough: the TAs' clone will not have it
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "p1_best.pth").write_bytes(b"local only")
+    assert run_main(tmp_path, rows, "--submission")[0] == 1
+    assert run_main(tmp_path, rows)[0] == 0  # hw1_download.sh, for the student: present is fine
+
+
+def test_submission_accepts_a_checkpoint_committed_to_git(tmp_path, capsys):
+    rows = [("grading", "", "", "checkpoints/p2_best.pth")]
+    root = tmp_path / "root"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "p2_best.pth").write_bytes(b"small model")
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "checkpoints/p2_best.pth"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "model"], check=True)
+    assert run_main(tmp_path, rows, "--submission")[0] == 0
+    assert "committed to git" in capsys.readouterr().out
+
+
+def test_submission_refuses_other_downloads(tmp_path):
+    with pytest.raises(SystemExit):
+        run_main(tmp_path, [], "--submission", "--data")
+
+
+# ------------------------------------------------------------------------------------------- manifest edits
+
+def test_set_manifest_link_fills_one_row_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text("# comment kept\ngroup,url,sha256,destination\ngrading,,,checkpoints/p1_best.pth\n"
+                    "grading,,,checkpoints/p2_best.pth\n# another comment\n")
+    link = "https://www.dropbox.com/scl/fi/x/p2_best.pth?rlkey=a,b&dl=0"  # a comma: the csv quotes it
+    dl.set_manifest_link(str(path), "checkpoints/p2_best.pth", link, "AB" * 32)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# comment kept" and lines[2] == "grading,,,checkpoints/p1_best.pth"
+    assert lines[4] == "# another comment"
+    entries = dl.read_manifest(str(path))
+    assert (entries[1].url, entries[1].sha256) == (link, "ab" * 32)
+    with pytest.raises(dl.ManifestError, match="no 'grading' row for checkpoints/p3.pth"):
+        dl.set_manifest_link(str(path), "checkpoints/p3.pth", link, "ab" * 32)
+    with pytest.raises(dl.ManifestError, match="64 hex"):
+        dl.set_manifest_link(str(path), "checkpoints/p1_best.pth", link, "not a hash")
+    assert dl.read_manifest(str(path))[0].url == ""  # the refused edit left the file as it was
+    assert folder_names(tmp_path) == ["manifest.csv"]
 
 
 # ------------------------------------------------------------------------------------------------ script
-
-def code_words(text):
-    """The shell words of ``text`` outside comments, split at pipes, ``;``, ``&&`` and ``$( )``."""
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    return list(lexer)
-
-
-def rule_violations(text):
-    """Forbidden words among the code words, also inside ``VAR=value`` and ``/usr/bin/cmd``."""
-    parts = {part for word in code_words(text) for piece in word.split("=") for part in piece.split("/")}
-    return sorted(FORBIDDEN_WORDS & parts)
-
 
 @pytest.mark.parametrize("line, bad", [
     ("python3 -m tools.download \"$@\" | rm -rf x", ["rm"]),
@@ -419,30 +594,71 @@ def rule_violations(text):
     ("echo $(cp a b)", ["cp"]),
     ("CUDA_VISIBLE_DEVICES=0 python3 a.py", ["CUDA_VISIBLE_DEVICES"]),
     ("/usr/bin/sudo pip install gdown", ["pip", "sudo"]),
+    ("python a.py", ["python"]),
     ("python3 a.py  # rm, mv and cd in a comment are fine", []),
 ])
 def test_rule_checker_itself(line, bad):
-    assert rule_violations(line) == bad
+    assert script_violations(line) == bad
 
 
-def test_download_script_obeys_the_rules(repo_root):
-    text = (repo_root / "hw1_download.sh").read_text()
-    assert rule_violations(text) == []
-    words = code_words(text)
-    assert "python3" in words and "python" not in words
-    assert words[words.index("python3"):words.index("python3") + 4] == ["python3", "-m", "tools.download", "$@"]
-    assert not any(word.startswith("/") or "hw1_data" in word for word in words)  # no hard-coded paths
+@pytest.mark.parametrize("script", ["hw1_download.sh", "hw1_download_ckpt.sh"])
+def test_download_scripts_obey_the_rules(repo_root, script):
+    text = (repo_root / script).read_text()
+    assert script_violations(text) == []
+    words = shell_words(text)
+    assert "python3" in words
+    assert words[words.index("python3"):words.index("python3") + 3] == ["python3", "-m", "tools.download"]
+    assert not any(word.startswith("/") or "hw1_data" in word or "data_2025" in word for word in words)
     assert not any(word in ("train", "p1_ssl_pretrain.py", "p1_finetune.py") for word in words)
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_download_script_end_to_end(server, blob, tmp_path, repo_root):
     url = server.add("/p2.pth", blob)
     manifest = write_manifest(tmp_path / "m.csv", [("grading", url, sha(blob), "checkpoints/p2_best.pth")])
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    result = subprocess.run(["bash", "hw1_download.sh", "--manifest", manifest, "--root", str(tmp_path)],
-                            cwd=str(repo_root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            universal_newlines=True, timeout=60)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(["bash", str(repo_root / "hw1_download.sh"), "--manifest", manifest, "--root",
+                             str(tmp_path)], cwd=str(elsewhere), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
     assert result.returncode == 0, result.stdout
     assert (tmp_path / "checkpoints" / "p2_best.pth").read_bytes() == blob
     assert "1 of 1 present and valid" in result.stdout
+
+
+def copy_download_tool(repo_root, target, manifest_rows):
+    """A repository holding just hw1_download_ckpt.sh, tools/ and a manifest."""
+    (target / "tools").mkdir(parents=True)
+    (target / "checkpoints").mkdir()
+    for name in ("__init__.py", "download.py"):
+        (target / "tools" / name).write_bytes((repo_root / "tools" / name).read_bytes())
+    (target / "hw1_download_ckpt.sh").write_bytes((repo_root / "hw1_download_ckpt.sh").read_bytes())
+    write_manifest(target / "checkpoints" / "manifest.csv", manifest_rows)
+
+
+def test_download_ckpt_script_with_no_arguments_from_any_folder(server, blob, tmp_path, repo_root, monkeypatch):
+    """`bash hw1_download_ckpt.sh` exactly as the TAs run it (no arguments), started from another folder.
+
+    Drive links are tested in-process above (gdown present and absent); here a release asset and Dropbox."""
+    monkeypatch.setenv(dl.DROPBOX_BASE_ENV, server.base)
+    asset = server.add("/me/hw1/releases/download/v1/p1_best.pth", blob)
+    server.add("/s/k/p2_best.pth?dl=1", blob[::-1])
+    repo = tmp_path / "repo"
+    copy_download_tool(repo_root, repo, [
+        ("grading", asset, sha(blob), "checkpoints/p1_best.pth"),
+        ("grading", "https://www.dropbox.com/s/k/p2_best.pth?dl=0", sha(blob[::-1]), "checkpoints/p2_best.pth")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH="")
+    result = subprocess.run(["bash", str(repo / "hw1_download_ckpt.sh")], cwd=str(elsewhere), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert (repo / "checkpoints" / "p1_best.pth").read_bytes() == blob
+    assert (repo / "checkpoints" / "p2_best.pth").read_bytes() == blob[::-1]
+    assert folder_names(elsewhere) == []
+    # nothing configured: a loud failure naming the manifest and the README section
+    (repo / "checkpoints" / "p1_best.pth").unlink()
+    write_manifest(repo / "checkpoints" / "manifest.csv", [("grading", "", "", "checkpoints/p1_best.pth")])
+    result = subprocess.run(["bash", str(repo / "hw1_download_ckpt.sh")], cwd=str(elsewhere), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert result.returncode == 1
+    assert "checkpoints/manifest.csv" in result.stdout and 'section "Submitting"' in result.stdout

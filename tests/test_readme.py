@@ -49,7 +49,17 @@ COVERAGE = [
     (r"^python p2_inference\.py ", "tests/test_p2_inference.py", "def test_mixed_sizes_modes_and_a_corrupt_file"),
     (r"^bash hw1_2\.sh ", "tests/test_p2_inference.py", "def test_hw1_2_masks_score_as_the_trainer_reports"),
     (r"^python p2_sam\.py ", "tests/test_sam.py", "def test_cli_real_vit_b_random_init"),
-    (r"^bash hw1_download\.sh( --data)?$", "tests/test_download.py", "def test_download_script_end_to_end"),
+    (r"^bash hw1_download\.sh$", "tests/test_download.py", "def test_download_script_end_to_end"),
+    (r"^bash hw1_download\.sh --data$", "tests/test_download.py",
+     "def test_data_without_gdown_uses_the_builtin_drive_client"),
+    (r"^bash hw1_download\.sh --data-2024$", "tests/test_download.py", "def test_data_2024_only_behind_its_flag"),
+    (r"^bash hw1_download_ckpt\.sh$", "tests/test_download.py",
+     "def test_download_ckpt_script_with_no_arguments_from_any_folder"),
+    (r"^python -m tools\.publish \S+ --problem [12]( --link \S+)?$", "tests/test_publish.py",
+     "def test_cli_as_documented"),
+    (r"^bash scripts/presubmit\.sh( --python \S+)?$", "tests/test_presubmit.py",
+     "def test_presubmit_sh_passes_on_a_published_submission"),
+    (r"^python -m tools\.presubmit --help$", "tests/test_readme.py", "\"tools.presubmit\""),
     (r"^python -m tools\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
     (r"^python -m tools\.benchmark( |$)", "tests/test_benchmark.py", "tools.benchmark"),
     (r"^python \S+\.py --help$", "tests/test_readme.py", "def test_every_script_explains_its_flags"),
@@ -58,7 +68,7 @@ COVERAGE = [
 
 SCRIPTS = ["p1_ssl_pretrain.py", "p1_finetune.py", "p1_tsne.py", "p1_inference.py", "p2_unet.py", "p2_deeplab.py",
            "p2_inference.py", "p2_sam.py"]
-TOOLS = ["tools.benchmark", "tools.download", "tools.toydata", "tools.report"]
+TOOLS = ["tools.benchmark", "tools.download", "tools.toydata", "tools.report", "tools.publish", "tools.presubmit"]
 
 
 def readme_commands(text: str):

@@ -1,0 +1,298 @@
+"""tools/presubmit.py and scripts/presubmit.sh: a student's repository (this project's files, committed in a
+temporary git repository) with two tiny trained models published to a local HTTP server; the check clones it
+and runs what the TAs run. Then its failure modes: no link, a too-slow script, an extra PNG, a forbidden
+command, uncommitted changes; and the output-contract checks on crafted outputs."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools import presubmit
+from tools import publish
+from utils.masks import PALETTE
+
+GIT = ["git", "-c", "user.name=student", "-c", "user.email=student@example.org", "-c", "init.defaultBranch=main"]
+
+
+def git(repo, *args):
+    return subprocess.run(GIT + ["-C", str(repo)] + list(args), check=True, capture_output=True, text=True)
+
+
+def commit_all(repo, message):
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def hosted(tiny_submission, tmp_path_factory, repo_root):
+    """A committed student repository whose manifest links to the published models on a local server."""
+    from conftest import FileServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            mp.delenv(name, raising=False)  # the scripts' downloads go to 127.0.0.1 directly
+        server = FileServer()
+        root = tmp_path_factory.mktemp("student")
+        repo = root / "repo"
+        listed = subprocess.run(["git", "-C", str(repo_root), "ls-files", "-co", "--exclude-standard", "-z"],
+                                capture_output=True, text=True, check=True).stdout.split("\0")
+        for name in filter(None, listed):
+            source = repo_root / name
+            if source.is_file():
+                (repo / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(str(source), str(repo / name))
+        for problem in ("1", "2"):  # the README's two steps: write the file, upload it, fill the manifest
+            upload = root / "upload" / "p{}_best.pth".format(problem)
+            assert publish.main([str(tiny_submission["p" + problem]), "--problem", problem, "--output",
+                                 str(upload)]) == 0
+            link = server.add("/release/p{}_best.pth".format(problem), upload.read_bytes())
+            assert publish.main([str(upload), "--problem", problem, "--output", str(upload), "--link", link,
+                                 "--manifest", str(repo / "checkpoints" / "manifest.csv")]) == 0
+        git(repo, "init", "-q")
+        commit_all(repo, "homework")
+        yield {"repo": repo, "data": tiny_submission["data"], "server": server, "submission": tiny_submission}
+        server.close()
+
+
+def variant(hosted, tmp_path, files):
+    """A clone of the student repository with ``files`` (path -> text, None deletes) changed and committed."""
+    repo = tmp_path / "variant"
+    subprocess.run(["git", "clone", "-q", str(hosted["repo"]), str(repo)], check=True)
+    for name, text in files.items():
+        if text is None:
+            (repo / name).unlink()
+        else:
+            (repo / name).write_text(text)
+    if files:
+        commit_all(repo, "variant")
+    return repo
+
+
+def check(repo, data, *flags):
+    return presubmit.main(["--repo", str(repo), "--data", str(data), "--python", sys.executable] + list(flags))
+
+
+def rows(stdout):
+    """name -> status of the summary table's rows."""
+    table = {}
+    for line in stdout.splitlines():
+        for status in ("PASS", "FAIL", "WARN", "SKIP"):
+            marker = " {} ".format(status)
+            if line.startswith("  ") and marker in line + " ":
+                table[line[2:line.index(marker)].strip()] = status
+                break
+    return table
+
+
+def score(stdout, prefix):
+    """The value in the scores table's row starting with ``prefix``."""
+    (line,) = [line for line in stdout.splitlines() if line.startswith("  " + prefix)]
+    return float(line.split(":", 1)[1].split()[1])
+
+
+def test_presubmit_sh_passes_on_a_published_submission(hosted, repo_root):
+    """`bash scripts/presubmit.sh` as the README gives it, in the grading environment's place (--python)."""
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "presubmit.sh"), "--repo", str(hosted["repo"]),
+                           "--data", str(hosted["data"]), "--python", sys.executable],
+                          capture_output=True, text=True, timeout=600, cwd=str(hosted["data"]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = rows(proc.stdout)
+    for name in ("committed working tree", "git clone", "tracked files <= 50 MB", "rules of hw1_download_ckpt.sh",
+                 "rules of hw1_1.sh", "rules of hw1_2.sh", "bash hw1_download_ckpt.sh", "bash hw1_1.sh",
+                 "hw1_1.sh output contract", "bash hw1_2.sh", "hw1_2.sh output contract"):
+        assert table.get(name) == "PASS", (name, proc.stdout)
+    assert table["pushed"] == "WARN"  # no upstream: the student is reminded to push
+    assert "Python {}.{}".format(*sys.version_info[:2]) in proc.stdout
+    # scored as the grader scores, equal to what the trainers measured on the same validation data
+    assert score(proc.stdout, "problem 1") == pytest.approx(hosted["submission"]["p1_result"]["best_val_acc"],
+                                                            abs=1e-4)
+    assert score(proc.stdout, "problem 2") == pytest.approx(hosted["submission"]["p2_result"]["best_miou"],
+                                                            abs=1e-4)
+    assert "strong (2024) 0.40" in proc.stdout and "strong (2025, quoted by a student) 0.74" in proc.stdout
+    assert "all checks passed" in proc.stdout and "kept:" not in proc.stdout
+
+
+def test_missing_link_fails_at_the_download(hosted, tmp_path, capsys):
+    manifest = (hosted["repo"] / "checkpoints" / "manifest.csv").read_text()
+    empty = "\n".join(line if not line.startswith("grading,") else "grading,,," + line.rsplit(",", 1)[1]
+                      for line in manifest.splitlines()) + "\n"
+    repo = variant(hosted, tmp_path, {"checkpoints/manifest.csv": empty})
+    assert check(repo, hosted["data"], "--keep") == 1
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table["bash hw1_download_ckpt.sh"] == "FAIL" and table["grading scripts"] == "SKIP"
+    assert 'section "Submitting"' in out and "checkpoints/manifest.csv" in out
+    kept = Path(out.split("kept: ")[1].split(" ")[0])
+    assert (kept / "clone" / "hw1_download_ckpt.sh").is_file()
+    assert (kept / "logs" / "hw1_download_ckpt.sh.log").is_file()
+    shutil.rmtree(str(kept))
+
+
+def test_a_too_slow_script_is_killed_and_fails(hosted, tmp_path, capsys):
+    pid_file = tmp_path / "slow.pid"
+    slow = ("#!/usr/bin/env bash\npython3 -c \"import os, time; open('{}', 'w').write(str(os.getpid())); "
+            "time.sleep(120)\"\n").format(pid_file)
+    repo = variant(hosted, tmp_path, {"hw1_1.sh": slow})
+    assert check(repo, hosted["data"], "--problems", "1", "--time-limit", "8") == 1
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table["bash hw1_download_ckpt.sh"] == "PASS"  # within the same limit
+    assert table["bash hw1_1.sh"] == "FAIL" and "over the 8 s limit" in out
+    assert table["hw1_1.sh output contract"] == "FAIL"
+    assert "bash hw1_2.sh" not in table  # --problems 1
+    pid = int(pid_file.read_text())
+    status = Path("/proc/{}/status".format(pid))
+    assert not status.exists() or "zombie" in status.read_text()  # the script's child was killed too
+
+
+def test_an_extra_png_in_the_output_folder_fails(hosted, tmp_path, capsys):
+    leaky = ("#!/usr/bin/env bash\npython3 p2_inference.py --input-dir \"$1\" --output-dir \"$2\" --checkpoint "
+             "checkpoints/p2_best.pth\npython3 -c \"import sys; from PIL import Image; "
+             "Image.new('RGB', (64, 64)).save(sys.argv[1] + '/preview.png')\" \"$2\"\n")
+    repo = variant(hosted, tmp_path, {"hw1_2.sh": leaky})
+    assert check(repo, hosted["data"], "--problems", "2") == 1
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table["bash hw1_2.sh"] == "PASS" and table["hw1_2.sh output contract"] == "FAIL"
+    assert "1 extra file(s) in the output folder" in out and "preview.png" in out
+    assert table["rules of hw1_2.sh"] == "PASS"
+
+
+def test_a_forbidden_command_fails_and_a_dirty_tree_is_refused_unless_allowed(hosted, tmp_path, capsys):
+    text = (hosted["repo"] / "hw1_1.sh").read_text()
+    repo = variant(hosted, tmp_path, {"hw1_1.sh": text.replace("python3 ", "mkdir -p \"$(dirname \"$3\")\"\n"
+                                                                           "python3 ", 1)})
+    (repo / "notes.txt").write_text("not committed\n")
+    assert check(repo, hosted["data"], "--problems", "1") == 1
+    out = capsys.readouterr().out
+    assert rows(out) == {"committed working tree": "FAIL"} and "notes.txt" in out and "--allow-dirty" in out
+    assert check(repo, hosted["data"], "--problems", "1", "--allow-dirty") == 1
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table["committed working tree"] == "WARN"
+    assert table["rules of hw1_1.sh"] == "FAIL" and "uses mkdir" in out
+    assert table["bash hw1_1.sh"] == "PASS" and table["hw1_1.sh output contract"] == "PASS"  # it still runs
+
+
+def test_missing_data_and_a_large_tracked_file(hosted, tmp_path, capsys):
+    assert check(hosted["repo"], tmp_path / "nowhere") == 1
+    out = capsys.readouterr().out
+    assert rows(out)["data"] == "FAIL" and "hw1_download.sh --data" in out
+    repo = variant(hosted, tmp_path, {})
+    with open(str(repo / "big.bin"), "wb") as f:
+        f.truncate(presubmit.SIZE_LIMIT + 1)  # sparse: no real disk use
+    commit_all(repo, "a large file")
+    assert presubmit.large_tracked_files(repo) == [("big.bin", presubmit.SIZE_LIMIT + 1)]
+
+
+# ------------------------------------------------------------------------------- the contract, on crafted outputs
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def given(tmp_path):
+    return write(tmp_path / "test.csv", "id,filename,label\n0,a.jpg,None\n1,b.jpg,None\n2,c.jpg,None\n")
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,0\n2,c.jpg,64\n", None),
+    ("id,filename,label\n2,c.jpg,1\n0,a.jpg,3\n1,b.jpg,0\n", None),  # another order: still one row per id
+    ("filename,label\na.jpg,3\n", "header"),
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,0\n", "2 row(s) for 3 input row(s)"),
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,0\n2,val/c.jpg,1\n", "not bare"),
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,0.0\n2,c.jpg,1\n", "label '0.0' is not an integer"),
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,-1\n2,c.jpg,1\n", "label '-1'"),
+    ("id,filename,label\n0,a.jpg,3\n1,b.jpg,65\n2,c.jpg,1\n", "label '65'"),
+    ("id,filename,label\n0,a.jpg,3\n0,a.jpg,0\n2,c.jpg,1\n", "repeated"),
+    ("id,filename,label\n0,a.jpg,3\n7,b.jpg,0\n2,c.jpg,1\n", "id '7' is not in the input"),
+    ("id,filename,label\n0,a.jpg,3\n1,x.jpg,0\n2,c.jpg,1\n", "filename 'x.jpg'"),
+])
+def test_p1_contract(tmp_path, given, body, problem):
+    problems = presubmit.check_p1_output(write(tmp_path / "pred.csv", body), given)
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_unlabeled_csv_keeps_everything_but_the_labels(tmp_path):
+    source = write(tmp_path / "val.csv", "\ufeffid,filename,label\n0,3_1.jpg,3\n1,0_2.jpg,0\n")
+    assert presubmit.write_unlabeled_csv(source, tmp_path / "test.csv") == 2
+    assert (tmp_path / "test.csv").read_text() == "id,filename,label\n0,3_1.jpg,None\n1,0_2.jpg,None\n"
+
+
+def _mask(path, colours, size=(16, 16), mode="RGB"):
+    arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    for i, colour in enumerate(colours):
+        arr[i] = colour
+    Image.fromarray(arr).convert(mode).save(str(path))
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("good", None),
+    ("red", "red pixels"),
+    ("off palette", "colour(s) outside the palette, e.g. (128, 0, 0)"),
+    ("grey", "mode L"),
+    ("size", "8x16, expected 16x16"),
+    ("missing", "1 mask(s) missing: 0001_mask.png"),
+    ("extra", "extra file(s) in the output folder (the grader pairs every .png by sorted name): 0001_mask.png.bak"),
+    ("subfolder", "extra file(s)"),
+    ("exact 512", "16x16, expected 512x512"),
+])
+def test_p2_contract(tmp_path, case, problem):
+    images, masks = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    for key in ("0000", "0001"):
+        Image.new("RGB", (16, 16)).save(str(images / (key + "_sat.jpg")))
+        _mask(masks / (key + "_mask.png"), [tuple(c) for c in PALETTE])
+    if case == "red":
+        _mask(masks / "0001_mask.png", [(0, 255, 255), (255, 0, 0)])
+    elif case == "off palette":
+        _mask(masks / "0001_mask.png", [(128, 0, 0)])
+    elif case == "grey":
+        _mask(masks / "0001_mask.png", [], mode="L")
+    elif case == "size":
+        _mask(masks / "0001_mask.png", [], size=(8, 16))
+    elif case == "missing":
+        (masks / "0001_mask.png").unlink()
+    elif case == "extra":
+        shutil.copy(str(masks / "0001_mask.png"), str(masks / "0001_mask.png.bak"))
+    elif case == "subfolder":
+        (masks / "debug").mkdir()
+    exact = (512, 512) if case == "exact 512" else None
+    problems = presubmit.check_p2_output(masks, images, exact)
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_python_flag_accepts_a_venv_folder_or_an_interpreter(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, str(venv / "bin" / "python3"))
+    for given in (str(venv), sys.executable):
+        folders = presubmit.python_bin(given, tmp_path / "work")
+        env = presubmit.script_env(folders)
+        out = subprocess.run(["python3", "-c", "import sys; print(sys.version_info[:2])"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == str(tuple(sys.version_info[:2]))
+        assert "PYTHONPATH" not in env and "HW1_P1_CHECKPOINT" not in env
+    with pytest.raises(ValueError, match="not a virtual environment"):
+        presubmit.python_bin(str(tmp_path), tmp_path / "work")
+
+
+def test_p1_contract_for_a_csv_without_ids(tmp_path):
+    """p1_inference.py numbers the rows when the csv has no id column; the check expects the same ids."""
+    given = write(tmp_path / "test.csv", "filename,label\na.jpg,None\nb.jpg,None\n")
+    assert presubmit.check_p1_output(write(tmp_path / "pred.csv", "id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n"),
+                                     given) == []

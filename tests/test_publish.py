@@ -1,0 +1,152 @@
+"""tools/publish.py: the file to upload holds only what inference needs, loads through the grading loaders,
+predicts what the run predicted, and its link + sha256 land in the manifest row the TAs' download reads."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tools import download as dl
+from tools import publish
+from utils.checkpoint import make_checkpoint, save_atomic
+from utils.classify import load_classifier
+from utils.predict import load_segmenter
+
+MANIFEST = ("# comment\ngroup,url,sha256,destination\ngrading,,,checkpoints/p1_best.pth\n"
+            "grading,,,checkpoints/p2_best.pth\ndino-official,https://example.org/d.pth,,checkpoints/d.pth\n")
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text(MANIFEST)
+    return path
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_problem_1_file_holds_only_inference_keys_and_fills_the_manifest(tiny_submission, tmp_path, manifest,
+                                                                        capsys):
+    out = tmp_path / "upload" / "p1_best.pth"
+    link = "https://drive.google.com/file/d/1AbC-d_EfGh/view?usp=sharing"
+    assert publish.main([str(tiny_submission["p1"]), "--problem", "1", "--output", str(out), "--link", link,
+                         "--manifest", str(manifest)]) == 0
+    published = torch.load(str(out), weights_only=True)
+    assert set(published) == {"format_version", "kind", "model_config", "model", "image_size", "mean", "std",
+                              "num_classes"}
+    original = torch.load(str(tiny_submission["p1"]), weights_only=True)
+    assert "args" in original and "setting" in original  # what was dropped was there
+    for key in ("image_size", "mean", "std", "model_config"):
+        assert published[key] == original[key]
+    assert all(torch.equal(published["model"][k], v) for k, v in original["model"].items())
+    model, ckpt = load_classifier(out, torch.device("cpu"))  # the loader p1_inference.py uses
+    assert ckpt["kind"] == "p1_classifier"
+    rows = dl.read_manifest(str(manifest))
+    assert (rows[0].url, rows[0].sha256) == (link, sha(out))
+    assert (rows[1].url, rows[1].sha256) == ("", "")  # problem 2's row untouched
+    assert manifest.read_text().splitlines()[0] == "# comment"
+    stdout = capsys.readouterr().out
+    assert sha(out) in stdout and "{:.1f} MB".format(out.stat().st_size / 2 ** 20) in stdout
+    assert "predicts exactly what" in stdout and "bash scripts/presubmit.sh" in stdout
+
+
+def test_problem_2_from_a_resumable_checkpoint_drops_the_optimizer(tiny_submission, tmp_path, manifest, capsys):
+    full = tiny_submission["p2"].parent / "checkpoint.pth"
+    assert "optimizer" in torch.load(str(full), weights_only=True)
+    out = tmp_path / "p2_best.pth"
+    link = "https://www.dropbox.com/s/abc/p2_best.pth?dl=0"
+    assert publish.main([str(full), "--problem", "2", "--output", str(out), "--link", link,
+                         "--manifest", str(manifest)]) == 0
+    assert set(torch.load(str(out), weights_only=True)) == {"format_version", "kind", "model_config", "model"}
+    load_segmenter(out, torch.device("cpu"))  # the loader p2_inference.py uses
+    rows = dl.read_manifest(str(manifest))
+    assert (rows[1].url, rows[1].sha256) == (link, sha(out)) and rows[0].url == ""
+    assert "warning" not in capsys.readouterr().out  # 0.5 MB: no size warning
+
+
+def test_without_a_link_it_says_what_to_do_and_republishing_in_place_keeps_the_bytes(tiny_submission, tmp_path,
+                                                                                     manifest, capsys):
+    out = tmp_path / "p2_best.pth"
+    assert publish.main([str(tiny_submission["p2"]), "--problem", "2", "--output", str(out),
+                         "--manifest", str(manifest)]) == 0
+    assert manifest.read_text() == MANIFEST
+    stdout = capsys.readouterr().out
+    assert "next: upload" in stdout and "--link URL" in stdout
+    digest, mtime = sha(out), out.stat().st_mtime_ns
+    link = "https://github.com/me/hw1/releases/download/v1/p2_best.pth"
+    assert publish.main([str(out), "--problem", "2", "--output", str(out), "--link", link,
+                         "--manifest", str(manifest)]) == 0  # the command printed above
+    assert out.stat().st_mtime_ns == mtime and sha(out) == digest
+    assert dl.read_manifest(str(manifest))[1].sha256 == digest
+    # writing the same run again gives the same bytes: the sha256 in the manifest stays valid
+    again = tmp_path / "again.pth"
+    assert publish.main([str(tiny_submission["p2"]), "--problem", "2", "--output", str(again)]) == 0
+    assert sha(again) == digest
+
+
+def test_size_warning_above_the_limit(tiny_submission, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(publish, "SIZE_LIMIT", 1000)
+    assert publish.main([str(tiny_submission["p2"]), "--problem", "2", "--output", str(tmp_path / "a.pth")]) == 0
+    assert "warning" in capsys.readouterr().out
+
+
+def test_default_output_is_the_path_the_grading_script_loads():
+    args = publish.get_args_parser().parse_args(["runs/p1_C/best.pth", "--problem", "1"])
+    assert args.output is None and args.manifest.name == "manifest.csv"
+    assert "checkpoints/p1_best.pth" in (publish.get_args_parser().format_help())
+    assert "checkpoints/p1_best.pth" in open(os.path.join(dl.REPO_ROOT, "hw1_1.sh")).read()
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    paths = {}
+    paths["dino"] = root / "dino.pth"
+    save_atomic(make_checkpoint("p1_dino", {"arch": "resnet18"}, {"w": torch.zeros(1)}), paths["dino"])
+    paths["plain"] = root / "backbone.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, str(paths["plain"]))
+    paths["junk"] = root / "junk.pth"
+    paths["junk"].write_bytes(b"not a checkpoint")
+    return paths
+
+
+@pytest.mark.parametrize("case, message", [
+    ("dino", "'p1_dino' checkpoint; publish takes a best.pth"),
+    ("plain", "not a checkpoint written by this project"),
+    ("junk", "junk.pth"),
+    ("missing", "checkpoint not found"),
+    ("wrong problem", "problem 2 is graded with a 'p2_segmentation'"),
+    ("setting A", "setting A; problem 1 grades setting C"),
+    ("folder link", "folder link"),
+])
+def test_refusals_are_one_line_errors_that_change_nothing(case, message, odd_checkpoints, tiny_submission,
+                                                          tmp_path, manifest, capsys):
+    source = {"missing": tmp_path / "nope.pth", "wrong problem": tiny_submission["p1"],
+              "folder link": tiny_submission["p2"]}.get(case, odd_checkpoints.get(case))
+    problem = "1" if case in ("dino", "plain", "junk", "missing", "setting A") else "2"
+    if case == "setting A":
+        ckpt = torch.load(str(tiny_submission["p1"]), weights_only=True)
+        source = tmp_path / "a.pth"
+        save_atomic(dict(ckpt, setting="A"), source)
+    link = "https://drive.google.com/drive/folders/1xyz" if case == "folder link" else "https://example.org/x.pth"
+    out = tmp_path / "out" / "p_best.pth"
+    assert publish.main([str(source), "--problem", problem, "--output", str(out), "--link", link,
+                         "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:") and "Traceback" not in err
+    assert manifest.read_text() == MANIFEST and not out.exists()
+    if case == "setting A":
+        assert publish.main([str(source), "--problem", "1", "--output", str(out), "--any-setting"]) == 0
+
+
+def test_cli_as_documented(tiny_submission, tmp_path, manifest, repo_root):
+    out = tmp_path / "p2_best.pth"
+    proc = subprocess.run([sys.executable, "-m", "tools.publish", str(tiny_submission["p2"]), "--problem", "2",
+                           "--output", str(out), "--link", "https://example.org/p2_best.pth", "--manifest",
+                           str(manifest)], cwd=str(repo_root), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert dl.read_manifest(str(manifest))[1].sha256 == sha(out)
