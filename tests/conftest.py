@@ -29,3 +29,21 @@ def toy_p2(tmp_path_factory) -> Path:
     from tools.toydata import make_p2_data
 
     return make_p2_data(tmp_path_factory.mktemp("toy"), size=64, num_train=24, num_val=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fake_coco_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a *random* deeplabv3_resnet101 state_dict (torchvision's exact key
+    format, 21-class heads) under the file name torchvision's COCO weights download to: tests exercise the
+    COCO loading path without the network. Returns the TORCH_HOME folder."""
+    import torch
+    from torchvision.models import segmentation
+
+    home = tmp_path_factory.mktemp("torch_home")
+    url = segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.url
+    path = home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=True)
+    torch.save(model.state_dict(), str(path))
+    return home
