@@ -295,7 +295,9 @@ def test_checkpoint_from_before_output_stride_rebuilds_os16(tmp_path, no_network
     model, _ = load_segmenter(path, torch.device("cpu"))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(model(x)["out"], old(x)["out"])
+        out = model(x)
+        assert torch.equal(out["out"], old(x)["out"])
+        assert set(out) == {"out"}  # inference drops the training-only auxiliary head
         assert model.backbone(x)["out"].shape == (1, 2048, 4, 4)  # output stride 16
     assert [m[0].dilation[0] for m in model.classifier[0].convs[1:4]] == [6, 12, 18]
 

@@ -35,7 +35,8 @@ Measurements (``--only`` picks some):
 * ``finetune_step``: the Office-Home classifier (``utils.models.build_classifier``, 65 classes) on
   ``--finetune-size`` px: forward, label-smoothed cross-entropy, backward, SGD.
 * ``seg_step_unet`` / ``seg_step_deeplab``: a training step of ``utils.models.build_seg_model`` (U-Net;
-  DeepLabV3-ResNet50 with its auxiliary head) on ``--seg-size`` px, batch ``--seg-batch-size``.
+  model B: DeepLabV3-ResNet101 at output stride 8 with its auxiliary head) on ``--seg-size`` px, batch
+  ``--seg-batch-size``.
 * ``inference``: what ``p2_inference.py`` does per batch: a checkpoint (random weights, ``--inference-arch``)
   written and reloaded with ``utils.predict.load_segmenter``, then ``predict_classes`` on uint8
   ``--seg-size`` images (image decoding and PNG writing are not included).
@@ -69,6 +70,9 @@ from utils.models import CLASSIFIER_BACKBONES, build_classifier, build_seg_model
 from utils.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 from utils.predict import SEG_KIND, load_segmenter, predict_classes
 
+# p2_deeplab.py's default model (random weights here): DeepLabV3-ResNet101, output stride 8, auxiliary head
+MODEL_B = {"arch": "deeplabv3", "num_classes": 7, "encoder": "resnet101", "output_stride": 8, "aux_loss": True,
+           "backbone_weights": "none"}
 MEASUREMENTS = ("aug_per_image", "aug_batched", "dino_step", "finetune_step", "seg_step_unet", "seg_step_deeplab",
                 "inference")
 
@@ -100,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg-batch-size", type=int, default=None,
                         help="segmentation / inference batch (default: 8 on CUDA, 2 on the CPU)")
     parser.add_argument("--inference-arch", choices=("unet", "deeplabv3"), default="deeplabv3",
-                        help="model of the inference measurement")
+                        help="model of the inference measurement (deeplabv3: model B, DeepLabV3-ResNet101 OS 8)")
     add_bool_flag(parser, "amp", True, "autocast in the fast path (bf16, or fp16 + GradScaler without bf16)")
     add_bool_flag(parser, "cpu-bf16", True, "let --amp use bf16 autocast on the CPU too, where oneDNN has native "
                                             "bf16 kernels (AVX-512 BF16 / AMX)")
@@ -504,8 +508,7 @@ def measure_seg_step(name: str, config: Dict[str, Any], args: argparse.Namespace
 
 
 def measure_inference(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    config = {"arch": args.inference_arch, "num_classes": 7, "backbone": "resnet50", "aux_loss": True,
-              "backbone_weights": "none"}
+    config = dict(MODEL_B) if args.inference_arch == "deeplabv3" else {"arch": "unet", "num_classes": 7}
     torch.manual_seed(args.seed)
     model = build_seg_model(config)
     dtype = None
@@ -551,9 +554,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         "dino_step": measure_dino_step,
         "finetune_step": measure_finetune_step,
         "seg_step_unet": lambda a, d: measure_seg_step("seg_step_unet", {"arch": "unet", "num_classes": 7}, a, d),
-        "seg_step_deeplab": lambda a, d: measure_seg_step(
-            "seg_step_deeplab", {"arch": "deeplabv3", "backbone": "resnet50", "aux_loss": True, "num_classes": 7,
-                                 "backbone_weights": "none"}, a, d),
+        "seg_step_deeplab": lambda a, d: measure_seg_step("seg_step_deeplab", MODEL_B, a, d),
         "inference": measure_inference,
     }
     out = None
