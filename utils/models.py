@@ -81,7 +81,9 @@ def _check_drop_skip(drop_skip: Union[int, Iterable[int]], num_skips: int, model
 
 
 def _check_input_multiple(x: Tensor, multiple: int, model: str, rule: str) -> None:
-    """Raise ValueError unless x's height and width are multiples of ``multiple``."""
+    """Raise ValueError unless x is (B, C, H, W) with H and W multiples of ``multiple``."""
+    if x.dim() != 4:
+        raise ValueError("{} expects a (B, C, H, W) tensor, got shape {}".format(model, tuple(x.shape)))
     height, width = int(x.shape[-2]), int(x.shape[-1])
     if height % multiple or width % multiple:
         raise ValueError("{} needs input height and width divisible by {}, got {}x{}; "
@@ -144,8 +146,6 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """Return ``{"out": logits}`` of shape (B, num_classes, H, W); H and W must divide by 2**depth."""
-        if x.dim() != 4:
-            raise ValueError("UNet expects a (B, C, H, W) tensor, got shape {}".format(tuple(x.shape)))
         _check_input_multiple(x, 2 ** self.depth, "UNet with depth {}".format(self.depth), "2**depth")
         skips = []  # type: List[Tensor]
         for encoder in self.encoders:
@@ -394,8 +394,6 @@ class ResNetUNet(nn.Module):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """Return ``{"out": logits}`` of shape (B, num_classes, H, W); H and W must divide by 32."""
-        if x.dim() != 4:
-            raise ValueError("ResNet U-Net expects a (B, C, H, W) tensor, got shape {}".format(tuple(x.shape)))
         _check_input_multiple(x, self.MULTIPLE, "U-Net with a {} encoder".format(self.encoder.arch),
                               "the encoder's stride")
         feats = self.encoder.stages(x)
