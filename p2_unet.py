@@ -1,6 +1,8 @@
 """Problem 2, model A: a U-Net trained from scratch on 512x512 satellite tiles (7 land-cover classes).
 
-The report's baseline, and its skip-connection ablation (``--drop-skip``).
+The report's baseline, and its skip-connection ablation (``--drop-skip``). ``--encoder resnet34`` swaps the
+classic encoder for a torchvision ResNet (ImageNet weights with ``--encoder-weights imagenet``) under the
+same kind of decoder: one of the options of README's "Beating the baselines".
 
     # CPU smoke run on generated data
     python -m tools.toydata --out toy && python p2_unet.py --data-dir toy/p2_data --output-dir runs/unet \
@@ -9,6 +11,9 @@ The report's baseline, and its skip-connection ablation (``--drop-skip``).
     python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet
     # ablation: no skip at the two shallowest scales
     python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet_noskip01 --drop-skip 0 1
+    # U-Net on an ImageNet ResNet-34 encoder (downloaded once to the torch cache), without the stem's skip
+    python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet_r34 --encoder resnet34 \
+        --encoder-weights imagenet --drop-skip 0
     # N GPUs (the batch size is per GPU)
     torchrun --nproc_per_node=N p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet
 
@@ -17,7 +22,8 @@ A killed run resumes from OUTPUT_DIR/checkpoint.pth when started again with the 
 import argparse
 from typing import Any, Dict
 
-from utils.cli import run_cli
+from utils.cli import add_flag, run_cli
+from utils.models import UNET_ENCODERS
 from utils.segmentation import add_seg_train_args, fit
 
 
@@ -30,22 +36,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_seg_train_args(parser, epochs=100, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
                        schedule_shape="cosine", output_dir="runs/p2_unet")
     g = parser.add_argument_group("U-Net")
+    add_flag(g, "--encoder", "none", "'none': the classic U-Net below (--base-width, --depth, --bilinear); or a "
+                                     "torchvision ResNet (stem + layer1..4, inputs multiples of 32) under a U-Net "
+                                     "decoder with 256/128/64/32/16 channels; resnet34 is the usual choice (21M "
+                                     "encoder parameters)", choices=("none",) + UNET_ENCODERS)
+    g.add_argument("--encoder-weights", default="none",
+                   help="with --encoder: 'imagenet' (torchvision's ImageNet weights, downloaded once to the torch "
+                        "cache), 'none' (random) or a PATH to a local torchvision ResNet state_dict (fc dropped, any "
+                        "other key mismatch is an error naming the keys)")
     g.add_argument("--base-width", type=int, default=64,
-                   help="channels of the first stage; stage i has base-width * 2^i (32 halves compute)")
+                   help="classic U-Net: channels of the first stage; stage i has base-width * 2^i (32 halves "
+                        "compute)")
     g.add_argument("--depth", type=int, default=4,
-                   help="number of down-sampling stages; inputs must be multiples of 2^depth")
+                   help="classic U-Net: number of down-sampling stages; inputs must be multiples of 2^depth")
     g.add_argument("--drop-skip", type=int, nargs="*", default=[],
-                   help="skip connections to remove for the ablation, 0 = shallowest (full resolution) .. "
-                        "depth-1 = deepest")
+                   help="skip connections to remove for the ablation, 0 = shallowest: classic U-Net 0 (full "
+                        "resolution) .. depth-1; ResNet encoder 0 (stem, 1/2) .. 3 (layer3, 1/16)")
     g.add_argument("--bilinear", action="store_true",
-                   help="bilinear up-sampling instead of transposed convolutions (fewer parameters)")
+                   help="classic U-Net: bilinear up-sampling instead of transposed convolutions (fewer parameters)")
     return parser
 
 
 def model_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The dict that rebuilds this model (stored in every checkpoint)."""
-    return {"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
-            "drop_skip": sorted(set(args.drop_skip)), "bilinear": args.bilinear}
+    if args.encoder == "none":
+        if args.encoder_weights != "none":
+            raise SystemExit("error: --encoder-weights needs a ResNet --encoder (the classic U-Net trains from "
+                             "scratch)")
+        # exactly the keys of checkpoints written before --encoder existed, so their runs resume
+        return {"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
+                "drop_skip": sorted(set(args.drop_skip)), "bilinear": args.bilinear}
+    return {"arch": "unet", "num_classes": 7, "encoder": args.encoder, "drop_skip": sorted(set(args.drop_skip)),
+            "backbone_weights": args.encoder_weights}
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Problem 2: DeepLabV3-ResNet50 (model B; ImageNet backbone, downloaded once to the torch cache), 100 epochs,
-# batch 8, mask snapshots at epochs 1, 50 and 100. Writes $RUNS/p2_deeplab.
+# Problem 2: DeepLabV3-ResNet101 at output stride 8 (model B; torchvision's COCO weights from the torch hub
+# cache, downloaded there once; offline: --weights PATH), 100 epochs, batch 8, mask snapshots at epochs 1, 50 and
+# 100. Writes $RUNS/p2_deeplab.
 source "$(dirname "$0")/_launch.sh"
 need "$HW1_DATA/p2_data/train" "satellite train folder"
 SNAPSHOTS=${SNAPSHOTS:-1 50 100}

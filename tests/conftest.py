@@ -112,6 +112,7 @@ def tiny_submission(tmp_path_factory):
 
     import p1_finetune
     import p2_unet
+    from helpers import run_main
     from tools.toydata import make_p1_data, make_p2_data
 
     root = tmp_path_factory.mktemp("submission")
@@ -124,12 +125,30 @@ def tiny_submission(tmp_path_factory):
     backbone = root / "backbone.pth"
     torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")},
                str(backbone))
-    p1 = p1_finetune.cli(["--setting", "C", "--backbone", str(backbone), "--data-dir", str(data / "p1_data" / "office"),
-                          "--output-dir", str(root / "p1_C"), "--arch", "resnet18", "--epochs", "1",
-                          "--batch-size", "8", "--image-size", "32", "--workers", "0", "--num-classes", "4",
-                          "--hidden-dim", "16", "--deterministic", "--warmup-epochs", "0"])
-    p2 = p2_unet.cli(["--data-dir", str(data / "p2_data"), "--output-dir", str(root / "p2_unet"), "--epochs", "2",
-                      "--batch-size", "4", "--crop-size", "64", "--base-width", "8", "--depth", "3", "--workers", "0",
-                      "--lr", "3e-3", "--snapshot-epochs", "--deterministic"])
+    p1 = run_main(p1_finetune, ["--setting", "C", "--backbone", backbone, "--data-dir", data / "p1_data" / "office",
+                                "--output-dir", root / "p1_C", "--arch", "resnet18", "--epochs", "1",
+                                "--batch-size", "8", "--image-size", "32", "--workers", "0", "--num-classes", "4",
+                                "--hidden-dim", "16", "--deterministic", "--warmup-epochs", "0"])
+    p2 = run_main(p2_unet, ["--data-dir", data / "p2_data", "--output-dir", root / "p2_unet", "--epochs", "2",
+                            "--batch-size", "4", "--crop-size", "64", "--base-width", "8", "--depth", "3",
+                            "--workers", "0", "--lr", "3e-3", "--snapshot-epochs", "--deterministic"])
     return {"data": data, "p1": root / "p1_C" / "best.pth", "p2": root / "p2_unet" / "best.pth",
             "p1_checkpoint": root / "p1_C" / "checkpoint.pth", "p1_result": p1, "p2_result": p2}
+
+
+@pytest.fixture(scope="session")
+def fake_coco_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a *random* deeplabv3_resnet101 state_dict (torchvision's exact key
+    format, 21-class heads) under the file name torchvision's COCO weights download to: tests exercise the
+    COCO loading path without the network. Returns the TORCH_HOME folder."""
+    import torch
+    from torchvision.models import segmentation
+
+    home = tmp_path_factory.mktemp("torch_home")
+    url = segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.url
+    path = home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None, aux_loss=True)
+    torch.save(model.state_dict(), str(path))
+    return home

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from utils.checkpoint import make_checkpoint, save_atomic
-from utils.models import build_classifier, build_seg_model
+from utils.classify import build_classifier
+from utils.models import build_seg_model
 
 ALLOWED = ["imageio", "matplotlib", "numpy", "PIL", "pandas", "scipy", "torch", "torchvision", "tensorboard",
            "timm", "gdown", "tqdm"]

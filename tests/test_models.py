@@ -1,4 +1,7 @@
 """Tests for utils/models.py: shapes, U-Net skip ablation, DeepLabV3 output stride, weight loading, no network."""
+import os
+from urllib.parse import urlparse
+
 import argparse
 import socket
 import urllib.request
@@ -12,6 +15,7 @@ from utils.models import (
     SEG_ARCHS,
     UNet,
     build_deeplabv3,
+    build_resnet_features,
     build_fcn32s,
     build_seg_model,
     input_multiple,
@@ -93,7 +97,7 @@ def test_unet_non_divisible_input_raises():
 # ----------------------------------------------------------------------------------------- DeepLabV3
 def test_deeplabv3_shapes_and_output_stride_16(no_network):
     torch.manual_seed(0)
-    model = build_deeplabv3("resnet50", num_classes=7, aux_loss=True, backbone_weights="none").eval()
+    model = build_deeplabv3("resnet50", num_classes=7, aux_loss=True, weights="none", output_stride=16).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = model(x)
@@ -129,8 +133,7 @@ def test_deeplabv3_bad_backbone():
 def test_backbone_weights_from_path(tmp_path, resnet50_state, no_network):
     path = tmp_path / "r50.pth"
     torch.save(resnet50_state, str(path))
-    model = build_deeplabv3("resnet50", backbone_weights=str(path))
-    loaded = model.backbone.state_dict()
+    loaded = build_resnet_features("resnet50", str(path), output_stride=16).state_dict()
     expected = {k: v for k, v in resnet50_state.items() if not k.startswith("fc.")}
     assert set(loaded) == set(expected)
     for key, value in expected.items():
@@ -144,7 +147,7 @@ def test_backbone_weights_mismatch_names_keys(tmp_path, resnet50_state):
     path = tmp_path / "bad.pth"
     torch.save(state, str(path))
     with pytest.raises(ValueError) as info:
-        build_deeplabv3("resnet50", backbone_weights=str(path))
+        build_resnet_features("resnet50", str(path))
     msg = str(info.value)
     assert str(path) in msg and "resnet50" in msg
     assert "layer2.0.conv1.weight" in msg and "layer1.0.bn1.weight" in msg  # missing
@@ -191,8 +194,10 @@ def test_corrupt_and_missing_files(tmp_path):
     bad.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(ValueError, match=r"cannot load .*corrupt\.pth.*corrupt, truncated or not a torch file"):
         load_resnet_state_dict(bad)
-    with pytest.raises(ValueError, match="corrupt.pth"):
-        build_deeplabv3("resnet50", backbone_weights=str(bad))
+    with pytest.raises(ValueError, match=r"cannot load DeepLabV3 weights from .*corrupt\.pth"):
+        build_deeplabv3("resnet50", weights=str(bad))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_deeplabv3("resnet50", weights=str(tmp_path / "nope.pth"))
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_resnet_state_dict(missing)
@@ -208,7 +213,9 @@ def test_none_weights_never_touch_network(no_network):
     build_seg_model({"arch": "unet", "base_width": 4, "depth": 2})
     # sanity check that the fixture really blocks the download path "imagenet" takes
     with pytest.raises(AssertionError, match="network access attempted"):
-        build_deeplabv3("resnet50", aux_loss=False, backbone_weights="imagenet")
+        build_deeplabv3("resnet50", aux_loss=False, weights="imagenet")
+    with pytest.raises(AssertionError, match="network access attempted"):
+        build_seg_model({"arch": "unet", "encoder": "resnet18", "backbone_weights": "imagenet"})
 
 
 # -------------------------------------------------------------------------------- FCN32s / entry point
@@ -229,7 +236,7 @@ def test_build_seg_model_each_arch(no_network):
     assert unet.eval()(torch.randn(1, 3, 32, 32))["out"].shape == (1, 3, 32, 32)
     deeplab = build_seg_model({"arch": "deeplabv3", "aux_loss": True, "lr": 0.01})  # extra keys ignored
     assert deeplab.aux_classifier is not None
-    assert set(SEG_ARCHS) == {"unet", "deeplabv3", "fcn32s"}
+    assert set(SEG_ARCHS) == {"unet", "deeplabv3", "deeplabv3plus", "fcn32s"}
     with pytest.raises(ValueError, match=r"unknown model arch 'segformer'.*unet.*deeplabv3.*fcn32s"):
         build_seg_model({"arch": "segformer"})
 
@@ -237,7 +244,205 @@ def test_build_seg_model_each_arch(no_network):
 def test_input_multiple():
     assert input_multiple({"arch": "unet"}) == 16
     assert input_multiple({"arch": "unet", "depth": 3}) == 8
+    assert input_multiple({"arch": "unet", "encoder": "resnet34", "depth": 3}) == 32
+    assert input_multiple({"arch": "unet", "encoder": None, "depth": 3}) == 8
     assert input_multiple({"arch": "deeplabv3"}) == 1
+    assert input_multiple({"arch": "deeplabv3plus"}) == 1
     assert input_multiple({"arch": "fcn32s"}) == 1
     with pytest.raises(ValueError, match="valid"):
         input_multiple({"arch": "nope"})
+
+
+# ------------------------------------------------------------ model B: torchvision's DeepLabV3-ResNet101
+def _coco_file(home):
+    url = torchvision.models.segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.url
+    return home / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def test_default_deeplab_is_torchvisions_deeplabv3_resnet101(no_network):
+    ref = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                                               aux_loss=True).eval()
+    ours = build_seg_model({"arch": "deeplabv3", "num_classes": 21, "encoder": "resnet101", "output_stride": 8})
+    ours.eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    assert torch.equal(a["out"], b["out"]) and torch.equal(a["aux"], b["aux"])  # same graph: OS 8, rates 12/24/36
+    assert [m[0].dilation[0] for m in ours.classifier[0].convs[1:4]] == [12, 24, 36]
+    assert ours.backbone(x)["out"].shape[-2:] == (6, 5)  # 48/8, 40/8
+
+
+def test_checkpoint_from_before_output_stride_rebuilds_os16(tmp_path, no_network):
+    """A config written before `encoder`/`output_stride` existed rebuilds the old OS-16 model exactly."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.predict import SEG_KIND, load_segmenter
+
+    # the pre-change model, assembled from torchvision's parts as the old build_deeplabv3 did
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
+    old = DeepLabV3(IntermediateLayerGetter(resnet, {"layer4": "out", "layer3": "aux"}),
+                    DeepLabHead(2048, 7, atrous_rates=(6, 12, 18)), FCNHead(1024, 7)).eval()
+    legacy = {"arch": "deeplabv3", "num_classes": 7, "backbone": "resnet50", "aux_loss": True,
+              "backbone_weights": "imagenet"}
+    path = tmp_path / "old.pth"
+    save_atomic(make_checkpoint(SEG_KIND, legacy, old.state_dict()), path)
+    model, _ = load_segmenter(path, torch.device("cpu"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(out["out"], old(x)["out"])
+        assert set(out) == {"out"}  # inference drops the training-only auxiliary head
+        assert model.backbone(x)["out"].shape == (1, 2048, 4, 4)  # output stride 16
+    assert [m[0].dilation[0] for m in model.classifier[0].convs[1:4]] == [6, 12, 18]
+
+
+def test_coco_weights_from_the_hub_cache_every_key_checked(fake_coco_home, monkeypatch, no_network):
+    monkeypatch.setenv("TORCH_HOME", str(fake_coco_home))
+    coco = torch.load(str(_coco_file(fake_coco_home)), weights_only=True)
+    model = build_seg_model({"arch": "deeplabv3", "encoder": "resnet101", "output_stride": 8, "aux_loss": True,
+                             "backbone_weights": "coco"})
+    state = model.state_dict()
+    remade = {"classifier.4.weight", "classifier.4.bias", "aux_classifier.4.weight", "aux_classifier.4.bias"}
+    assert set(state) == set(coco)
+    for key, value in coco.items():
+        if key in remade:
+            assert value.shape[0] == 21 and state[key].shape[0] == 7, key  # 21-class convs re-made for 7
+        else:
+            assert torch.equal(state[key], value), key
+
+
+def test_deeplab_weights_path_names_missing_and_extra_keys(fake_coco_home, tmp_path, no_network):
+    coco = torch.load(str(_coco_file(fake_coco_home)), weights_only=True)
+    good = tmp_path / "coco_copy.pth"
+    torch.save({"module." + k: v for k, v in coco.items()}, str(good))  # a DDP-wrapped copy loads too
+    model = build_deeplabv3("resnet101", weights=str(good), output_stride=8)
+    assert torch.equal(model.backbone.layer3[22].conv2.weight, coco["backbone.layer3.22.conv2.weight"])
+    assert torch.equal(model.aux_classifier[0].weight, coco["aux_classifier.0.weight"])
+    bad_state = dict(coco)
+    bad_state.pop("classifier.0.project.0.weight")
+    bad_state["classifier.9.planted.weight"] = torch.zeros(3)
+    bad = tmp_path / "bad.pth"
+    torch.save(bad_state, str(bad))
+    with pytest.raises(ValueError) as info:
+        build_deeplabv3("resnet101", weights=str(bad), output_stride=8)
+    msg = str(info.value)
+    assert "bad.pth" in msg and "deeplabv3_resnet101" in msg
+    assert "missing 1 [classifier.0.project.0.weight]" in msg
+    assert "unexpected 1 [classifier.9.planted.weight]" in msg
+    # a ResNet-50 model refuses ResNet-101 weights, naming the surplus layer3 blocks
+    with pytest.raises(ValueError, match=r"deeplabv3_resnet50: missing 0 \[\] unexpected 306 "
+                                         r"\[backbone\.layer3\.10\."):
+        build_deeplabv3("resnet50", weights=str(good), output_stride=8)
+
+
+def test_coco_without_cache_or_network_is_one_clear_error(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    with pytest.raises(FileNotFoundError) as info:
+        build_deeplabv3("resnet101", weights="coco")
+    msg = str(info.value)
+    assert "\n" not in msg and "--weights PATH" in msg
+    assert str(tmp_path / "empty_home" / "hub" / "checkpoints" / "deeplabv3_resnet101_coco-586e9e4e.pth") in msg
+    with pytest.raises(ValueError, match="'coco' weights exist for DeepLabV3 only"):
+        build_seg_model({"arch": "unet", "encoder": "resnet34", "backbone_weights": "coco"})
+
+
+# -------------------------------------------------------------------------------------- DeepLabV3+
+def test_deeplabv3plus_shapes_and_decoder(no_network):
+    model = build_seg_model({"arch": "deeplabv3plus", "encoder": "resnet50", "output_stride": 16,
+                             "aux_loss": True}).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.backbone(x)
+    assert out["out"].shape == (2, 7, 64, 80) and out["aux"].shape == (2, 7, 64, 80)
+    assert feats["low"].shape == (2, 256, 16, 20) and feats["out"].shape == (2, 2048, 4, 5)  # 1/4 and 1/16
+    assert model.low_project[0].out_channels == 48 and model.decoder[0].in_channels == 256 + 48
+    assert [m.out_channels for m in model.decoder if isinstance(m, torch.nn.Conv2d)] == [256, 256]
+    assert [m[0].dilation[0] for m in model.aspp.convs[1:4]] == [6, 12, 18]
+    assert set(build_deeplabv3("resnet50", aux_loss=False, plus=True).eval()(x[:1])) == {"out"}
+
+
+def test_deeplabv3plus_coco_loads_backbone_aspp_and_aux(fake_coco_home, monkeypatch, no_network):
+    monkeypatch.setenv("TORCH_HOME", str(fake_coco_home))
+    coco = torch.load(str(_coco_file(fake_coco_home)), weights_only=True)
+    torch.manual_seed(0)
+    model = build_seg_model({"arch": "deeplabv3plus", "encoder": "resnet101", "output_stride": 16,
+                             "backbone_weights": "coco"})
+    torch.manual_seed(0)
+    fresh = build_seg_model({"arch": "deeplabv3plus", "encoder": "resnet101", "output_stride": 16})
+    state, init = model.state_dict(), fresh.state_dict()
+    loaded = 0
+    for key, value in state.items():
+        source = "classifier.0." + key[len("aspp."):] if key.startswith("aspp.") else key
+        if key.startswith(("backbone.", "aspp.", "aux_classifier.0.", "aux_classifier.1.")):
+            assert torch.equal(value, coco[source]), key
+            loaded += 1
+        else:  # decoder, low-level projection, classifiers: as initialised
+            assert torch.equal(value, init[key]), key
+    assert loaded == len([k for k in coco if not k.startswith(("classifier.1.", "classifier.2.", "classifier.4.",
+                                                                "aux_classifier.4."))])
+
+
+# ------------------------------------------------------------------------------------ ResNet U-Net
+@pytest.mark.parametrize("encoder,channels", [("resnet18", [64, 64, 128, 256, 512]),
+                                              ("resnet50", [64, 256, 512, 1024, 2048])])
+def test_resnet_unet_shapes_and_skip_channels(encoder, channels, no_network):
+    model = build_seg_model({"arch": "unet", "encoder": encoder, "num_classes": 5}).eval()
+    assert model.encoder.channels == channels
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 96))["out"].shape == (2, 5, 64, 96)
+    ref = getattr(torchvision.models, encoder)(weights=None).state_dict()
+    assert set(model.encoder.state_dict()) == {k for k in ref if not k.startswith("fc.")}
+    with pytest.raises(ValueError, match=r"divisible by 32.*multiple of the encoder's stride"):
+        model(torch.randn(1, 3, 48, 64))
+
+
+def test_resnet_unet_drop_skip(no_network):
+    full = build_seg_model({"arch": "unet", "encoder": "resnet34"})
+    for drop, widths in (([0], 64), ([3], 256)):
+        ablated = build_seg_model({"arch": "unet", "encoder": "resnet34", "drop_skip": drop})
+        assert ablated.drop_skip == tuple(drop)
+        i = drop[0]
+        # decoder block i loses exactly the skip's channels
+        assert full.decoders[i][0].in_channels - ablated.decoders[i][0].in_channels == widths
+        assert _num_params(ablated) < _num_params(full)
+        assert ablated.eval()(torch.randn(1, 3, 64, 64))["out"].shape == (1, 7, 64, 64)
+    # a dropped skip really never reaches the decoder: changing that stage's features changes nothing
+    torch.manual_seed(0)
+    model = build_seg_model({"arch": "unet", "encoder": "resnet34", "drop_skip": [0]}).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base = model(x)["out"]
+        feats = model.encoder.stages(x)
+        model.encoder.stages = lambda inp: [torch.randn_like(feats[0])] + feats[1:]
+        assert torch.equal(model(x)["out"], base)
+        model.encoder.stages = lambda inp: [feats[0], torch.randn_like(feats[1])] + feats[2:]
+        assert not torch.equal(model(x)["out"], base)
+    with pytest.raises(ValueError, match=r"drop_skip index 4 is invalid.*0\.\.3"):
+        build_seg_model({"arch": "unet", "encoder": "resnet34", "drop_skip": [4]})
+
+
+def test_resnet_unet_encoder_weights_from_path_key_by_key(tmp_path, no_network):
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet34(weights=None).state_dict()  # torchvision's format, fc included
+    path = tmp_path / "r34.pth"
+    torch.save(ref, str(path))
+    model = build_seg_model({"arch": "unet", "encoder": "resnet34", "backbone_weights": str(path)})
+    encoder = model.encoder.state_dict()
+    for key, value in ref.items():
+        if not key.startswith("fc."):
+            assert torch.equal(encoder[key], value), key
+    bad = dict(ref)
+    bad.pop("layer4.1.bn2.running_mean")
+    bad["layer5.0.conv1.weight"] = torch.zeros(1)
+    torch.save(bad, str(tmp_path / "bad34.pth"))
+    with pytest.raises(ValueError, match=r"bad34\.pth.*resnet34.*layer4\.1\.bn2\.running_mean.*layer5\.0\.conv1"):
+        build_seg_model({"arch": "unet", "encoder": "resnet34", "backbone_weights": str(tmp_path / "bad34.pth")})
+    with pytest.raises(ValueError, match=r"unknown U-Net encoder 'resnet101'"):
+        build_seg_model({"arch": "unet", "encoder": "resnet101"})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import p2_unet
@@ -105,3 +106,112 @@ def test_hw1_2_obeys_the_script_rules(repo_root):
     for word in ("rm", "cp", "mv", "mkdir", "cd", "pip", "sudo", "CUDA_VISIBLE_DEVICES"):
         assert not any(tok == word for tok in code.replace('"', " ").split()), word
     assert "python3" in code
+
+
+# ------------------------------------------------------------------------ TTA and checkpoint ensembles
+class _TinySegmenter(torch.nn.Module):
+    """A position-dependent stand-in model (any input size): a 3x3 conv, so flips and scales change its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 7, 3, padding=1)
+
+    def forward(self, x):
+        return {"out": self.conv(x) * 3.0}
+
+
+def _reference_probs(model, images, scales, flip):
+    """Multi-scale (+ flip) probabilities written out directly with F.interpolate, for comparison."""
+    import torch.nn.functional as F
+
+    from utils.transforms import normalize
+
+    h, w = images.shape[-2:]
+    x = normalize(images)
+    views = []
+    for s in scales:
+        size = (int(h * s + 0.5), int(w * s + 0.5))
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                                     antialias=s < 1)
+        for flipped in ([False, True] if flip else [False]):
+            p = model(xs.flip(-1) if flipped else xs)["out"].softmax(1)
+            p = p.flip(-1) if flipped else p
+            if size != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False, antialias=s > 1)
+            views.append(p)
+    return torch.stack(views).mean(0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_multiscale_output_is_the_average_of_the_per_scale_outputs(flip):
+    from utils.predict import predict_probs
+
+    model = _TinySegmenter().eval()
+    config = {"arch": "deeplabv3"}  # input multiple 1: no padding
+    images = torch.randint(0, 256, (2, 3, 30, 42), dtype=torch.uint8)
+    scales = (0.75, 1.0, 1.25)
+    probs = predict_probs(model, images, config, tta=flip, scales=scales)
+    assert probs.shape == (2, 7, 30, 42)
+    with torch.no_grad():
+        expected = _reference_probs(model, images, scales, flip)
+    assert torch.allclose(probs, expected, atol=1e-6)
+    per_scale = torch.stack([predict_probs(model, images, config, tta=flip, scales=(s,)) for s in scales]).mean(0)
+    assert torch.allclose(probs, per_scale, atol=1e-6)
+    assert torch.allclose(probs.sum(1), torch.ones(2, 30, 42), atol=1e-5)
+    # the views really differ: averaging is not a no-op
+    assert not torch.allclose(per_scale, predict_probs(model, images, config, tta=flip), atol=1e-3)
+
+
+def test_ensemble_averages_members_and_plain_tta_flag_is_flip():
+    import p2_inference
+    from utils.predict import predict_ensemble, predict_probs
+
+    a, b = _TinySegmenter().eval(), _TinySegmenter().eval()
+    torch.nn.init.normal_(b.conv.weight)
+    images = torch.randint(0, 256, (1, 3, 16, 24), dtype=torch.uint8)
+    unet = {"arch": "unet", "depth": 3}  # b is treated as a U-Net: padded to multiples of 8, cropped back
+    mean = predict_ensemble([(a, {"arch": "fcn32s"}), (b, unet)], images, tta=True, scales=(1.0, 0.5))
+    each = [predict_probs(a, images, {"arch": "fcn32s"}, tta=True, scales=(1.0, 0.5)),
+            predict_probs(b, images, unet, tta=True, scales=(1.0, 0.5))]
+    assert torch.allclose(mean, (each[0] + each[1]) / 2, atol=1e-7)
+    parse = p2_inference.get_args_parser().parse_args
+    base = ["--input-dir", "x", "--output-dir", "y"]
+    assert parse(base).tta == () and parse(base + ["--tta"]).tta == ("flip",)
+    assert parse(base + ["--tta", "scale,flip"]).tta == ("flip", "scale")
+    assert parse(base + ["--checkpoint", "a.pth", "b.pth"]).checkpoint == [Path("a.pth"), Path("b.pth")]
+    with pytest.raises(SystemExit):
+        parse(base + ["--tta", "rotate"])
+
+
+def test_tta_flip_scale_with_two_checkpoints_writes_contract_valid_masks(toy_p2, trained, tmp_path, repo_root):
+    """`p2_inference.py --tta flip,scale --checkpoint A.pth B.pth`: a classic U-Net and a ResNet U-Net (different
+    input multiples, 8 and 32) averaged over 6 views each; masks RGB, input size, palette only, never red."""
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_seg_model
+    from utils.predict import SEG_KIND
+
+    checkpoint_a, _ = trained
+    config = {"arch": "unet", "num_classes": 7, "encoder": "resnet18", "drop_skip": [1], "backbone_weights": "none"}
+    torch.manual_seed(0)
+    checkpoint_b = tmp_path / "b.pth"
+    save_atomic(make_checkpoint(SEG_KIND, config, build_seg_model(config).state_dict()), checkpoint_b)
+    in_dir = tmp_path / "sat"
+    in_dir.mkdir()
+    for path in sorted((toy_p2 / "validation").glob("*_sat.jpg"))[:3]:
+        shutil.copy(str(path), str(in_dir / path.name))
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(str(in_dir / "0099_sat.jpg"))
+    out_dir = tmp_path / "masks"
+    proc = subprocess.run([sys.executable, "p2_inference.py", "--input-dir", str(in_dir), "--output-dir",
+                           str(out_dir), "--tta", "flip,scale", "--checkpoint", str(checkpoint_a), str(checkpoint_b),
+                           "--workers", "0"], cwd=str(repo_root), capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TQDM_DISABLE="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name.replace("_sat.jpg", "_mask.png")
+                                                               for p in in_dir.iterdir())
+    for path in out_dir.iterdir():
+        img = Image.open(path)
+        assert img.mode == "RGB" and path.name.endswith("_mask.png")
+        assert img.size == ((70, 50) if path.name == "0099_mask.png" else (64, 64))
+        assert _palette_only(path)

@@ -55,7 +55,8 @@ def pipeline(tmp_path_factory, repo_root):
     seg = ["--epochs", "2", "--batch-size", "4", "--crop-size", "64", "--workers", "0"]
     unet = _bash(repo_root, "p2_unet.sh", dict(env, NGPUS="2", DROP_SKIP="0 1"), *seg, "--base-width", "8",
                  "--depth", "2")
-    _bash(repo_root, "p2_deeplab.sh", env, *seg, "--backbone-weights", "none")
+    _bash(repo_root, "p2_deeplab.sh", env, *seg, "--weights", "none", "--encoder", "resnet50", "--output-stride",
+          "16")
     _bash(repo_root, "report.sh", env)
     (runs / "p2_unet.stdout").write_text(unet.stdout)
     return runs, report
@@ -197,3 +198,4 @@ def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, rep
     assert len(summary["dino_per_image_images_per_s"]) == 2
     assert summary["unet_torchrun_ok"] and summary["hw1_2_masks"] == summary["hw1_2_tiles"] == 6
     assert summary["hw1_2_seconds"] > 0
+    assert summary["tta_flip_scale_masks"] == 6 and summary["tta_flip_scale_seconds"] > 0

@@ -32,10 +32,11 @@ Measurements (``--only`` picks some):
   on the CPU with ``--cpu-amp`` bf16 where oneDNN has native bf16 kernels), foreach EMA
   (``ema_update``) and foreach SGD. Reference: fp32, contiguous memory, a per-parameter Python EMA loop and the
   default SGD. Both start from the same weights and inputs; ``loss_rel_diff`` compares their first-step losses.
-* ``finetune_step``: the Office-Home classifier (``utils.models.build_classifier``, 65 classes) on
+* ``finetune_step``: the Office-Home classifier (``utils.classify.build_classifier``, 65 classes) on
   ``--image-size`` px: forward, label-smoothed cross-entropy, backward, SGD.
 * ``seg_step_unet`` / ``seg_step_deeplab``: a training step of ``utils.models.build_seg_model`` (U-Net;
-  DeepLabV3-ResNet50 with its auxiliary head) on ``--seg-size`` px, batch ``--seg-batch-size``.
+  model B: DeepLabV3-ResNet101 at output stride 8 with its auxiliary head) on ``--seg-size`` px, batch
+  ``--seg-batch-size``.
 * ``inference``: what ``p2_inference.py`` does per batch: a checkpoint (random weights, ``--inference-arch``)
   written and reloaded with ``utils.predict.load_segmenter``, then ``predict_classes`` on uint8
   ``--seg-size`` images (image decoding and PNG writing are not included).
@@ -73,6 +74,9 @@ from utils.precision import amp_dtype, autocast, make_grad_scaler, maybe_compile
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.predict import SEG_KIND, load_segmenter, predict_classes
 
+# p2_deeplab.py's default model (random weights here): DeepLabV3-ResNet101, output stride 8, auxiliary head
+MODEL_B = {"arch": "deeplabv3", "num_classes": 7, "encoder": "resnet101", "output_stride": 8, "aux_loss": True,
+           "backbone_weights": "none"}
 MEASUREMENTS = ("aug_per_image", "aug_batched", "dino_step", "finetune_step", "seg_step_unet", "seg_step_deeplab",
                 "inference")
 
@@ -103,7 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg-batch-size", type=int, default=None,
                         help="segmentation / inference batch (default: 8 on CUDA, 2 on the CPU)")
     parser.add_argument("--inference-arch", choices=("unet", "deeplabv3"), default="deeplabv3",
-                        help="model of the inference measurement")
+                        help="model of the inference measurement (deeplabv3: model B, DeepLabV3-ResNet101 OS 8)")
     add_flag(parser, "--amp", True, " in the fast path")
     add_flag(parser, "--cpu-amp", more="in the fast path (the CPU figures of the README use it)")
     add_bool_flag(parser, "channels-last", True, "channels_last models and inputs in the fast path")
@@ -486,8 +490,7 @@ def measure_seg_step(name: str, config: Dict[str, Any], args: argparse.Namespace
 
 
 def measure_inference(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    config = {"arch": args.inference_arch, "num_classes": 7, "backbone": "resnet50", "aux_loss": True,
-              "backbone_weights": "none"}
+    config = dict(MODEL_B) if args.inference_arch == "deeplabv3" else {"arch": "unet", "num_classes": 7}
     torch.manual_seed(args.seed)
     model = build_seg_model(config)
     dtype = fast_amp_dtype(args, device)  # what p2_inference.py does on CUDA; on the CPU with --cpu-amp
@@ -529,9 +532,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         "dino_step": measure_dino_step,
         "finetune_step": measure_finetune_step,
         "seg_step_unet": lambda a, d: measure_seg_step("seg_step_unet", {"arch": "unet", "num_classes": 7}, a, d),
-        "seg_step_deeplab": lambda a, d: measure_seg_step(
-            "seg_step_deeplab", {"arch": "deeplabv3", "backbone": "resnet50", "aux_loss": True, "num_classes": 7,
-                                 "backbone_weights": "none"}, a, d),
+        "seg_step_deeplab": lambda a, d: measure_seg_step("seg_step_deeplab", MODEL_B, a, d),
         "inference": measure_inference,
     }
     out = None

@@ -26,7 +26,7 @@ from tools.download import (DEFAULT_MANIFEST, DownloadError, ManifestError, REPO
 from tools.presubmit import SIZE_LIMIT
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.classify import CLASSIFIER_KIND, classify, load_classifier
-from utils.predict import SEG_KIND, load_segmenter, predict_logits
+from utils.predict import SEG_KIND, load_segmenter, predict_probs
 
 KIND_OF_PROBLEM = {"1": CLASSIFIER_KIND, "2": SEG_KIND}
 # what each grading path reads from a checkpoint (utils/classify.py, utils/predict.py): nothing else ships
@@ -81,7 +81,7 @@ def same_predictions(original: Path, published: Path, kind: str) -> bool:
         else:
             model, ckpt = load_segmenter(path, device)
             images = torch.randint(0, 256, (1, 3, 64, 64), generator=generator, dtype=torch.uint8)
-            outputs.append(predict_logits(model, images, ckpt["model_config"]))
+            outputs.append(predict_probs(model, images, ckpt["model_config"]))
         generator.manual_seed(0)
     return torch.equal(outputs[0], outputs[1])
 

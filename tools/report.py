@@ -6,7 +6,10 @@
 Run folders are found by name inside the runs folder (the names the demo and ``scripts/`` use):
 ``p1_dino``, ``p1_A`` ... ``p1_E``, ``p1_tsne``, ``p2_unet``, ``p2_unet_noskip``, ``p2_deeplab``, ``p2_sam``, and
 the graded outputs ``grading_p1.json`` / ``grading_p2.json`` (written by ``python -m tools.report grade-*``, see
-below). A missing run is listed as "not run" instead of failing, so the report can be built as runs finish.
+below). A missing run is listed as "not run" instead of failing, so the report can be built as runs finish. Any
+other ``p2_*`` segmentation run (e.g. ``p2_unet_r34``, ``p2_deeplabv3plus``) goes into a "further models" table.
+Every segmentation row names its model from the run's saved config ("DeepLabV3-ResNet101 (COCO init, output
+stride 8)", "U-Net (ResNet-34 encoder, ImageNet)", ...).
 Every number is read from the runs' ``results.json`` / logs; every table says which data it comes from (generated
 by ``tools.toydata`` or the course's ``hw1_data``), judged from the run's ``--data-dir``.
 
@@ -200,11 +203,55 @@ def _iou_row(name: str, res: Dict[str, Any]) -> str:
                                           " | ".join(cells))
 
 
+def _weights_phrase(spec: Any) -> str:
+    """How a segmentation model was initialised, from its config's backbone_weights."""
+    if spec in (None, "none"):
+        return "random init"
+    if spec in ("imagenet", "coco"):
+        return {"imagenet": "ImageNet", "coco": "COCO init"}[spec]
+    return "init from {}".format(Path(str(spec)).name)
+
+
+def describe_model(config: Dict[str, Any]) -> str:
+    """A segmentation model's name and options from its saved config, e.g. "DeepLabV3-ResNet101 (COCO init,
+    output stride 8)" or "U-Net (ResNet-34 encoder, ImageNet)"."""
+    arch = config.get("arch")
+    if arch == "unet":
+        if config.get("encoder"):
+            text = "U-Net (ResNet-{} encoder, {}".format(str(config["encoder"])[len("resnet"):],
+                                                        _weights_phrase(config.get("backbone_weights")))
+        else:
+            text = "U-Net (from scratch, width {}, depth {}".format(config.get("base_width", 64),
+                                                                   config.get("depth", 4))
+    elif arch in ("deeplabv3", "deeplabv3plus"):
+        # configs written before "encoder"/"output_stride" existed: "backbone", output stride 16
+        encoder = config.get("encoder", config.get("backbone", "resnet50"))
+        weights = _weights_phrase(config.get("backbone_weights"))
+        if arch == "deeplabv3plus" and config.get("backbone_weights") == "coco":
+            weights = "COCO init of backbone + ASPP"
+        text = "{}-ResNet{} ({}, output stride {}".format("DeepLabV3+" if arch == "deeplabv3plus" else "DeepLabV3",
+                                                          str(encoder)[len("resnet"):], weights,
+                                                          config.get("output_stride", 16))
+        if config.get("aux_loss") is False:
+            text += ", no aux head"
+    elif arch == "fcn32s":
+        text = "VGG16-FCN32s ({}".format(_weights_phrase(config.get("backbone_weights")))
+    else:
+        return str(arch)
+    skips = config.get("drop_skip")
+    if skips:
+        text += ", skip{} {} dropped".format("s" if len(skips) > 1 else "", ", ".join(str(i) for i in skips))
+    return text + ")"
+
+
 def _p2_section(runs: Path, figs: _Figures) -> List[str]:
     out = ["## Problem 2: semantic segmentation", ""]
-    names = {"p2_unet": "U-Net (model A)", "p2_unet_noskip": "U-Net without skip connections",
-             "p2_deeplab": "DeepLabV3 (model B)"}
-    results = {k: _read_json(runs / k / "results.json") for k in names}
+    roles = {"p2_unet": "Model A", "p2_unet_noskip": "Model A, ablation", "p2_deeplab": "Model B"}
+    further = sorted(d.name for d in runs.glob("p2_*") if d.is_dir() and d.name not in roles
+                     and (d / "results.json").is_file() and "model_config" in (_read_json(d / "results.json") or {}))
+    results = {k: _read_json(runs / k / "results.json") for k in list(roles) + further}
+    names = {k: "{}: {}".format(roles.get(k, k), describe_model(results[k].get("model_config") or {}))
+             if results[k] is not None else roles[k] for k in results}
     header = ("| Model | val mIoU (best) | best epoch | " + " | ".join(CLASS_NAMES[:NUM_EVAL_CLASSES]) + " |",
               "|---|---|---|" + "---|" * NUM_EVAL_CLASSES)
 
@@ -215,11 +262,7 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
             return lines + ["_not run ({})_".format(", ".join(keys)), ""]
         lines += list(header)
         for k in present:
-            label = names[k]
-            skips = (results[k].get("model_config") or {}).get("drop_skip")
-            if skips:
-                label += " (dropped: {})".format(", ".join(str(s) for s in skips))
-            lines.append(_iou_row(label, results[k]))
+            lines.append(_iou_row(names[k], results[k]))
         missing = [k for k in keys if results[k] is None]
         lines += ["", "Per-class IoU at the best epoch; mIoU over the six classes as graded. Chance level (the best "
                   "constant prediction, graded the same way): {}.".format(_fmt(p2_chance(runs / present[0])))
@@ -229,6 +272,8 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
 
     out += table(["p2_unet", "p2_unet_noskip"], "U-Net and the skip-connection ablation")
     out += table(["p2_unet", "p2_deeplab"], "U-Net vs DeepLabV3")
+    if further:
+        out += table(further, "Further models (README: Beating the baselines)")
     for k, label in names.items():
         if results[k] is None:
             continue

@@ -109,7 +109,6 @@ FLAGS = {
     "--image-dir": ({"type": Path}, "folder of the csv's images"),
     "--max-images": ({"type": positive_int}, "use at most this many images (quick runs)"),
     "--knn-k": ({"type": positive_int}, "neighbours that vote in the k-NN"),
-    "--tta": ({}, "test-time augmentation"),
 }  # type: Dict[str, Tuple[Dict[str, Any], str]]
 
 

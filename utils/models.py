@@ -1,17 +1,21 @@
-"""Segmentation models: a U-Net baseline, DeepLabV3 (ResNet-50/101, output stride 16) and VGG16-FCN32s.
+"""Segmentation models: U-Nets (classic, or on a torchvision ResNet encoder), DeepLabV3 and DeepLabV3+
+(ResNet-50/101, output stride 8 or 16) and VGG16-FCN32s.
 
-Every model returns ``{"out": logits}`` of shape (B, num_classes, H, W) (DeepLabV3 with ``aux_loss``
-also returns ``"aux"``), so training, evaluation and inference share one output contract. Build models
+Every model returns ``{"out": logits}`` of shape (B, num_classes, H, W) (DeepLabV3/V3+ with ``aux_loss``
+also return ``"aux"``), so training, evaluation and inference share one output contract. Build models
 through ``build_seg_model(config)`` so that a checkpoint's saved config rebuilds the same network.
 
-Nothing here touches the network unless the caller explicitly asks for ``"imagenet"`` weights; a
-``backbone_weights`` value that is neither ``"none"`` nor ``"imagenet"`` is a local file path, and a
-file that cannot be loaded or does not match the backbone is an error, never a silent fallback.
+Nothing here touches the network unless the caller explicitly asks for ``"imagenet"`` or ``"coco"`` weights
+(``"coco"`` is read from the torch hub cache when the file is there); any other ``backbone_weights`` value
+than ``"none"`` is a local file path, and a file that cannot be loaded or does not match the model is an
+error naming the keys, never a silent fallback.
 """
 import inspect
+import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +24,21 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
-SEG_ARCHS = ("unet", "deeplabv3", "fcn32s")
+SEG_ARCHS = ("unet", "deeplabv3", "deeplabv3plus", "fcn32s")
+# DeepLab encoders: torchvision dilates only bottleneck ResNets (ResNet-18/34 refuse dilation)
 RESNET_BACKBONES = ("resnet50", "resnet101")
+UNET_ENCODERS = ("resnet18", "resnet34", "resnet50")
 
-# Output stride 16 follows the DeepLabV3 paper's rates (6, 12, 18); torchvision's (12, 24, 36) are
-# meant for its output stride 8 and would reach past a 32x32 feature map of a 512x512 tile.
+# ASPP rates per output stride. Stride 8 with (12, 24, 36) is torchvision's deeplabv3_resnet* as published
+# (its COCO weights were trained so); stride 16 with (6, 12, 18) is the DeepLabV3 paper's training setting.
+# Both reach the same image area: rate x stride = 96, 192, 288 px.
 DEEPLAB_OS16_ATROUS_RATES = (6, 12, 18)
+DEEPLAB_OS8_ATROUS_RATES = (12, 24, 36)
+DEEPLAB_ATROUS_RATES = {8: DEEPLAB_OS8_ATROUS_RATES, 16: DEEPLAB_OS16_ATROUS_RATES}
+# layer2/layer3/layer4 strides replaced by dilation for each output stride
+_RESNET_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+# The 21-class final 1x1 convs of torchvision's DeepLabV3 (main and auxiliary head): always re-made
+DEEPLAB_FINAL_CONVS = ("classifier.4.", "aux_classifier.4.")
 
 # Keys that wrap a state_dict inside a checkpoint, in order of preference: DINO saves both "teacher"
 # and "student", and the teacher (EMA) network is the one its authors evaluate and publish.
@@ -52,6 +65,32 @@ class DoubleConv(nn.Sequential):
         )
 
 
+def _check_drop_skip(drop_skip: Union[int, Iterable[int]], num_skips: int, model: str, context: str) -> Tuple[int, ...]:
+    """Validate skip indices 0..num_skips-1 (0 = shallowest); returns them sorted and unique."""
+    if isinstance(drop_skip, int):  # a lone index from a config file
+        drop_skip = (drop_skip,)
+    drops = []
+    for index in drop_skip:
+        # bool is an int subclass; True would silently mean skip 1
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_skips:
+            raise ValueError("{} drop_skip index {!r} is invalid: valid skip indices are 0..{} "
+                             "(0 = shallowest, {} = deepest) {}".format(
+                                 model, index, num_skips - 1, num_skips - 1, context))
+        drops.append(index)
+    return tuple(sorted(set(drops)))
+
+
+def _check_input_multiple(x: Tensor, multiple: int, model: str, rule: str) -> None:
+    """Raise ValueError unless x is (B, C, H, W) with H and W multiples of ``multiple``."""
+    if x.dim() != 4:
+        raise ValueError("{} expects a (B, C, H, W) tensor, got shape {}".format(model, tuple(x.shape)))
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if height % multiple or width % multiple:
+        raise ValueError("{} needs input height and width divisible by {}, got {}x{}; "
+                         "pad the input to a multiple of {} = {}".format(model, multiple, height, width, rule,
+                                                                         multiple))
+
+
 class UNet(nn.Module):
     """Classic U-Net (Ronneberger et al. 2015) with BatchNorm and same-padding convs.
 
@@ -75,21 +114,11 @@ class UNet(nn.Module):
                                  ("base_width", base_width, 1), ("depth", depth, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError("UNet {} must be an integer >= {}, got {!r}".format(name, low, value))
-        if isinstance(drop_skip, int):  # a lone index from a config file
-            drop_skip = (drop_skip,)
-        drops = []
-        for index in drop_skip:
-            # bool is an int subclass; True would silently mean skip 1
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
-                raise ValueError("UNet drop_skip index {!r} is invalid: valid skip indices are 0..{} "
-                                 "(0 = shallowest, {} = deepest) for depth {}".format(
-                                     index, depth - 1, depth - 1, depth))
-            drops.append(index)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
         self.bilinear = bool(bilinear)
-        self.drop_skip = tuple(sorted(set(drops)))
+        self.drop_skip = _check_drop_skip(drop_skip, depth, "UNet", "for depth {}".format(depth))
 
         widths = [base_width * 2 ** i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
@@ -117,14 +146,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """Return ``{"out": logits}`` of shape (B, num_classes, H, W); H and W must divide by 2**depth."""
-        if x.dim() != 4:
-            raise ValueError("UNet expects a (B, C, H, W) tensor, got shape {}".format(tuple(x.shape)))
-        multiple = 2 ** self.depth
-        height, width = int(x.shape[-2]), int(x.shape[-1])
-        if height % multiple or width % multiple:
-            raise ValueError("UNet with depth {} needs input height and width divisible by {}, got {}x{}; "
-                             "pad the input to a multiple of 2**depth = {}".format(
-                                 self.depth, multiple, height, width, multiple))
+        _check_input_multiple(x, 2 ** self.depth, "UNet with depth {}".format(self.depth), "2**depth")
         skips = []  # type: List[Tensor]
         for encoder in self.encoders:
             x = encoder(x)
@@ -143,16 +165,7 @@ class UNet(nn.Module):
 def load_resnet_state_dict(path: PathLike) -> Dict[str, Tensor]:
     """Load a ResNet state_dict from a local checkpoint, unwrapped, de-prefixed, without fc./head. keys."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError("backbone weights file not found: {}".format(path))
-    if not path.is_file():
-        raise ValueError("backbone weights path is not a file: {}".format(path))
-    try:
-        obj = _torch_load_weights_only(path)
-    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise ValueError("cannot load backbone weights from {} (corrupt, truncated or not a torch file: "
-                         "{}: {})".format(path, type(exc).__name__, exc)) from exc
-    state = _unwrap_state_dict(obj, path)
+    state = _unwrap_state_dict(_read_weights_file(path, "backbone weights"), path)
 
     result = OrderedDict()  # type: Dict[str, Tensor]
     origin = {}  # type: Dict[str, str]
@@ -174,6 +187,19 @@ def load_resnet_state_dict(path: PathLike) -> Dict[str, Tensor]:
     if not result:
         raise ValueError("backbone weights from {} contain no tensors after dropping fc./head. keys".format(path))
     return result
+
+
+def _read_weights_file(path: Path, what: str) -> Any:
+    """torch.load a local weights file (weights only); a missing, non-file or corrupt path is a one-line error."""
+    if not path.exists():
+        raise FileNotFoundError("{} file not found: {}".format(what, path))
+    if not path.is_file():
+        raise ValueError("{} path is not a file: {}".format(what, path))
+    try:
+        return _torch_load_weights_only(path)
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise ValueError("cannot load {} from {} (corrupt, truncated or not a torch file: "
+                         "{}: {})".format(what, path, type(exc).__name__, exc)) from exc
 
 
 def _torch_load_weights_only(path: Path) -> Any:
@@ -242,32 +268,41 @@ def load_backbone_weights(
 ) -> None:
     """Load ``state_dict`` into ``backbone`` after checking key names and shapes match exactly."""
     arch = arch or getattr(backbone, "arch", type(backbone).__name__)
-    expected = backbone.state_dict()
+    _check_state_dict(backbone.state_dict(), state_dict, "backbone weights from {}".format(source), arch)
+    # a fresh dict carries no _metadata, so BatchNorm fills in any missing num_batches_tracked
+    backbone.load_state_dict(OrderedDict(state_dict), strict=True)
+
+
+def _check_state_dict(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], what: str,
+                      target: str) -> None:
+    """Raise ValueError naming every missing, unexpected and mis-shaped key of ``state_dict`` vs ``expected``."""
     # BatchNorm's counter is not a weight and older checkpoints lack it; torch itself refills it when a
     # state_dict carries no version metadata, so only those keys may be missing.
     missing = sorted(k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state_dict if k not in expected)
     if missing or unexpected:
-        raise ValueError("backbone weights from {} do not match {}: missing {} unexpected {}".format(
-            source, arch, _preview(missing), _preview(unexpected)))
+        raise ValueError("{} do not match {}: missing {} unexpected {}".format(
+            what, target, _preview(missing), _preview(unexpected)))
     bad_shapes = ["{} {} vs expected {}".format(k, tuple(v.shape), tuple(expected[k].shape))
                   for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if bad_shapes:
-        raise ValueError("backbone weights from {} do not match {}: shape mismatch in {}".format(
-            source, arch, _preview(bad_shapes)))
-    # a fresh dict carries no _metadata, so BatchNorm fills in any missing num_batches_tracked
-    backbone.load_state_dict(OrderedDict(state_dict), strict=True)
+        raise ValueError("{} do not match {}: shape mismatch in {}".format(what, target, _preview(bad_shapes)))
 
 
-# ----------------------------------------------------------------------------------------- DeepLabV3
+# ------------------------------------------------------------------------------------- ResNet encoders
 class ResNetFeatures(nn.Module):
-    """ResNet stem and stages returning {"out": layer4, "aux": layer3}; parameter names match torchvision."""
+    """ResNet stem and stages; parameter names match torchvision's ResNet (minus ``fc``) and its DeepLabV3.
 
-    def __init__(self, resnet: nn.Module, arch: str, return_aux: bool = True) -> None:
+    ``forward`` returns {"out": layer4, "aux": layer3 (``return_aux``), "low": layer1 (``return_low``)};
+    ``stages`` returns all five feature maps, shallowest first (the ResNet U-Net's skips and bottleneck).
+    """
+
+    def __init__(self, resnet: nn.Module, arch: str, return_aux: bool = True, return_low: bool = False) -> None:
         """Take over the stem and layer1..4 of a torchvision ResNet (avgpool and fc are dropped)."""
         super().__init__()
         self.arch = arch
         self.return_aux = return_aux
+        self.return_low = return_low
         # same attribute names as torchvision's ResNet so its state_dict (minus fc.*) loads as is
         self.conv1 = resnet.conv1
         self.bn1 = resnet.bn1
@@ -277,19 +312,112 @@ class ResNetFeatures(nn.Module):
         self.layer2 = resnet.layer2
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
+        # channels of stem, layer1..layer4: (64, 64, 128, 256, 512) for ResNet-18/34, (64, 256, ..., 2048) for 50/101
+        last_bns = [layer[-1].bn3 if hasattr(layer[-1], "bn3") else layer[-1].bn2
+                    for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.channels = [self.bn1.num_features] + [bn.num_features for bn in last_bns]
+
+    def stages(self, x: Tensor) -> List[Tensor]:
+        """[stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)]; dilation keeps later strides."""
+        stem = self.relu(self.bn1(self.conv1(x)))
+        c1 = self.layer1(self.maxpool(stem))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return [stem, c1, c2, c3, self.layer4(c3)]
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        """Return layer4 features as "out" (and layer3 as "aux" when enabled)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        aux = self.layer3(x)
+        """Return layer4 features as "out" (and layer3 as "aux", layer1 as "low" when enabled)."""
+        _, low, _, aux, out = self.stages(x)
         result = OrderedDict()  # type: Dict[str, Tensor]
-        result["out"] = self.layer4(aux)
+        result["out"] = out
         if self.return_aux:
             result["aux"] = aux
+        if self.return_low:
+            result["low"] = low
         return result
 
 
+def build_resnet_features(arch: str, weights: Union[str, Path, None] = "none", output_stride: int = 32,
+                          return_aux: bool = False, return_low: bool = False) -> ResNetFeatures:
+    """A torchvision ResNet's stem and stages, dilated to ``output_stride`` (8, 16 or 32), initialised from
+    ``weights``: "none" (random, no download), "imagenet" (torchvision's IMAGENET1K_V1, downloaded once to the
+    torch cache) or a local ResNet state_dict path (see ``load_resnet_state_dict``; keys checked exactly)."""
+    if arch not in CLASSIFIER_BACKBONES:
+        raise ValueError("unknown ResNet encoder {!r}; valid: {}".format(arch, list(CLASSIFIER_BACKBONES)))
+    if output_stride not in _RESNET_DILATION:
+        raise ValueError("output_stride must be one of {}, got {!r}".format(sorted(_RESNET_DILATION), output_stride))
+    spec = _normalise_weights_spec(weights)
+    if spec == "coco":
+        raise ValueError("'coco' weights exist for DeepLabV3 only; a {} encoder takes 'imagenet', 'none' or a "
+                         "local ResNet state_dict PATH".format(arch))
+    enum = None
+    if spec == "imagenet":
+        enum = getattr(torchvision.models, "ResNet{}_Weights".format(arch[len("resnet"):])).IMAGENET1K_V1
+    dilation = _RESNET_DILATION[output_stride]
+    resnet = getattr(torchvision.models, arch)(weights=enum, replace_stride_with_dilation=dilation)
+    features = ResNetFeatures(resnet, arch, return_aux=return_aux, return_low=return_low)
+    if spec not in ("none", "imagenet"):
+        load_backbone_weights(features, load_resnet_state_dict(spec), source=spec, arch=arch)
+    return features
+
+
+# ------------------------------------------------------------------------------------ ResNet U-Net
+class ResNetUNet(nn.Module):
+    """U-Net decoder on a torchvision ResNet encoder (the layout of segmentation_models_pytorch's Unet).
+
+    Skip ``i`` (0 = shallowest) carries encoder stage i to the decoder: 0 = stem (1/2), 1 = layer1 (1/4),
+    2 = layer2 (1/8), 3 = layer3 (1/16); layer4 (1/32) is the bottleneck. Each decoder block upsamples x2
+    (bilinear), concatenates its skip (unless listed in ``drop_skip``) and applies a DoubleConv; a last block
+    without skip returns to full resolution before the 1x1 classifier. Inputs must be multiples of 32.
+    """
+
+    DECODER_CHANNELS = (256, 128, 64, 32, 16)  # blocks for skips 3, 2, 1, 0, then full resolution
+    MULTIPLE = 32
+
+    def __init__(self, encoder: ResNetFeatures, num_classes: int = 7, drop_skip: Iterable[int] = ()) -> None:
+        """Build the decoder for ``encoder`` (its ``channels`` give the skip widths)."""
+        super().__init__()
+        _check_num_classes(num_classes)
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.drop_skip = _check_drop_skip(drop_skip, 4, "ResNet U-Net", "for a ResNet encoder (0 = stem, "
+                                          "1..3 = layer1..layer3)")
+        ch = encoder.channels
+        skip_widths = [0 if i in self.drop_skip else ch[i] for i in range(4)]
+        dec = self.DECODER_CHANNELS
+        # decoders[i] joins skip i; it runs deepest first (3, 2, 1, 0)
+        ins = {3: ch[4], 2: dec[0], 1: dec[1], 0: dec[2]}
+        outs = {3: dec[0], 2: dec[1], 1: dec[2], 0: dec[3]}
+        self.decoders = nn.ModuleList([DoubleConv(ins[i] + skip_widths[i], outs[i]) for i in range(4)])
+        self.final = DoubleConv(dec[3], dec[4])
+        self.head = nn.Conv2d(dec[4], num_classes, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        """Return ``{"out": logits}`` of shape (B, num_classes, H, W); H and W must divide by 32."""
+        _check_input_multiple(x, self.MULTIPLE, "U-Net with a {} encoder".format(self.encoder.arch),
+                              "the encoder's stride")
+        feats = self.encoder.stages(x)
+        y = feats[4]
+        for i in reversed(range(4)):
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if i not in self.drop_skip:
+                y = torch.cat([feats[i], y], dim=1)
+            y = self.decoders[i](y)
+        y = self.final(F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False))
+        return {"out": self.head(y)}
+
+
+def build_resnet_unet(encoder: str = "resnet34", num_classes: int = 7, drop_skip: Iterable[int] = (),
+                      encoder_weights: Union[str, Path, None] = "none") -> ResNetUNet:
+    """U-Net on a ResNet-18/34/50 encoder; ``encoder_weights`` as ``build_resnet_features``."""
+    if encoder not in UNET_ENCODERS:
+        raise ValueError("unknown U-Net encoder {!r}; valid: {}".format(encoder, list(UNET_ENCODERS)))
+    _check_num_classes(num_classes)
+    _check_drop_skip(drop_skip, 4, "ResNet U-Net", "for a ResNet encoder")  # before any download
+    return ResNetUNet(build_resnet_features(encoder, encoder_weights), num_classes, drop_skip)
+
+
+# --------------------------------------------------------------------------------- DeepLabV3 / V3+
 def _deeplab_head(in_channels: int, num_classes: int, rates: Sequence[int]) -> nn.Module:
     """torchvision's DeepLabHead (ASPP + image pooling) with the given atrous rates."""
     if "atrous_rates" in inspect.signature(DeepLabHead.__init__).parameters:
@@ -300,37 +428,164 @@ def _deeplab_head(in_channels: int, num_classes: int, rates: Sequence[int]) -> n
     return head
 
 
+class DeepLabV3Plus(nn.Module):
+    """DeepLabV3+ (Chen et al. 2018): DeepLabV3's ASPP on layer4, plus a decoder that joins the upsampled
+    ASPP output with layer1's features (1x1 conv to 48 channels) through two 3x3 convs (256 channels), then
+    a 1x1 classifier and bilinear x4 upsampling to the input size. Optional FCN auxiliary head on layer3.
+
+    Module names: ``backbone`` (torchvision ResNet names), ``aspp`` (torchvision's ASPP, the same tensors as
+    DeepLabV3's ``classifier.0``), ``low_project``, ``decoder``, ``classifier``, ``aux_classifier``.
+    """
+
+    def __init__(self, backbone: ResNetFeatures, num_classes: int, atrous_rates: Sequence[int],
+                 aux_classifier: Optional[nn.Module] = None) -> None:
+        """``backbone`` must return "out" (layer4) and "low" (layer1), and "aux" when ``aux_classifier`` is set."""
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = ASPP(backbone.channels[4], list(atrous_rates))
+        self.low_project = nn.Sequential(nn.Conv2d(backbone.channels[1], 48, 1, bias=False), nn.BatchNorm2d(48),
+                                         nn.ReLU(inplace=True))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(256 + 48, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True))
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+        self.aux_classifier = aux_classifier
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        """Return {"out": logits} (and "aux") at the input's H x W."""
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        low = self.low_project(feats["low"])
+        y = F.interpolate(self.aspp(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.classifier(self.decoder(torch.cat([y, low], dim=1)))
+        result = OrderedDict()  # type: Dict[str, Tensor]
+        result["out"] = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        if self.aux_classifier is not None:
+            aux = self.aux_classifier(feats["aux"])
+            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+        return result
+
+
 def build_deeplabv3(
-    backbone: str = "resnet50",
+    encoder: str = "resnet101",
     num_classes: int = 7,
     aux_loss: bool = True,
-    backbone_weights: Optional[str] = "none",
-    atrous_rates: Sequence[int] = DEEPLAB_OS16_ATROUS_RATES,
+    weights: Union[str, Path, None] = "none",
+    output_stride: int = 8,
+    plus: bool = False,
 ) -> nn.Module:
-    """DeepLabV3 on a dilated ResNet (output stride 16) with an FCN auxiliary head on layer3.
+    """DeepLabV3 (or with ``plus`` DeepLabV3+) on a dilated ResNet-50/101 with an FCN auxiliary head on layer3.
 
-    ``backbone_weights``: "none" (random init, no download), "imagenet" (torchvision's
-    IMAGENET1K_V1, downloaded to the torch cache) or a local checkpoint path (see
-    ``load_resnet_state_dict``). Returns {"out", "aux"} (just "out" when ``aux_loss`` is False).
+    ``output_stride`` 8 (ASPP rates 12/24/36, torchvision's published architecture) or 16 (6/12/18).
+    ``weights``: "none" (random, no download); "imagenet" (torchvision's ImageNet ResNet for the backbone,
+    heads random); "coco" (torchvision's COCO-with-VOC-labels DeepLabV3 of the same depth, from the torch hub
+    cache or downloaded there: everything but the two 21-class final convs, which are re-made for
+    ``num_classes``; for V3+ only backbone, ASPP and the auxiliary head's first conv + BN, see
+    ``load_deeplab_weights``); or a PATH to a local file in that same format. Returns {"out", "aux"} (just
+    "out" when ``aux_loss`` is False).
     """
-    if backbone not in RESNET_BACKBONES:
-        raise ValueError("unknown DeepLabV3 backbone {!r}; valid: {}".format(backbone, list(RESNET_BACKBONES)))
+    if encoder not in RESNET_BACKBONES:
+        raise ValueError("unknown DeepLabV3 encoder {!r}; valid: {}".format(encoder, list(RESNET_BACKBONES)))
+    if output_stride not in DEEPLAB_ATROUS_RATES:
+        raise ValueError("DeepLabV3 output_stride must be 8 or 16, got {!r}".format(output_stride))
     _check_num_classes(num_classes)
-    weights_spec = _normalise_weights_spec(backbone_weights)
-    builder = getattr(torchvision.models, backbone)
-    weights = None
-    if weights_spec == "imagenet":
-        enum = torchvision.models.ResNet50_Weights if backbone == "resnet50" else torchvision.models.ResNet101_Weights
-        weights = enum.IMAGENET1K_V1
-    # stride kept in layer2/layer3 and dilated only in layer4 -> output stride 16, not torchvision's 8
-    resnet = builder(weights=weights, replace_stride_with_dilation=[False, False, True])
-    features = ResNetFeatures(resnet, backbone, return_aux=bool(aux_loss))
-    if weights_spec not in ("none", "imagenet"):
-        state = load_resnet_state_dict(weights_spec)
-        load_backbone_weights(features, state, source=str(weights_spec), arch=backbone)
-    classifier = _deeplab_head(2048, num_classes, atrous_rates)
-    aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
-    return DeepLabV3(features, classifier, aux_classifier)
+    spec = _normalise_weights_spec(weights)
+    state = None  # type: Optional[Mapping[str, Tensor]]
+    if spec == "coco":
+        state, source = load_deeplab_state_dict(coco_weights_path(encoder, download=True)), "coco"
+    elif spec not in ("none", "imagenet"):
+        state, source = load_deeplab_state_dict(spec), spec  # read (and fail) before building
+    features = build_resnet_features(encoder, "imagenet" if spec == "imagenet" else "none", output_stride,
+                                     return_aux=bool(aux_loss), return_low=plus)
+    rates = DEEPLAB_ATROUS_RATES[output_stride]
+    aux_classifier = FCNHead(features.channels[3], num_classes) if aux_loss else None
+    if plus:
+        model = DeepLabV3Plus(features, num_classes, rates, aux_classifier)  # type: nn.Module
+    else:
+        model = DeepLabV3(features, _deeplab_head(features.channels[4], num_classes, rates), aux_classifier)
+    if state is not None:
+        load_deeplab_weights(model, state, source=source, arch="deeplabv3_" + encoder)
+    return model
+
+
+def coco_weights_path(encoder: str, download: bool = False) -> Path:
+    """Where torchvision keeps its COCO-with-VOC-labels DeepLabV3 weights: TORCH_HOME's hub/checkpoints/<file>.
+
+    With ``download`` a missing file is fetched there through torchvision (hash checked); when that fails
+    (no network), FileNotFoundError says where to put the file or to pass a PATH instead.
+    """
+    from torchvision.models import segmentation
+
+    enum = getattr(segmentation, "DeepLabV3_ResNet{}_Weights".format(encoder[len("resnet"):]))
+    weights = enum.COCO_WITH_VOC_LABELS_V1
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if download and not path.is_file():
+        try:
+            weights.get_state_dict(progress=True, check_hash=True)  # torch.hub saves it at exactly ``path``
+        except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch, ...
+            raise FileNotFoundError(
+                "COCO DeepLabV3-{} weights not in the torch cache and the download from {} failed ({}: {}); put "
+                "the file at {} or pass --weights PATH".format(encoder, weights.url, type(exc).__name__,
+                                                               str(exc).splitlines()[0] if str(exc) else "",
+                                                               path)) from None
+        if not path.is_file():
+            raise FileNotFoundError("COCO DeepLabV3-{} weights were downloaded but are not at {}; put the file "
+                                    "there or pass --weights PATH".format(encoder, path))
+    return path
+
+
+def load_deeplab_state_dict(path: PathLike) -> Dict[str, Tensor]:
+    """A torchvision DeepLabV3 state_dict from a local file (weights only; a ``module.`` prefix is stripped)."""
+    path = Path(path)
+    state = _unwrap_state_dict(_read_weights_file(path, "DeepLabV3 weights"), path)
+    result = OrderedDict()  # type: Dict[str, Tensor]
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise ValueError("DeepLabV3 weights from {}: entry {!r} is not a named tensor".format(path, key))
+        result[key[len("module."):] if key.startswith("module.") else key] = value.detach().cpu()
+    return result
+
+
+def _deeplab_loadable(model: nn.Module) -> Tuple[Callable[[str], bool], Dict[str, str], Tuple[str, ...]]:
+    """For a model, which of its keys come from a torchvision DeepLabV3 state_dict, how file keys are renamed
+    onto it, and which file key prefixes are dropped (not used by this model)."""
+    dropped = DEEPLAB_FINAL_CONVS
+    if getattr(model, "aux_classifier", None) is None:
+        dropped = dropped + ("aux_classifier.",)
+    if isinstance(model, DeepLabV3Plus):
+        # the V3 head's 3x3 conv + BN (classifier.1/.2) has no counterpart in the V3+ decoder
+        return ((lambda k: k.startswith(("backbone.", "aspp.", "aux_classifier.0.", "aux_classifier.1."))),
+                {"classifier.0.": "aspp."}, dropped + ("classifier.1.", "classifier.2."))
+    return (lambda k: not k.startswith(DEEPLAB_FINAL_CONVS)), {}, dropped
+
+
+def load_deeplab_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the given state_dict",
+                         arch: str = "deeplabv3") -> None:
+    """Load a torchvision DeepLabV3 state_dict (any number of classes) into a DeepLabV3 / DeepLabV3+ of ours.
+
+    The file's final 1x1 convs (``classifier.4``, ``aux_classifier.4``) are dropped and stay as initialised;
+    every other file key must match a model key exactly (names and shapes; missing/unexpected keys are named).
+    DeepLabV3+: backbone, ASPP (``classifier.0`` -> ``aspp``) and the auxiliary head's conv + BN load; the V3
+    head's 3x3 conv (``classifier.1/2``) is dropped; ``low_project``, ``decoder`` and ``classifier`` stay random.
+    Without an auxiliary head the file's ``aux_classifier.*`` is dropped.
+    """
+    loadable, renames, dropped = _deeplab_loadable(model)
+    state = OrderedDict()  # type: Dict[str, Tensor]
+    for key, value in state_dict.items():
+        if key.startswith(dropped):
+            continue
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        state[key] = value
+    own = model.state_dict()
+    expected = OrderedDict((k, v) for k, v in own.items() if loadable(k))
+    _check_state_dict(expected, state, "DeepLabV3 weights from {}".format(source), arch)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    left = sorted(k for k in missing if loadable(k) and not k.endswith("num_batches_tracked"))
+    if unexpected or left:  # cannot happen after the check above; a guard against a torch behaviour change
+        raise ValueError("DeepLabV3 weights from {} did not load: missing {} unexpected {}".format(
+            source, _preview(left), _preview(sorted(unexpected))))
 
 
 # -------------------------------------------------------------------------------------------- FCN32s
@@ -365,7 +620,7 @@ def build_fcn32s(num_classes: int = 7, backbone_weights: Optional[str] = "none")
     weights_spec = _normalise_weights_spec(backbone_weights)
     if weights_spec not in ("none", "imagenet"):
         raise ValueError("fcn32s supports backbone_weights 'none' or 'imagenet' only, got {!r} "
-                         "(local checkpoint paths are supported for deeplabv3 ResNet backbones)".format(
+                         "('coco' and local weight files are supported for the ResNet models)".format(
                              backbone_weights))
     weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1 if weights_spec == "imagenet" else None
     vgg = torchvision.models.vgg16(weights=weights)
@@ -389,13 +644,13 @@ def _check_num_classes(num_classes: int) -> None:
 
 
 def _normalise_weights_spec(backbone_weights: Union[str, Path, None]) -> str:
-    """Map None to "none" and reject non-string specs; "none"/"imagenet" are reserved words."""
+    """Map None to "none" and reject non-string specs; "none", "imagenet" and "coco" are reserved words."""
     if backbone_weights is None:
         return "none"
     if isinstance(backbone_weights, Path):
         return str(backbone_weights)
     if not isinstance(backbone_weights, str) or not backbone_weights:
-        raise ValueError("backbone_weights must be 'none', 'imagenet' or a file path, got {!r}".format(
+        raise ValueError("backbone_weights must be 'none', 'imagenet', 'coco' or a file path, got {!r}".format(
             backbone_weights))
     return backbone_weights
 
@@ -411,50 +666,69 @@ def _arch_of(config: Mapping[str, Any]) -> str:
 def build_seg_model(config: Mapping[str, Any]) -> nn.Module:
     """Build the model that ``config`` describes; training and inference both go through here.
 
-    Keys: "arch" (one of SEG_ARCHS), "num_classes" (7); unet: "base_width" (64), "depth" (4),
-    "drop_skip" (()), "bilinear" (False); deeplabv3: "backbone" ("resnet50"), "aux_loss" (True),
-    "backbone_weights" ("none"); fcn32s: "backbone_weights" ("none"). Other keys are ignored, so a
-    whole training config may be passed. To rebuild a trained model from a checkpoint, the caller
-    passes the saved config with "backbone_weights" forced to "none" (the checkpoint's state_dict
-    supplies every weight, and nothing must be downloaded or read from the original weights path).
+    Keys: "arch" (one of SEG_ARCHS), "num_classes" (7), "backbone_weights" ("none"; the initial weights:
+    "none", "imagenet", "coco" for DeepLab, or a file path). unet: "encoder" (absent or None: the classic
+    U-Net with "base_width" (64), "depth" (4), "bilinear" (False); or one of UNET_ENCODERS), "drop_skip" (()).
+    deeplabv3 / deeplabv3plus: "encoder" ("resnet50"; configs written before it existed say "backbone"),
+    "output_stride" (16 when absent: configs written before it existed were OS16), "aux_loss" (True).
+    Other keys are ignored, so a whole training config may be passed. To rebuild a trained model from a
+    checkpoint, the caller passes the saved config with "backbone_weights" forced to "none" (the checkpoint's
+    state_dict supplies every weight, and nothing must be downloaded or read from the original weights path).
     """
     arch = _arch_of(config)
     num_classes = config.get("num_classes", 7)
+    weights = config.get("backbone_weights", "none")
+    drop_skip = config.get("drop_skip") if config.get("drop_skip") is not None else ()
+    if arch == "unet" and config.get("encoder") is not None:
+        return build_resnet_unet(config["encoder"], num_classes, drop_skip, weights)
     if arch == "unet":
         return UNet(
             in_channels=config.get("in_channels", 3),
             num_classes=num_classes,
             base_width=config.get("base_width", 64),
             depth=config.get("depth", 4),
-            drop_skip=config.get("drop_skip") if config.get("drop_skip") is not None else (),
+            drop_skip=drop_skip,
             bilinear=bool(config.get("bilinear", False)),
         )
-    if arch == "deeplabv3":
+    if arch in ("deeplabv3", "deeplabv3plus"):
         return build_deeplabv3(
-            backbone=config.get("backbone", "resnet50"),
+            encoder=config.get("encoder", config.get("backbone", "resnet50")),
             num_classes=num_classes,
             aux_loss=bool(config.get("aux_loss", True)),
-            backbone_weights=config.get("backbone_weights", "none"),
+            weights=weights,
+            output_stride=int(config.get("output_stride", 16)),
+            plus=arch == "deeplabv3plus",
         )
-    return build_fcn32s(num_classes=num_classes, backbone_weights=config.get("backbone_weights", "none"))
+    return build_fcn32s(num_classes=num_classes, backbone_weights=weights)
 
 
 def input_multiple(config: Mapping[str, Any]) -> int:
-    """Size multiple the model's input H and W must have: 2**depth for unet, 1 for the others."""
+    """Size multiple the model's input H and W must have: 2**depth (classic) or 32 (ResNet encoder) for unet,
+    1 for the others."""
     arch = _arch_of(config)
     if arch == "unet":
+        if config.get("encoder") is not None:
+            return ResNetUNet.MULTIPLE
         return 2 ** int(config.get("depth", 4))
-    # DeepLabV3 and FCN32s interpolate their logits back to the input size, so any size works
+    # DeepLabV3(+) and FCN32s interpolate their logits back to the input size, so any size works
     return 1
 
 
 __all__ = [
     "SEG_ARCHS",
     "RESNET_BACKBONES",
+    "UNET_ENCODERS",
     "UNet",
+    "ResNetUNet",
+    "DeepLabV3Plus",
     "FCN32s",
     "ResNetFeatures",
+    "build_resnet_features",
+    "build_resnet_unet",
     "build_deeplabv3",
+    "coco_weights_path",
+    "load_deeplab_state_dict",
+    "load_deeplab_weights",
     "build_fcn32s",
     "build_seg_model",
     "input_multiple",

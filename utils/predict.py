@@ -1,6 +1,6 @@
 """Segmentation prediction shared by training snapshots, ``p2_inference.py`` and ``p2_sam.py``."""
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,12 @@ SEG_KIND = "p2_segmentation"
 
 def load_segmenter(path: Union[str, Path], device: torch.device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Rebuild a segmentation model from one of our checkpoints alone (no flags, no download)."""
-    return load_model(path, SEG_KIND, lambda config: build_seg_model(dict(config, backbone_weights="none")), device)
+    model, ckpt = load_model(path, SEG_KIND, lambda config: build_seg_model(dict(config, backbone_weights="none")),
+                             device)
+    if getattr(model, "aux_classifier", None) is not None:  # DeepLab's training-only head: ~4% of the FLOPs
+        model.aux_classifier = None
+        model.backbone.return_aux = False
+    return model, ckpt
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -28,23 +33,73 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, config: Dict[str, Any],
-                   amp_dtype: Optional[torch.dtype] = None, tta: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) on the model's device -> float class probabilities (B, C, H, W)."""
-    device = images.device
-    h, w = images.shape[-2:]
-    x = _pad_to_multiple(normalize(images), input_multiple(config))
-    if device.type == "cuda":
+def scaled_size(height: int, width: int, scale: float) -> Tuple[int, int]:
+    """The (H, W) a test-time scale resizes to: each side times ``scale``, rounded half up, at least 1."""
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of float (B, C, H, W) to ``size`` (align_corners False), antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _forward_probs(model: torch.nn.Module, x: torch.Tensor, config: Mapping[str, Any],
+                   amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """Normalised float (B, 3, H, W) -> softmax probabilities (B, C, H, W) in float32 (padding cropped off)."""
+    h, w = x.shape[-2:]
+    x = _pad_to_multiple(x, input_multiple(config))
+    if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp_dtype):
-        probs = model(x)["out"].float().softmax(1)
-        if tta:  # horizontal-flip test-time augmentation: average the two views' probabilities
-            probs = probs + model(x.flip(-1))["out"].float().softmax(1).flip(-1)
-    return probs[..., :h, :w]
+    with autocast(x.device, amp_dtype):
+        logits = model(x)["out"]
+    return logits.float().softmax(1)[..., :h, :w]
 
 
-def predict_classes(model: torch.nn.Module, images: torch.Tensor, config: Dict[str, Any],
-                    amp_dtype: Optional[torch.dtype] = None, tta: bool = False) -> torch.Tensor:
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, config: Mapping[str, Any],
+                  amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
+                  scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """uint8 (B, 3, H, W) on the model's device -> float class probabilities (B, C, H, W).
+
+    Test-time augmentation averages probabilities over every view: each scale in ``scales`` (the normalised
+    image resized bilinearly to ``scaled_size``, its probabilities resized back to H x W) and, with ``tta``,
+    each scale's horizontal flip too. The default (no flip, scale 1) is a single plain forward pass.
+    """
+    if not scales:
+        raise ValueError("scales must name at least one test-time scale")
+    h, w = images.shape[-2:]
+    x = normalize(images)
+    flips = (False, True) if tta else (False,)
+    total = None  # type: Optional[torch.Tensor]
+    for scale in scales:
+        xs = resize_bilinear(x, scaled_size(h, w, scale))
+        for flip in flips:
+            probs = _forward_probs(model, xs.flip(-1) if flip else xs, config, amp_dtype)
+            probs = resize_bilinear(probs.flip(-1) if flip else probs, (h, w))
+            total = probs if total is None else total + probs
+    return total / (len(scales) * len(flips))
+
+
+@torch.no_grad()
+def predict_ensemble(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], images: torch.Tensor,
+                     amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
+                     scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Mean of ``predict_probs`` over several (model, config) pairs: a checkpoint ensemble, (B, C, H, W)."""
+    total = None  # type: Optional[torch.Tensor]
+    for model, config in members:
+        probs = predict_probs(model, images, config, amp_dtype, tta, scales)
+        if total is not None and probs.shape != total.shape:
+            raise ValueError("ensemble members disagree on the number of classes: {} vs {}".format(
+                probs.shape[1], total.shape[1]))
+        total = probs if total is None else total + probs
+    return total / len(members)
+
+
+def predict_classes(model: torch.nn.Module, images: torch.Tensor, config: Mapping[str, Any],
+                    amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
+                    scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> int64 class map (B, H, W) on the same device."""
-    return predict_logits(model, images, config, amp_dtype, tta).argmax(1)
+    return predict_probs(model, images, config, amp_dtype, tta, scales).argmax(1)
