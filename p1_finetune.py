@@ -1,27 +1,28 @@
 """Problem 1, part II: Office-Home classification in the report's five settings (A-E).
 
-| setting | backbone initialisation                          | what trains           |
-|---------|--------------------------------------------------|-----------------------|
-| A       | none (random)                                    | backbone + classifier |
-| B       | the course's labeled backbone (pretrain_model_SL) | backbone + classifier |
-| C       | our DINO backbone (p1_ssl_pretrain.py)           | backbone + classifier |
-| D       | the course's backbone, frozen                    | classifier only       |
-| E       | our DINO backbone, frozen                        | classifier only       |
+| setting | pre-training (backbone initialisation)                    | fine-tuning           |
+|---------|-----------------------------------------------------------|-----------------------|
+| A       | none (random)                                             | backbone + classifier |
+| B       | DINO on ImageNet-1k (TAs provided): official_dino_model.pth | backbone + classifier |
+| C       | w/o label: our DINO backbone (p1_ssl_pretrain.py)         | backbone + classifier |
+| D       | DINO on ImageNet-1k (TAs provided), frozen                | classifier only       |
+| E       | w/o label: our DINO backbone, frozen                      | classifier only       |
 
     # one GPU, each setting (the classifier head is identical in all five)
     python p1_finetune.py --setting A --output-dir runs/p1_A
-    python p1_finetune.py --setting B --output-dir runs/p1_B --backbone hw1_data/p1_data/pretrain_model_SL.pt
-    python p1_finetune.py --setting C --output-dir runs/p1_C --backbone runs/p1_dino/backbone.pth
-    python p1_finetune.py --setting D --output-dir runs/p1_D --backbone hw1_data/p1_data/pretrain_model_SL.pt
-    python p1_finetune.py --setting E --output-dir runs/p1_E --backbone runs/p1_dino/backbone.pth
+    python p1_finetune.py --setting B --output-dir runs/p1_B       # checkpoints/official_dino_model.pth
+    python p1_finetune.py --setting C --output-dir runs/p1_C       # runs/p1_dino/backbone.pth
+    python p1_finetune.py --setting D --output-dir runs/p1_D
+    python p1_finetune.py --setting E --output-dir runs/p1_E
     python -m tools.report runs                # REPORT.md with the A-E table (and the rest of the report)
     # N GPUs
-    torchrun --nproc_per_node=N p1_finetune.py --setting C --output-dir runs/p1_C --backbone runs/p1_dino/backbone.pth
+    torchrun --nproc_per_node=N p1_finetune.py --setting C --output-dir runs/p1_C
 
-``--backbone`` takes a plain torchvision ResNet state_dict with or without ``fc`` (the course's
-pretrain_model_SL.pt, the official DINO ResNet-50 release), a DINO training checkpoint (teacher by default) or
-our exported backbone.pth; any missing or unexpected key is an error naming the keys. Nothing is downloaded.
-``--save-epochs 1 -1`` (the default) keeps epoch_001.pth and the last epoch's checkpoint for ``p1_tsne.py``.
+``--backbone PATH`` replaces the setting's default file: a plain torchvision ResNet state_dict with or without ``fc``
+(the TAs' official_dino_model.pth, DINO's public dino_resnet50_pretrain.pth), a DINO training checkpoint (teacher by
+default) or our exported backbone.pth; any missing or unexpected key is an error naming the keys. Nothing is
+downloaded. ``--save-epochs 1 -1`` (the default) keeps epoch_001.pth and the last epoch's checkpoint for
+``p1_tsne.py``.
 """
 import argparse
 import time
@@ -46,23 +47,37 @@ from utils.runlog import progress
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, classify_eval_transform, normalize
 
 SETTINGS = {  # setting -> (which backbone, frozen)
-    "A": ("none", False), "B": ("course", False), "C": ("dino", False), "D": ("course", True), "E": ("dino", True),
+    "A": ("none", False), "B": ("tas", False), "C": ("dino", False), "D": ("tas", True), "E": ("dino", True),
 }
-DEFAULT_BACKBONES = {"course": "hw1_data/p1_data/pretrain_model_SL.pt", "dino": "runs/p1_dino/backbone.pth"}
+# The one documented place of the TAs' DINO ImageNet-1k ResNet-50 (GRADING.md: students name it
+# official_dino_model.pth; a plain torchvision state_dict without fc), and of our own DINO backbone.
+TA_BACKBONE = "checkpoints/official_dino_model.pth"
+DEFAULT_BACKBONES = {"tas": TA_BACKBONE, "dino": "runs/p1_dino/backbone.pth"}
+PRETRAINING = {"none": "–", "tas": "DINO on ImageNet-1k (TAs provided)",
+               "dino": "w/o label (your SSL pre-trained backbone)"}
+FINETUNING = {False: "Train full model (backbone + classifier)", True: "Fix the backbone. Train classifier only"}
+MISSING = {
+    "tas": "the TAs' DINO ImageNet-1k ResNet-50 for setting {setting} is not at {path}: put the course's "
+           "official_dino_model.pth there (README, 'Problem 1, part II'), or pass --backbone PATH (DINO's public "
+           "ResNet-50, `bash hw1_download.sh --dino-official` -> checkpoints/dino_resnet50_pretrain.pth, is the same "
+           "kind of file)",
+    "dino": "our DINO backbone for setting {setting} is not at {path}: run p1_ssl_pretrain.py first "
+            "(scripts/p1_dino.sh), or pass --backbone PATH",
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Office-Home classification, settings A-E (report problem 1).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_train_args(parser, epochs=100, batch_size=64, lr=0.01, lr_ref_batch=None, workers=8,
-                          data_dir="hw1_data/p1_data/office", output_dir="runs/p1_finetune")
+                          data_dir="data_2025/p1_data/office", output_dir="runs/p1_finetune")
     g = parser.add_argument_group("setting")
     g.add_argument("--setting", choices=sorted(SETTINGS), default="C",
-                   help="A: random backbone; B/D: the course's labeled backbone; C/E: our DINO backbone; "
-                        "D/E freeze it (classifier only)")
+                   help="A: random backbone; B/D: DINO on ImageNet-1k (TAs provided); C/E: our DINO backbone (w/o "
+                        "label); D/E freeze it (classifier only)")
     g.add_argument("--backbone", default=None,
-                   help="'none' or a PATH to backbone weights; default: the setting's ({})".format(
-                       ", ".join("{}: {}".format(k, v) for k, v in DEFAULT_BACKBONES.items())))
+                   help="'none' or a PATH to backbone weights; default: the setting's (B/D, DINO on ImageNet-1k "
+                        "(TAs provided): {}; C/E: {})".format(TA_BACKBONE, DEFAULT_BACKBONES["dino"]))
     freeze = g.add_mutually_exclusive_group()
     freeze.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=None,
                         help="train the classifier only (the default for D and E)")
@@ -100,19 +115,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_setting(args: argparse.Namespace) -> Dict[str, Any]:
-    """Turn --setting plus explicit overrides into (backbone source, frozen, backbone lr multiplier)."""
+    """Turn --setting plus explicit overrides into (backbone source, frozen, backbone lr multiplier, the report's
+    wording); a missing backbone file is named before any work, with where it comes from."""
     kind, frozen = SETTINGS[args.setting]
     source = args.backbone if args.backbone is not None else DEFAULT_BACKBONES.get(kind, "none")
     if args.freeze_backbone is not None:
         frozen = args.freeze_backbone
     if frozen and source == "none":
         raise SystemExit("error: a frozen random backbone cannot learn anything; give --backbone PATH")
+    if source != "none" and not Path(source).exists() and not args.eval_only and kind in MISSING:
+        raise SystemExit("error: " + MISSING[kind].format(setting=args.setting, path=source))
     mult = args.backbone_lr_mult if args.backbone_lr_mult is not None else (1.0 if source == "none" else 0.1)
-    pretraining = {"none": "none", "course": "labeled (course backbone)", "dino": "DINO (ours)"}[kind]
+    pretraining = PRETRAINING[kind]
     if args.backbone is not None and args.backbone != "none" and kind == "none":
         pretraining = "from {}".format(args.backbone)
     return {"backbone": source, "frozen": frozen, "backbone_lr_mult": mult, "pretraining": pretraining,
-            "finetuning": "classifier only (frozen backbone)" if frozen else "full fine-tuning"}
+            "finetuning": FINETUNING[frozen]}
 
 
 def train_transform(args: argparse.Namespace) -> v2.Compose:

@@ -1,8 +1,8 @@
 """Problem 1 grading path: predict the class of every image listed in a csv and write ``id,filename,label``.
 
-    python p1_inference.py --csv hw1_data/p1_data/office/val.csv --image-dir hw1_data/p1_data/office/val \
+    python p1_inference.py --csv data_2025/p1_data/office/val.csv --image-dir data_2025/p1_data/office/val \
         --output out/pred.csv --checkpoint checkpoints/p1_best.pth       # prints the accuracy: val.csv has labels
-    bash hw1_1.sh hw1_data/p1_data/office/val.csv hw1_data/p1_data/office/val out/pred.csv   # as the grader runs it
+    bash hw1_1.sh data_2025/p1_data/office/val.csv data_2025/p1_data/office/val out/pred.csv   # as the grader runs it
 
 Input: a csv with a ``filename`` column (``id`` and ``label`` optional; any column order, extra columns, a BOM,
 ``None`` or empty labels are fine); images are looked up by bare filename in --image-dir.

@@ -8,10 +8,10 @@ view, the output distribution that an EMA teacher gives on the global views. Def
         --output-dir runs/dino_smoke --arch resnet18 --epochs 2 --batch-size 16 --out-dim 1024 --workers 0 \
         --knn-train-csv toy/p1_data/office/train.csv --knn-val-csv toy/p1_data/office/val.csv
     # one GPU, the report's recipe (300 epochs, batch 32, lr 0.04), k-NN on Office-Home every 10 epochs
-    python p1_ssl_pretrain.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/p1_dino \
-        --knn-train-csv hw1_data/p1_data/office/train.csv --knn-val-csv hw1_data/p1_data/office/val.csv --knn-every 10
+    python p1_ssl_pretrain.py --data-dir data_2025/p1_data/mini/train --output-dir runs/p1_dino \
+        --knn-train-csv data_2025/p1_data/office/train.csv --knn-val-csv data_2025/p1_data/office/val.csv --knn-every 10
     # N GPUs on one node (batch 32 per GPU; the lr is scaled by the total batch)
-    torchrun --nproc_per_node=N p1_ssl_pretrain.py --data-dir hw1_data/p1_data/mini/train --output-dir runs/p1_dino
+    torchrun --nproc_per_node=N p1_ssl_pretrain.py --data-dir data_2025/p1_data/mini/train --output-dir runs/p1_dino
     # several nodes: torchrun's own --nnodes/--node_rank/--rdzv_endpoint flags, nothing else changes
     # export the teacher backbone of any checkpoint as a plain torchvision resnet50 state_dict (no fc)
     python p1_ssl_pretrain.py --output-dir runs/p1_dino --export-only [--resume runs/p1_dino/checkpoint0100.pth]
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="DINO self-supervised pre-training (report problem 1, part I).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_train_args(parser, epochs=300, batch_size=32, lr=0.04, lr_ref_batch=32, workers=8,
-                          data_dir="hw1_data/p1_data/mini/train", output_dir="runs/p1_dino")
+                          data_dir="data_2025/p1_data/mini/train", output_dir="runs/p1_dino")
     parser.set_defaults(save_every=50)
     g = parser.add_argument_group("model")
     add_flag(g, "--arch", "resnet50", "the torchvision ResNet backbone (fc replaced by identity); resnet18 for "

@@ -15,7 +15,7 @@ busy 2-core CPU, seconds on a GPU; PCA + t-SNE run on the CPU, ~1 min::
 
     # the report figure: setting C after its first and its last epoch, on the Office-Home train set
     python p1_tsne.py --checkpoints runs/p1_C/epoch_001.pth runs/p1_C/epoch_100.pth \\
-        --titles "epoch 1" "epoch 100" --csv hw1_data/p1_data/office/train.csv --output-dir runs/p1_tsne
+        --titles "epoch 1" "epoch 100" --csv data_2025/p1_data/office/train.csv --output-dir runs/p1_tsne
     # CPU smoke run on generated data (any p1_classifier checkpoint works)
     python -m tools.toydata --out toy --parts p1 && python p1_tsne.py --checkpoints CKPT.pth \\
         --csv toy/p1_data/office/train.csv --output-dir runs/p1_tsne_smoke --device cpu --workers 0
@@ -63,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--titles", nargs="+", default=None,
                         help="panel titles, one per checkpoint (default: 'setting S, epoch E' from the checkpoint, "
                              "or its file name)")
-    add_flag(parser, "--csv", Path("hw1_data/p1_data/office/train.csv"), "the images to embed; the report uses the "
+    add_flag(parser, "--csv", Path("data_2025/p1_data/office/train.csv"), "the images to embed; the report uses the "
                                                                           "train set")
     add_flag(parser, "--image-dir", None, "default: the csv's folder / the csv's name without .csv, e.g. "
                                           "office/train for office/train.csv")

@@ -10,13 +10,13 @@ course's VGG16-FCN32s baseline with the same engine.
     python -m tools.toydata --out toy && python p2_deeplab.py --data-dir toy/p2_data --output-dir runs/deeplab \
         --epochs 2 --batch-size 4 --crop-size 64 --weights none --encoder resnet50 --output-stride 16
     # one GPU, the report's recipe (COCO weights from the torch hub cache, downloaded there once)
-    python p2_deeplab.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplab
+    python p2_deeplab.py --data-dir data_2025/p2_data --output-dir runs/p2_deeplab
     # offline: a local copy of torchvision's file (or any torchvision DeepLabV3 state_dict of the same depth)
     python p2_deeplab.py --weights /path/to/deeplabv3_resnet101_coco-586e9e4e.pth ...
     # DeepLabV3+ (ASPP + layer1 decoder), backbone and ASPP from the COCO DeepLabV3
-    python p2_deeplab.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplabv3plus --arch deeplabv3plus
+    python p2_deeplab.py --data-dir data_2025/p2_data --output-dir runs/p2_deeplabv3plus --arch deeplabv3plus
     # N GPUs
-    torchrun --nproc_per_node=N p2_deeplab.py --data-dir hw1_data/p2_data --output-dir runs/p2_deeplab
+    torchrun --nproc_per_node=N p2_deeplab.py --data-dir data_2025/p2_data --output-dir runs/p2_deeplab
 
 Snapshots for the report: ``--snapshot-epochs 1 50 100 --snapshot-images 0018_sat.jpg 0065_sat.jpg 0109_sat.jpg``
 (the defaults) keep those epochs' models and draw OUTPUT_DIR/snapshots.png.

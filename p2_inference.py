@@ -1,8 +1,8 @@
 """Problem 2 grading path: segment every satellite image of a folder and write ``<id>_mask.png`` files.
 
-    python p2_inference.py --input-dir hw1_data/p2_data/validation --output-dir out_masks \
+    python p2_inference.py --input-dir data_2025/p2_data/validation --output-dir out_masks \
         --checkpoint checkpoints/p2_best.pth
-    python -m utils.metrics -g hw1_data/p2_data/validation -p out_masks     # score it as the grader does
+    python -m utils.metrics -g data_2025/p2_data/validation -p out_masks     # score it as the grader does
 
     # test-time augmentation (flip + scales 0.75/1/1.25: 6 views) and a two-checkpoint ensemble
     python p2_inference.py --input-dir DIR --output-dir OUT --tta flip,scale --checkpoint A.pth B.pth

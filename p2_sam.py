@@ -14,9 +14,9 @@ the official checkpoint you fetched beforehand (links in the segment-anything RE
 Commands (one GPU is picked automatically when available; CPU works too, ~1 min per image for vit_h)::
 
     # the report figure: three validation images, SAM vit_h, our model and the ground truth
-    python p2_sam.py --images hw1_data/p2_data/validation/{0018,0065,0109}_sat.jpg \\
+    python p2_sam.py --images data_2025/p2_data/validation/{0018,0065,0109}_sat.jpg \\
         --sam-weights checkpoints/sam_vit_h_4b8939.pth --model-type vit_h \\
-        --checkpoint runs/p2_deeplab/best.pth --masks-dir hw1_data/p2_data/validation \\
+        --checkpoint runs/p2_deeplab/best.pth --masks-dir data_2025/p2_data/validation \\
         --output-dir runs/p2_sam
 
     # plumbing only (random SAM weights, meaningless masks, no checkpoint needed)

@@ -8,22 +8,23 @@ same kind of decoder: one of the options of README's "Beating the baselines".
     python -m tools.toydata --out toy && python p2_unet.py --data-dir toy/p2_data --output-dir runs/unet \
         --epochs 2 --batch-size 4 --crop-size 64 --base-width 8
     # one GPU, the report's recipe
-    python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet
-    # ablation: no skip at the two shallowest scales
-    python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet_noskip01 --drop-skip 0 1
+    python p2_unet.py --data-dir data_2025/p2_data --output-dir runs/p2_unet
+    # the report's ablation: one skip connection dropped (0 = the shallowest; `random` picks one with --seed)
+    python p2_unet.py --data-dir data_2025/p2_data --output-dir runs/p2_unet_drop_skip --drop-skip 0
     # U-Net on an ImageNet ResNet-34 encoder (downloaded once to the torch cache), without the stem's skip
-    python p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet_r34 --encoder resnet34 \
+    python p2_unet.py --data-dir data_2025/p2_data --output-dir runs/p2_unet_r34 --encoder resnet34 \
         --encoder-weights imagenet --drop-skip 0
     # N GPUs (the batch size is per GPU)
-    torchrun --nproc_per_node=N p2_unet.py --data-dir hw1_data/p2_data --output-dir runs/p2_unet
+    torchrun --nproc_per_node=N p2_unet.py --data-dir data_2025/p2_data --output-dir runs/p2_unet
 
 A killed run resumes from OUTPUT_DIR/checkpoint.pth when started again with the same command.
 """
 import argparse
-from typing import Any, Dict
+import random
+from typing import Any, Dict, List, Tuple, Union
 
 from utils.cli import add_flag, run_cli
-from utils.models import UNET_ENCODERS
+from utils.models import RESNET_UNET_SKIPS, UNET_ENCODERS
 from utils.segmentation import add_seg_train_args, fit
 
 
@@ -49,25 +50,49 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "compute)")
     g.add_argument("--depth", type=int, default=4,
                    help="classic U-Net: number of down-sampling stages; inputs must be multiples of 2^depth")
-    g.add_argument("--drop-skip", type=int, nargs="*", default=[],
-                   help="skip connections to remove for the ablation, 0 = shallowest: classic U-Net 0 (full "
-                        "resolution) .. depth-1; ResNet encoder 0 (stem, 1/2) .. 3 (layer3, 1/16)")
+    g.add_argument("--drop-skip", type=skip_index, nargs="*", default=[],
+                   help="skip connections to remove for the ablation (the 2025 report drops one), 0 = shallowest: "
+                        "classic U-Net 0 (full resolution) .. depth-1; ResNet encoder 0 (stem, 1/2) .. 3 (layer3, "
+                        "1/16); 'random' drops one chosen with --seed (recorded in the config and results.json)")
     g.add_argument("--bilinear", action="store_true",
                    help="classic U-Net: bilinear up-sampling instead of transposed convolutions (fewer parameters)")
     return parser
 
 
+def skip_index(text: str) -> Union[int, str]:
+    """argparse type of --drop-skip: a skip index, or 'random'."""
+    if text == "random":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a skip index (0 = shallowest) or 'random', got {!r}".format(text))
+
+
+def chosen_skips(args: argparse.Namespace) -> Tuple[List[int], Dict[str, Any]]:
+    """The skips to drop, 'random' resolved with --seed (the same seed picks the same skip, so a resumed run
+    matches), and the note that records the draw."""
+    skips = [s for s in args.drop_skip if s != "random"]
+    if "random" not in args.drop_skip:
+        return sorted(set(skips)), {}
+    count = args.depth if args.encoder == "none" else RESNET_UNET_SKIPS
+    choice = random.Random(args.seed).choice([i for i in range(count) if i not in skips])
+    print("--drop-skip random: dropping skip {} of 0..{} (seed {})".format(choice, count - 1, args.seed))
+    return sorted(set(skips + [choice])), {"drop_skip_random": {"seed": args.seed, "chosen": choice}}
+
+
 def model_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The dict that rebuilds this model (stored in every checkpoint)."""
+    skips, note = chosen_skips(args)
     if args.encoder == "none":
         if args.encoder_weights != "none":
             raise SystemExit("error: --encoder-weights needs a ResNet --encoder (the classic U-Net trains from "
                              "scratch)")
         # exactly the keys of checkpoints written before --encoder existed, so their runs resume
-        return {"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
-                "drop_skip": sorted(set(args.drop_skip)), "bilinear": args.bilinear}
-    return {"arch": "unet", "num_classes": 7, "encoder": args.encoder, "drop_skip": sorted(set(args.drop_skip)),
-            "backbone_weights": args.encoder_weights}
+        return dict({"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
+                     "drop_skip": skips, "bilinear": args.bilinear}, **note)
+    return dict({"arch": "unet", "num_classes": 7, "encoder": args.encoder, "drop_skip": skips,
+                 "backbone_weights": args.encoder_weights}, **note)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

@@ -1,5 +1,5 @@
 # Sourced by the scripts in this folder: where things are and how to launch a trainer.
-#   HW1_DATA  dataset root in the course layout (default: hw1_data)
+#   HW1_DATA  dataset root in the course layout (default: data_2025)
 #   RUNS      where run folders go (default: runs)
 #   NGPUS     processes/GPUs per node; > 1 launches through torchrun (default: 1)
 #   TORCHRUN_ARGS  extra torchrun flags for several nodes, e.g.
@@ -8,7 +8,7 @@
 # Any arguments given to a script are appended to every command it runs (later flags win), e.g. --epochs 10.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-HW1_DATA=${HW1_DATA:-hw1_data}
+HW1_DATA=${HW1_DATA:-data_2025}
 RUNS=${RUNS:-runs}
 NGPUS=${NGPUS:-1}
 PYTHON=${PYTHON:-python3}
@@ -25,6 +25,10 @@ launch() {  # launch SCRIPT.py ARGS...: one process, or NGPUS processes under to
     "$PYTHON" "$script" "$@"
   fi
 }
+
+# The report's snapshot images: the 2025 template names 0018/0065/0109 in its table and 0013/0065/0104 in its
+# question; both sets are drawn (utils/segmentation.py SNAPSHOT_IMAGES). SNAPSHOT_IMAGES overrides.
+SNAPSHOT_IMAGES=${SNAPSHOT_IMAGES:-0013_sat.jpg 0018_sat.jpg 0065_sat.jpg 0104_sat.jpg 0109_sat.jpg}
 
 need() {  # need PATH WHAT: a clear error before hours of work when an input is missing
   if [ ! -e "$1" ]; then

@@ -5,7 +5,6 @@
 source "$(dirname "$0")/_launch.sh"
 need "$HW1_DATA/p2_data/train" "satellite train folder"
 SNAPSHOTS=${SNAPSHOTS:-1 50 100}
-IMAGES=${SNAPSHOT_IMAGES:-0018_sat.jpg 0065_sat.jpg 0109_sat.jpg}
 # shellcheck disable=SC2086
 launch p2_deeplab.py --data-dir "$HW1_DATA/p2_data" --output-dir "$RUNS/p2_deeplab" \
-  --snapshot-epochs $SNAPSHOTS --snapshot-images $IMAGES "$@"
+  --snapshot-epochs $SNAPSHOTS --snapshot-images $SNAPSHOT_IMAGES "$@"

@@ -7,7 +7,7 @@ SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
 need "$SAM_CHECKPOINT" "SAM checkpoint (download it from the link in 'python3 p2_sam.py --help')"
 val="$HW1_DATA/p2_data/validation"
 images=()
-for name in ${SNAPSHOT_IMAGES:-0018_sat.jpg 0065_sat.jpg 0109_sat.jpg}; do need "$val/$name" "image"; images+=("$val/$name"); done
+for name in $SNAPSHOT_IMAGES; do need "$val/$name" "image"; images+=("$val/$name"); done
 seg=()
 if [ -f "$RUNS/p2_deeplab/best.pth" ]; then seg=(--checkpoint "$RUNS/p2_deeplab/best.pth"); fi
 "$PYTHON" p2_sam.py --images "${images[@]}" --sam-weights "$SAM_CHECKPOINT" --model-type "${SAM_MODEL_TYPE:-vit_h}" \

@@ -25,9 +25,9 @@ def office(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory):
-    """A torchvision resnet18 state_dict WITH fc, as the course's pretrain_model_SL.pt is stored."""
+    """A torchvision resnet18 state_dict WITH fc (a plain torchvision state_dict, as the TAs' file)."""
     torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("bb") / "pretrain_model_SL.pt"
+    path = tmp_path_factory.mktemp("bb") / "official_dino_model.pth"
     torch.save(torchvision.models.resnet18().state_dict(), str(path))
     return path
 
@@ -95,6 +95,19 @@ def test_backbone_formats_and_mismatch(office, tmp_path):
     assert "layer1.0.conv1.weight" in str(err.value) and "layer9.weird" in str(err.value)
 
 
+def test_missing_backbones_are_named_with_where_they_come_from(office, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default paths are relative: nothing there
+    for setting in "BD":
+        with pytest.raises(SystemExit) as err:
+            _run(office, tmp_path / "x", "--setting", setting)
+        message = str(err.value)
+        assert "DINO ImageNet-1k" in message and p1_finetune.TA_BACKBONE in message
+        assert "official_dino_model.pth" in message and "README" in message
+    with pytest.raises(SystemExit, match="p1_ssl_pretrain.py first"):
+        _run(office, tmp_path / "x", "--setting", "C")
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
 def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, backbone_file):
     with pytest.raises(SystemExit, match="frozen random backbone"):
         _run(office, tmp_path / "x", "--setting", "D", "--backbone", "none")
@@ -106,8 +119,8 @@ def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, ba
     table = settings_table(load_results([tmp_path / "D", tmp_path / "A"]))
     lines = table.splitlines()
     assert lines[0].startswith("| Setting | Pre-training | Fine-tuning | Validation accuracy")
-    assert lines[2].startswith("| A | none | full fine-tuning |")
-    assert lines[3].startswith("| D | labeled (course backbone) | classifier only")
+    assert lines[2].startswith("| A | – | Train full model (backbone + classifier) |")
+    assert lines[3].startswith("| D | DINO on ImageNet-1k (TAs provided) | Fix the backbone. Train classifier only |")
     acc = json.loads((tmp_path / "A" / "results.json").read_text())["best_val_acc"]
     assert "{:.4f}".format(acc) in lines[2]
 

@@ -248,3 +248,21 @@ def test_cpu_amp_trains_in_bf16_where_the_cpu_has_bf16_kernels(toy_p2, tmp_path,
               for run in ("bf16", "fp32")]
     assert losses[0][1] < losses[0][0]  # it learns
     assert all(abs(a - b) < 0.05 * b for a, b in zip(*losses)), losses  # and follows the fp32 run closely
+
+
+def test_drop_skip_random_is_drawn_with_the_seed_and_recorded():
+    def config(seed, *extra):
+        args = p2_unet.get_args_parser().parse_args(["--drop-skip", "random", "--seed", str(seed)] + list(extra))
+        return p2_unet.model_config(args)
+
+    first = config(3)
+    assert len(first["drop_skip"]) == 1 and first["drop_skip_random"] == {"seed": 3, "chosen": first["drop_skip"][0]}
+    assert config(3) == first  # the same seed, the same skip: a resumed run finds the same model
+    assert {config(seed)["drop_skip"][0] for seed in range(30)} == {0, 1, 2, 3}  # depth 4: skips 0..3
+    assert {config(seed, "--depth", "2")["drop_skip"][0] for seed in range(30)} == {0, 1}
+    assert {config(seed, "--encoder", "resnet34")["drop_skip"][0] for seed in range(30)} == {0, 1, 2, 3}
+    both = p2_unet.model_config(p2_unet.get_args_parser().parse_args(["--drop-skip", "0", "random", "--seed", "1"]))
+    assert len(both["drop_skip"]) == 2 and 0 in both["drop_skip"]  # the random one is another skip
+    with pytest.raises(SystemExit):
+        p2_unet.get_args_parser().parse_args(["--drop-skip", "first"])
+    assert build_seg_model(dict(first, base_width=8)).drop_skip == tuple(first["drop_skip"])

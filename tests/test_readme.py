@@ -63,6 +63,7 @@ COVERAGE = [
     (r"^bash hw1_download\.sh --data$", "tests/test_download.py",
      "def test_data_without_gdown_uses_the_builtin_drive_client"),
     (r"^bash hw1_download\.sh --data-2024$", "tests/test_download.py", "def test_data_2024_only_behind_its_flag"),
+    (r"^bash hw1_download\.sh --dino-official$", "tests/test_download.py", "def test_dino_group_only_on_request"),
     (r"^bash hw1_download_ckpt\.sh$", "tests/test_download.py",
      "def test_download_ckpt_script_with_no_arguments_from_any_folder"),
     (r"^python -m tools\.publish \S+ --problem [12]( --link \S+)?$", "tests/test_publish.py",

@@ -14,9 +14,13 @@ def test_describe_model_names_architecture_encoder_and_initialisation():
                            "backbone_weights": "coco"}) == \
         "DeepLabV3+-ResNet101 (COCO init of backbone + ASPP, output stride 16, no aux head)"
     assert describe_model({"arch": "unet", "encoder": "resnet34", "drop_skip": [0],
-                           "backbone_weights": "imagenet"}) == "U-Net (ResNet-34 encoder, ImageNet, skip 0 dropped)"
+                           "backbone_weights": "imagenet"}) == \
+        "U-Net (ResNet-34 encoder, ImageNet, skip 0 (shallowest) dropped)"
     assert describe_model({"arch": "unet", "base_width": 64, "depth": 4, "drop_skip": [0, 1]}) == \
-        "U-Net (from scratch, width 64, depth 4, skips 0, 1 dropped)"
+        "U-Net (from scratch, width 64, depth 4, skips 0 (shallowest), 1 dropped)"
+    assert describe_model({"arch": "unet", "base_width": 64, "depth": 4, "drop_skip": [3],
+                           "drop_skip_random": {"seed": 7, "chosen": 3}}) == \
+        "U-Net (from scratch, width 64, depth 4, skip 3 (deepest) dropped, chosen at random (seed 7))"
     assert describe_model({"arch": "deeplabv3", "encoder": "resnet50", "output_stride": 8,
                            "backbone_weights": "/w/my_coco.pth"}) == \
         "DeepLabV3-ResNet50 (init from my_coco.pth, output stride 8)"

@@ -39,10 +39,10 @@ def pipeline(tmp_path_factory, repo_root):
     make_p1_data(data, mini_size=32, num_classes=4, mini_per_class=8, office_train_per_class=6,
                  office_val_per_class=3)
     make_p2_data(data, size=64, num_train=8, num_val=4)
-    sl = base / "pretrain_model_SL.pt"  # the course's labeled backbone: here a random resnet18 in its format
+    ta = base / "official_dino_model.pth"  # DINO on ImageNet-1k (TAs provided): here a random resnet18 in its format
     torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")},
-               str(sl))
-    env = {"HW1_DATA": str(data), "RUNS": str(runs), "REPORT_DIR": str(report), "SL_BACKBONE": str(sl),
+               str(ta))
+    env = {"HW1_DATA": str(data), "RUNS": str(runs), "REPORT_DIR": str(report), "TA_BACKBONE": str(ta),
            "SNAPSHOTS": "1 2", "SNAPSHOT_IMAGES": "0000_sat.jpg 0001_sat.jpg"}
     p1 = ["--arch", "resnet18", "--workers", "0", "--num-classes", "4"]
     _bash(repo_root, "p1_dino.sh", env, *p1, "--epochs", "1", "--batch-size", "8", "--global-crop-size", "32",
@@ -53,7 +53,7 @@ def pipeline(tmp_path_factory, repo_root):
     if HAVE_SKLEARN:
         _bash(repo_root, "p1_tsne.sh", env, "--workers", "0", "--perplexity", "5")
     seg = ["--epochs", "2", "--batch-size", "4", "--crop-size", "64", "--workers", "0"]
-    unet = _bash(repo_root, "p2_unet.sh", dict(env, NGPUS="2", DROP_SKIP="0 1"), *seg, "--base-width", "8",
+    unet = _bash(repo_root, "p2_unet.sh", dict(env, NGPUS="2"), *seg, "--base-width", "8",
                  "--depth", "2")
     _bash(repo_root, "p2_deeplab.sh", env, *seg, "--weights", "none", "--encoder", "resnet50", "--output-stride",
           "16")
@@ -71,8 +71,8 @@ def test_every_script_runs_and_writes_its_outputs(pipeline):
         assert (runs / "p1_tsne" / "tsne.png").is_file()
         labels = [c["name"] for c in json.loads((runs / "p1_tsne" / "tsne_metrics.json").read_text())["checkpoints"]]
         assert labels == ["epoch 1", "epoch 2"]  # first and last epoch found by the script
-    noskip = json.loads((runs / "p2_unet_noskip" / "results.json").read_text())
-    assert noskip["model_config"]["drop_skip"] == [0, 1]
+    ablation = json.loads((runs / "p2_unet_drop_skip" / "results.json").read_text())
+    assert ablation["model_config"]["drop_skip"] == [0]  # the 2025 report's ablation: one skip, the shallowest
     assert json.loads((runs / "p2_unet" / "args.json").read_text())["snapshot_epochs"] == [1, 2]
     assert (runs / "p2_deeplab" / "snapshots.png").is_file()
     graded = json.loads((runs / "grading_p2.json").read_text())
@@ -97,7 +97,7 @@ def test_report_numbers_are_the_runs_own(pipeline):
     for s in "ABCDE":
         acc = json.loads((runs / "p1_{}".format(s) / "results.json").read_text())["best_val_acc"]
         assert re.search(r"^\| {} \|.*\| {:.4f} \|".format(s, acc), text, re.M), s
-    for name in ("p2_unet", "p2_unet_noskip", "p2_deeplab"):
+    for name in ("p2_unet", "p2_unet_drop_skip", "p2_deeplab"):
         res = json.loads((runs / name / "results.json").read_text())
         assert "{:.4f}".format(res["best_miou"]) in text
         assert len(res["best_iou"]) == 6 and res["best_epoch"] in (1, 2)
@@ -105,6 +105,7 @@ def test_report_numbers_are_the_runs_own(pipeline):
             assert v is None or "{:.4f}".format(v) in text
     graded = json.loads((runs / "grading_p2.json").read_text())
     assert "mIoU {:.4f}".format(graded["miou"]) in text
+    assert "Model A, one skip dropped: U-Net (from scratch, width 8, depth 2, skip 0 (shallowest) dropped)" in text
     dino = json.loads((runs / "p1_dino" / "results.json").read_text())
     assert "{:.4f}".format(dino["final_knn_acc"]) in text
     # every table says where its numbers come from; here: generated data
@@ -145,7 +146,7 @@ def test_sam_script(pipeline, tmp_path, repo_root):
           "--stability-score-thresh", "0")
     summary = json.loads((runs / "p2_sam" / "sam_summary.json").read_text())
     assert len(summary["images"]) == 1 and (runs / "p2_sam" / "0000_sat_sam.png").is_file()
-    _bash(repo_root, "report.sh", dict(env, SL_BACKBONE="unused"))
+    _bash(repo_root, "report.sh", dict(env, TA_BACKBONE="unused"))
     assert "figures/p2_sam_0000_sat_sam.png" in (report / "REPORT.md").read_text()
 
 
@@ -160,13 +161,14 @@ def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
     for d in ("p1_data/mini/train", "p1_data/office", "p2_data/train", "p2_data/validation"):
         (data / d).mkdir(parents=True)
     (data / "p1_data" / "office" / "train.csv").write_text("id,filename,label\n")
-    (data / "p1_data" / "pretrain_model_SL.pt").write_bytes(b"")
+    (tmp_path / "official_dino_model.pth").write_bytes(b"")
     (runs / "p1_dino").mkdir(parents=True)
     (runs / "p1_dino" / "backbone.pth").write_bytes(b"")
     (runs / "p1_C").mkdir()
     for n in (1, 100):
         (runs / "p1_C" / "epoch_{:03d}.pth".format(n)).write_bytes(b"")
-    env = {"HW1_DATA": str(data), "RUNS": str(runs), "PYTHON": str(fake), "SAM_CHECKPOINT": str(tmp_path / "none")}
+    env = {"HW1_DATA": str(data), "RUNS": str(runs), "PYTHON": str(fake), "SAM_CHECKPOINT": str(tmp_path / "none"),
+           "TA_BACKBONE": str(tmp_path / "official_dino_model.pth")}
     proc = subprocess.run(["bash", "scripts/all.sh"], cwd=str(repo_root), env=dict(os.environ, **env),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -176,7 +178,12 @@ def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
     lines = log.read_text().splitlines()
     assert "--epochs" not in lines[0] and "--knn-val-csv" in lines[0]  # the recipe's defaults, with the probe
     assert ["--setting {}".format(s) in lines[1 + i] for i, s in enumerate("ABCDE")] == [True] * 5
-    assert "epoch 100" in lines[6] and "--drop-skip 0 1 2 3" in lines[8] and "--snapshot-epochs 1 50 100" in lines[9]
+    assert "epoch 100" in lines[6] and "--snapshot-epochs 1 50 100" in lines[9]
+    # the U-Net, then the 2025 report's ablation: the same U-Net with one skip, the shallowest, dropped
+    assert "--drop-skip" not in lines[7] and "runs/p2_unet " in lines[7] + " "
+    assert "--output-dir {}/p2_unet_drop_skip --drop-skip 0 ".format(runs) in lines[8]
+    snapshot_images = "--snapshot-images 0013_sat.jpg 0018_sat.jpg 0065_sat.jpg 0104_sat.jpg 0109_sat.jpg"
+    assert all(snapshot_images in lines[i] for i in (7, 8, 9))  # both image sets of the template
     assert "skipping SAM" in proc.stdout
 
 

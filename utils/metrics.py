@@ -10,7 +10,7 @@ class is present, so both agree there.) Pixels decoded as red (code 4, not a cla
 the counts, since the grader leaves them undefined.
 
 Usage, mirroring the course's ``mean_iou_evaluate.py``:
-    python -m utils.metrics -g hw1_data/p2_data/validation -p output_masks/
+    python -m utils.metrics -g data_2025/p2_data/validation -p output_masks/
 """
 import argparse
 import json

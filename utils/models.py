@@ -28,6 +28,7 @@ SEG_ARCHS = ("unet", "deeplabv3", "deeplabv3plus", "fcn32s")
 # DeepLab encoders: torchvision dilates only bottleneck ResNets (ResNet-18/34 refuse dilation)
 RESNET_BACKBONES = ("resnet50", "resnet101")
 UNET_ENCODERS = ("resnet18", "resnet34", "resnet50")
+RESNET_UNET_SKIPS = 4  # skips of the ResNet-encoder U-Net: stem, layer1, layer2, layer3
 
 # ASPP rates per output stride. Stride 8 with (12, 24, 36) is torchvision's deeplabv3_resnet* as published
 # (its COCO weights were trained so); stride 16 with (6, 12, 18) is the DeepLabV3 paper's training setting.
@@ -380,7 +381,7 @@ class ResNetUNet(nn.Module):
         _check_num_classes(num_classes)
         self.encoder = encoder
         self.num_classes = num_classes
-        self.drop_skip = _check_drop_skip(drop_skip, 4, "ResNet U-Net", "for a ResNet encoder (0 = stem, "
+        self.drop_skip = _check_drop_skip(drop_skip, RESNET_UNET_SKIPS, "ResNet U-Net", "for a ResNet encoder (0 = stem, "
                                           "1..3 = layer1..layer3)")
         ch = encoder.channels
         skip_widths = [0 if i in self.drop_skip else ch[i] for i in range(4)]

@@ -25,14 +25,15 @@ from utils.predict import SEG_KIND, predict_classes
 from utils.runlog import progress
 from utils.transforms import normalize, seg_train_transform
 
-SNAPSHOT_IMAGES = ["0018_sat.jpg", "0065_sat.jpg", "0109_sat.jpg"]
+# the 2025 report template names 0018/0065/0109 in its table and 0013/0065/0104 in its question: both are drawn
+SNAPSHOT_IMAGES = ["0013_sat.jpg", "0018_sat.jpg", "0065_sat.jpg", "0104_sat.jpg", "0109_sat.jpg"]
 
 
 def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
                        optimizer: str, weight_decay: float, schedule_shape: str, output_dir: str) -> None:
     """Common trainer flags plus the segmentation recipe flags, with the calling script's defaults."""
     add_common_train_args(parser, epochs=epochs, batch_size=batch_size, lr=lr, lr_ref_batch=None, workers=4,
-                          data_dir="hw1_data/p2_data", output_dir=output_dir)
+                          data_dir="data_2025/p2_data", output_dir=output_dir)
     g = parser.add_argument_group("segmentation recipe")
     add_flag(g, "--crop-size", 512, "crops cover --min-scale..1 of the tile's area and are resized to this size "
                                     "(512: the full tile resolution)")
