@@ -93,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_flag(g, "--hidden-dim", 1024, "the classifier MLP (Linear-BN-ReLU-Dropout-Linear); 0 = a linear classifier")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout before the final linear layer")
     g = parser.add_argument_group("recipe")
-    add_flag(g, "--image-size", 128)
+    add_flag(g, "--image-size", 224, "the report's (and the ImageNet backbones') size; hw1_1.sh reads it from the "
+                                     "checkpoint")
     add_flag(g, "--min-scale", 0.25, "RandomResizedCrop")
     add_flag(g, "--color-jitter", 0.3, "brightness/contrast/saturation (hue a third of it)")
     g.add_argument("--randaugment", type=int, default=0,

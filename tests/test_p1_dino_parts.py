@@ -166,3 +166,44 @@ def test_collapse_warning():
                                                math.log(k), "kl": 0.0}, k, 3)
     assert "one prototype" in p1_ssl_pretrain.collapse_warning({"embed_std": 0.5, "loss": 0.001, "teacher_entropy": 0.001,
                                                      "kl": 0.0}, k, 3)
+
+
+def test_prototype_init_is_nn_linears():
+    """DINO's prototype layer is an nn.Linear made after its trunc-normal pass: its rows keep nn.Linear's default
+    init, uniform(+-1/sqrt(fan_in)), ~0.577 long for any fan_in (the trunc-normal std 0.02 would give 0.32)."""
+    torch.manual_seed(0)
+    head = dino.DINOHead(64, 4096, hidden_dim=32, bottleneck_dim=256)
+    ours = head.last_v.detach().norm(dim=1)
+    reference = torch.nn.Linear(256, 4096, bias=False).weight.detach().norm(dim=1)
+    assert abs(float(ours.mean()) - float(reference.mean())) < 0.005 and abs(float(ours.mean()) - 3 ** -0.5) < 0.01
+    assert abs(float(ours.std()) - float(reference.std())) < 0.005
+    assert float(head.last_v.abs().max()) <= 256 ** -0.5  # the uniform bound 1/sqrt(fan_in)
+    # the MLP keeps DINO's trunc-normal(0.02) init and zero biases
+    first = head.mlp[0]
+    assert abs(float(first.weight.std()) - 0.02) < 0.002 and float(first.bias.abs().max()) == 0.0
+
+
+def test_lr_rule_is_per_256_images():
+    """--lr reads as DINO reads it: lr x total_batch / 256 (the report: 0.04 at batch 32 = 0.005)."""
+    from utils.optim import scaled_lr
+
+    args = p1_ssl_pretrain.get_args_parser().parse_args([])
+    assert (args.lr, args.lr_ref_batch, args.batch_size) == (0.04, 256, 32)
+    assert scaled_lr(args.lr, 32, args.lr_ref_batch) == pytest.approx(0.005)
+    assert scaled_lr(args.lr, 4 * 32, args.lr_ref_batch) == pytest.approx(0.02)  # 4 GPUs x 32
+
+
+def test_no_flags_is_the_reports_recipe():
+    """The recipe, written out here independently of the parser (official DINO's ResNet-50 settings as the report
+    ran them)."""
+    args = p1_ssl_pretrain.get_args_parser().parse_args([])
+    recipe = {"arch": "resnet50", "global_crop_size": 224, "local_crop_size": 96, "local_crops_number": 8,
+              "global_crops_scale": (0.14, 1.0), "local_crops_scale": (0.05, 0.14), "out_dim": 65536,
+              "hidden_dim": 2048, "bottleneck_dim": 256, "use_bn_in_head": False, "norm_last_layer": True,
+              "optimizer": "sgd", "lr": 0.04, "lr_ref_batch": 256, "batch_size": 32, "min_lr": 1e-6,
+              "weight_decay": 1e-4, "warmup_epochs": 10, "epochs": 300, "momentum_teacher": 0.996,
+              "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "student_temp": 0.1, "center_momentum": 0.9,
+              "freeze_last_layer": 1, "clip_grad": 3.0}
+    assert {k: getattr(args, k) for k in recipe} == recipe
+    mini = p1_ssl_pretrain.get_args_parser().parse_args(["--preset", "mini84", "--local-crops-number", "4"])
+    assert (mini.global_crop_size, mini.local_crop_size, mini.out_dim, mini.local_crops_number) == (128, 64, 4096, 4)

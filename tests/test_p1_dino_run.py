@@ -129,8 +129,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_p1, tmp_pa
 SANITY = ["--epochs", "8", "--batch-size", "32", "--workers", "0", "--arch", "resnet18", "--hidden-dim", "256",
           "--bottleneck-dim", "64", "--global-crop-size", "32", "--local-crop-size", "16", "--warmup-epochs", "2",
           "--knn-size", "32", "--num-classes", "7", "--knn-every", "4", "--save-every", "0", "--lr", "0.05",
-          "--momentum-teacher", "0.99", "--out-dim", "256", "--use-bn-in-head", "--local-crops-number", "4",
-          "--warmup-teacher-temp", "0.01", "--teacher-temp", "0.01", "--seed", "1"]
+          "--lr-ref-batch", "32", "--momentum-teacher", "0.99", "--out-dim", "256", "--use-bn-in-head",
+          "--local-crops-number", "4", "--warmup-teacher-temp", "0.01", "--teacher-temp", "0.01", "--seed", "1"]
 
 
 @pytest.mark.slow

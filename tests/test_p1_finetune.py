@@ -163,7 +163,8 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
     run_main(p1_ssl_pretrain, ["--arch", "resnet18", "--workers", "0", "--data-dir", str(root / "mini" / "train"),
                          "--output-dir", str(tmp_path / "dino"), "--epochs", "4", "--batch-size", "32",
                          "--global-crop-size", "48", "--local-crop-size", "24", "--local-crops-number", "2",
-                         "--out-dim", "256", "--hidden-dim", "256", "--bottleneck-dim", "64", "--warmup-epochs", "1"])
+                         "--out-dim", "256", "--hidden-dim", "256", "--bottleneck-dim", "64", "--warmup-epochs", "1",
+                         "--lr-ref-batch", "32", "--knn-size", "48"])
     common = ["--arch", "resnet18", "--workers", "0", "--num-classes", "8", "--data-dir", str(root / "office"),
               "--epochs", "8", "--batch-size", "16", "--image-size", "48", "--lr", "0.05", "--hidden-dim", "128",
               "--warmup-epochs", "1", "--save-epochs", "--deterministic"]

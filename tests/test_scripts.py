@@ -177,6 +177,7 @@ def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
                                                                          "p2_deeplab.py", "-m"]
     lines = log.read_text().splitlines()
     assert "--epochs" not in lines[0] and "--knn-val-csv" in lines[0]  # the recipe's defaults, with the probe
+    assert "--batched-aug" in lines[0]  # the multi-crop on the GPU
     assert ["--setting {}".format(s) in lines[1 + i] for i, s in enumerate("ABCDE")] == [True] * 5
     assert "epoch 100" in lines[6] and "--snapshot-epochs 1 50 100" in lines[9]
     # the U-Net, then the 2025 report's ablation: the same U-Net with one skip, the shallowest, dropped
@@ -194,7 +195,7 @@ def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, rep
     proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=str(repo_root),
                           env=dict(os.environ, DEVICE="cpu", SCALE="tiny", OUT=str(out), PYTHON=sys.executable,
                                    OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"]["device"] == "cpu"
@@ -204,5 +205,8 @@ def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, rep
     assert len(summary["dino_batched_images_per_s"]) == 2 and min(summary["dino_batched_images_per_s"]) > 0
     assert len(summary["dino_per_image_images_per_s"]) == 2
     assert summary["unet_torchrun_ok"] and summary["hw1_2_masks"] == summary["hw1_2_tiles"] == 6
+    assert summary["hw1_1_rows"] == summary["hw1_1_images"] == 12 and summary["hw1_1_seconds"] > 0
+    assert summary["tta_flip_scale_masks"] == 6 and summary["dino_batched_hours_for_300_epochs"] > 0
+    assert summary["dino_batched_gpu"] is None  # no nvidia-smi samples on the CPU
     assert summary["hw1_2_seconds"] > 0
     assert summary["tta_flip_scale_masks"] == 6 and summary["tta_flip_scale_seconds"] > 0

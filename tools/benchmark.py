@@ -94,15 +94,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     add_flag(parser, "--batch-size", 32, "of the augmentation, DINO and fine-tuning measurements")
     parser.add_argument("--input-size", type=int, default=84, help="side of the uint8 images to augment")
-    add_flag(parser, "--global-crop-size", 128)
-    add_flag(parser, "--local-crop-size", 64)
-    add_flag(parser, "--local-crops-number", 6)
+    add_flag(parser, "--global-crop-size", 224, "the DINO recipe's")
+    add_flag(parser, "--local-crop-size", 96, "the DINO recipe's")
+    add_flag(parser, "--local-crops-number", 8, "the DINO recipe's")
     add_flag(parser, "--arch", "resnet50", "the ResNet of the DINO and fine-tuning measurements",
              choices=CLASSIFIER_BACKBONES)
     add_flag(parser, "--out-dim", 65536)
     add_flag(parser, "--hidden-dim", 2048, "the DINO head's MLP")
     add_flag(parser, "--bottleneck-dim", 256)
-    add_flag(parser, "--image-size", 128, "of the fine-tuning measurement")
+    add_flag(parser, "--image-size", 224, "of the fine-tuning measurement (the recipe's)")
     parser.add_argument("--seg-size", type=int, default=512, help="segmentation tile side (use 128 on a CPU)")
     parser.add_argument("--seg-batch-size", type=int, default=None,
                         help="segmentation / inference batch (default: 8 on CUDA, 2 on the CPU)")
@@ -343,9 +343,9 @@ class DinoStep:
             self.teacher.to(memory_format=torch.channels_last)
         self.student_fn = maybe_compile(self.student, compile_model)
         self.teacher_fn = maybe_compile(self.teacher, compile_model)
-        self.loss = DINOLoss(config["out_dim"], num_crops, 0.04, 0.04, 30).to(device)
+        self.loss = DINOLoss(config["out_dim"], num_crops, 0.04, 0.04, 0).to(device)
         groups = weight_decay_groups(self.student, 1e-4)
-        lr = 0.04 * batch / 32
+        lr = 0.04 * batch / 256  # the recipe's rule: --lr 0.04 per 256 images
         # the fast path also uses the multi-tensor SGD (the default only on CUDA)
         self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, **({"foreach": True} if fast else {}))
         self.scaler = make_grad_scaler(dtype)

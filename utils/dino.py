@@ -35,9 +35,11 @@ class DINOHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        # weight norm written out: W = g * v / ||v|| per prototype; g = 1 and frozen when norm_last_layer
+        # weight norm written out: W = g * v / ||v|| per prototype; g = 1 and frozen when norm_last_layer. DINO makes
+        # this layer after its trunc-normal init pass, so v keeps nn.Linear's default init (rows ~0.58 long, not
+        # 0.32): with unit-norm prototypes the length of v sets how fast each prototype turns per step.
         self.last_v = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.last_v, std=0.02)
+        nn.init.kaiming_uniform_(self.last_v, a=math.sqrt(5))  # what nn.Linear.reset_parameters does
         self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
