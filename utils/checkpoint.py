@@ -28,9 +28,14 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], text: bool = Fals
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            except RuntimeError as exc:  # torch.save reports a full disk as RuntimeError ("unexpected pos ...")
+                if not any(s in str(exc) for s in ("unexpected pos", "PytorchStreamWriter", "file write failed")):
+                    raise
+                raise OSError("cannot write {}: {} (disk full?)".format(path, str(exc).splitlines()[0])) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
@@ -107,32 +112,61 @@ def make_checkpoint(kind: str, model_config: Dict[str, Any], model_state: Dict[s
 
 def load_checkpoint(path: PathLike, expected_kind: Optional[str] = None,
                     map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load one of our checkpoints and check its format version and task kind with clear errors."""
+    """Load one of our checkpoints and check its format version, task kind and entries with clear errors."""
     ckpt = load_safe(path, map_location)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise ValueError("{} is not a checkpoint written by this project (no format_version/model entries); "
                          "a bare state_dict belongs to the loaders of pretrained weights instead".format(path))
-    if ckpt["format_version"] > FORMAT_VERSION:
+    version = ckpt["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError("{} has an invalid format_version {!r} (a positive integer is expected)".format(path, version))
+    if version > FORMAT_VERSION:
         raise ValueError("{} has checkpoint format {}, newer than this code's {}: update the code".format(
-            path, ckpt["format_version"], FORMAT_VERSION))
+            path, version, FORMAT_VERSION))
     if expected_kind is not None and ckpt.get("kind") != expected_kind:
         raise ValueError("{} is a '{}' checkpoint, but a '{}' checkpoint is needed here".format(
             path, ckpt.get("kind"), expected_kind))
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise ValueError("{} has no model_config (the dict that rebuilds its model): not a complete checkpoint of "
+                         "this project".format(path))
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise ValueError("{}: its 'model' entry is not a state_dict (names -> tensors)".format(path))
     return ckpt
+
+
+def check_finite(weights: Dict[str, torch.Tensor], path: PathLike) -> None:
+    """A ValueError naming the file and the first tensors holding NaN or infinite values (a diverged run)."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError("checkpoint {} holds non-finite weights (NaN/inf) in {} tensor(s), e.g. {}: the run that "
+                         "wrote it diverged; use an earlier checkpoint".format(path, len(bad), ", ".join(bad[:3])))
 
 
 def load_model(path: PathLike, kind: str, build: Callable[[Dict[str, Any]], torch.nn.Module],
                device: torch.device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Rebuild a model from one of our checkpoints alone (``build(model_config)``, no download) and load its
-    weights; returns (model in eval mode on ``device``, checkpoint). A checkpoint whose weights do not fit the
-    model its config describes is a ValueError naming the file."""
+    weights; returns (model in eval mode on ``device``, checkpoint). The config is first built on the meta device
+    (no memory) and its shapes compared with the weights', so a config that does not fit them (or describes a
+    huge model) fails at once; weights that do not fit, or hold NaN/inf, are a ValueError naming the file."""
     ckpt = load_checkpoint(path, expected_kind=kind)
-    model = build(ckpt["model_config"])
+    config, weights = ckpt["model_config"], ckpt["model"]
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError("checkpoint {} does not fit the model it describes ({}): {}".format(
-            path, ckpt["model_config"].get("arch"), str(exc).splitlines()[0])) from None
+        with torch.device("meta"):
+            skeleton = build(config)
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError("checkpoint {}: its model_config {} does not describe a model: {}".format(
+            path, config, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k])
+    if missing or unexpected or shapes:
+        raise ValueError("checkpoint {} does not fit the model its config describes ({}): missing {}, unexpected {}, "
+                         "other shapes {}".format(path, config.get("arch"), missing[:3], unexpected[:3], shapes[:3]))
+    check_finite(weights, path)
+    model = build(config)
+    model.load_state_dict(weights)
     model.to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -1,10 +1,10 @@
 """The problem-1 classifier (a ResNet + an MLP head) and its checkpoints: one model, one loader and one evaluation
 path for fine-tuning, t-SNE and grading."""
+import math
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-
 from torch import Tensor, nn
 
 from utils.checkpoint import load_model
@@ -47,8 +47,28 @@ def build_classifier(config: Mapping[str, Any]) -> ImageClassifier:
 
 
 def load_classifier(path: Union[str, Path], device: torch.device) -> Tuple[ImageClassifier, Dict[str, Any]]:
-    """Rebuild a classifier from one of our checkpoints alone; returns (model in eval mode, checkpoint)."""
-    return load_model(path, CLASSIFIER_KIND, build_classifier, device)
+    """Rebuild a classifier from one of our checkpoints alone; returns (model in eval mode, checkpoint). The
+    evaluation size and normalisation it stores are checked first: a degenerate one would classify every image
+    alike."""
+    model, ckpt = load_model(path, CLASSIFIER_KIND, build_classifier, device)
+    check_eval_settings(ckpt, path)
+    return model, ckpt
+
+
+def check_eval_settings(ckpt: Dict[str, Any], path: Union[str, Path]) -> None:
+    """A ValueError naming the file unless image_size is an integer in 8..4096 and mean/std are 3 finite numbers
+    with std > 0 (entries a checkpoint may lack fall back to 128 and ImageNet's)."""
+    size = ckpt.get("image_size", 128)
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise ValueError("checkpoint {} has an invalid image_size {!r} (an integer in 8..4096 is expected)".format(
+            path, size))
+    for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        value = ckpt.get(name, default)
+        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or (name == "std" and min(value) <= 0):
+            raise ValueError("checkpoint {} has an invalid normalisation {} {!r} (3 finite numbers{} expected)"
+                             .format(path, name, value, ", all > 0," if name == "std" else ""))
 
 
 def eval_transform_for(ckpt: Dict[str, Any]):

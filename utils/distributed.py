@@ -4,7 +4,6 @@ NCCL on CUDA, gloo on CPU. Launch with ``torchrun --nproc_per_node=N script.py .
 use torchrun's own ``--nnodes/--node_rank/--rdzv_endpoint`` flags, nothing here changes.
 """
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -75,38 +74,53 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj: Optional[object], src: int = 0) -> Optional[object]:
-    """Send a picklable object from ``src`` to every rank; identity when alone."""
-    if not is_dist():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
-
-
 class ResumableSampler(torch.utils.data.Sampler):
-    """Wraps a shuffling sampler; ``skip`` indices are dropped at the start of the next pass only, so a run
-    stopped mid-epoch (SIGINT/SIGTERM) resumes with the batches it had not seen, in the same shuffled order."""
+    """Wraps a shuffling sampler. It yields (index, sample seed) pairs: each sample's augmentation is drawn from a
+    seed of (seed, epoch, index) alone (``SeededItems`` applies it), so it does not depend on which worker loads the
+    sample or on what was drawn before. ``skip`` indices are dropped at the start of the next pass only, so a run
+    stopped mid-epoch (SIGINT/SIGTERM) resumes with the batches it had not seen, in the same shuffled order and
+    with the same augmentations."""
 
-    def __init__(self, inner: torch.utils.data.Sampler) -> None:
-        self.inner, self.skip = inner, 0
+    def __init__(self, inner: torch.utils.data.Sampler, seed: int = 0) -> None:
+        self.inner, self.skip, self.seed, self.epoch = inner, 0, seed, 0
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
         it = iter(self.inner)
         for _ in range(skip):
             next(it, None)
-        return it
+        base = (self.seed % 2 ** 31 * 1000003 + self.epoch) * 1000003
+        return ((index, (base + index) % 2 ** 63) for index in it)
 
     def __len__(self) -> int:
         return len(self.inner) - self.skip
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """A dataset read with (index, seed) keys (``ResumableSampler``): the item is made under torch's RNG seeded
+    with that seed (and the caller's RNG state is left as it was); a plain index reads the dataset as it is."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 def train_sampler(dataset: torch.utils.data.Dataset, seed: int) -> ResumableSampler:
     """Shuffling sampler: a DistributedSampler (equal shards, drop_last) under torchrun, else a seeded one."""
     if is_dist():
-        return ResumableSampler(torch.utils.data.distributed.DistributedSampler(dataset, seed=seed, drop_last=True))
-    return ResumableSampler(torch.utils.data.RandomSampler(dataset, generator=torch.Generator()))
+        return ResumableSampler(torch.utils.data.distributed.DistributedSampler(dataset, seed=seed, drop_last=True),
+                                seed)
+    return ResumableSampler(torch.utils.data.RandomSampler(dataset, generator=torch.Generator()), seed)
 
 
 def start_epoch(sampler: torch.utils.data.Sampler, seed: int, epoch: int, skip_batches: int = 0,
@@ -117,6 +131,7 @@ def start_epoch(sampler: torch.utils.data.Sampler, seed: int, epoch: int, skip_b
     torch.manual_seed(seed * 1000 + epoch)
     if isinstance(sampler, ResumableSampler):
         sampler.skip = skip_batches * batch_size
+        sampler.epoch = epoch
         sampler = sampler.inner
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)

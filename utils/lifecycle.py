@@ -203,6 +203,9 @@ class Run(object):
         if not resumable:
             return {}
         self.variables = {k: ckpt[k] for k in RUN_VARIABLES if k in ckpt}
+        if self.resume_path.resolve().parent != self.out.resolve():
+            # resumed from another folder: its best.pth is not here, so the best is tracked afresh in this one
+            self.variables = {k: v for k, v in self.variables.items() if not k.startswith("best_")}
         self.start_epoch = int(ckpt.get("epoch", 0))
         self.partial = int(ckpt.get("partial_steps", 0))  # steps of the next epoch done before a SIGINT/SIGTERM
         self.log.truncate_after(self.start_epoch)
@@ -227,24 +230,31 @@ class Run(object):
         """Training: shuffled (per-epoch seeded, resumable mid-epoch; equal shards under torchrun), drop_last.
         Evaluation: each rank takes every world-th sample, none padded, so pooled metrics count each once."""
         workers = self.args.workers if workers is None else workers
+        generator = None
         if train:
             sampler = dist_utils.train_sampler(dataset, self.args.seed)  # type: Any
             drop_last = len(dataset) // self.world >= batch_size  # a batch of 1 breaks BatchNorm
+            dataset = dist_utils.SeededItems(dataset)  # augmentations seeded per sample: exact mid-epoch resume
+            # the loader's own seed draws leave torch's global RNG alone, which only the training steps consume
+            generator = torch.Generator().manual_seed(self.args.seed)
         else:
             sampler, drop_last = dist_utils.ShardSampler(len(dataset), self.rank, self.world), False
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0 and train and not self.args.deterministic)
+            pin_memory=self.device.type == "cuda", generator=generator,
+            persistent_workers=workers > 0 and not self.args.deterministic)
 
     def epochs(self, loader: torch.utils.data.DataLoader, first: int = 1) -> Iterator[int]:
         """Epoch numbers still to run (``first`` is the number of the first epoch); before each, torch's RNG and
-        the sampler are re-seeded from (seed, epoch), and a resumed epoch skips the batches already trained on."""
+        the sampler are re-seeded from (seed, epoch); an epoch resumed mid-way skips the batches already trained on
+        and continues torch's RNG (dropout, mixup) from where the interrupted run left it."""
         with self.stop:
             for index in range(self.start_epoch, self.args.epochs):
                 epoch = index + first
                 dist_utils.start_epoch(loader.sampler, self.args.seed, epoch, skip_batches=self.partial,
                                        batch_size=loader.batch_size)
+                if self.partial and self.ckpt is not None and "rng_state" in self.ckpt:
+                    set_rng_state(self.ckpt["rng_state"], self.device)
                 yield epoch
                 self.partial = 0
 
@@ -272,7 +282,7 @@ class Run(object):
         """After SIGINT/SIGTERM: save ``state`` with the position in the epoch, then exit with 128 + signal."""
         path = self.out / "checkpoint.pth"
         partial = self.partial + done
-        self.save("checkpoint.pth", dict(state, partial_steps=partial))
+        self.save("checkpoint.pth", dict(state, partial_steps=partial, rng_state=rng_state(self.device)))
         dist_utils.barrier()
         signum = self.stop.signum if self.stop.signum is not None else signal.SIGTERM
         if self.main:
@@ -299,6 +309,21 @@ class Run(object):
         self.log.close()
         dist_utils.cleanup()
         return result
+
+
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    """torch's CPU RNG state and, on CUDA, this device's: what the rest of an interrupted epoch draws from."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    """Restore ``rng_state``'s states (a CUDA state only on the CUDA device it came from)."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def checkpoint_state(kind: str, config: Dict[str, Any], weights: Dict[str, torch.Tensor], args: Any,

@@ -1,0 +1,260 @@
+"""The run lifecycle shared by the three trainers (utils/lifecycle.py), under faults: a kill between an epoch's
+writes, SIGINT/SIGTERM mid-epoch, --resume with other flags, --overwrite, and checkpoints that must be refused."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import p2_unet
+from helpers import run_main
+from tools.toydata import make_p1_data
+from utils.checkpoint import load_checkpoint, load_safe, make_checkpoint, save_atomic
+from utils.classify import CLASSIFIER_KIND, build_classifier, load_classifier
+from utils.models import build_seg_model
+from utils.predict import SEG_KIND, load_segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+def unet(width=4, snapshots=(), images=()):
+    """A tiny U-Net run's flags; snapshots only at ``snapshots`` (of ``images``)."""
+    flags = ["--batch-size", "2", "--crop-size", "32", "--base-width", str(width), "--depth", "2", "--workers", "0",
+             "--deterministic", "--print-freq", "1", "--snapshot-epochs"] + [str(e) for e in snapshots]
+    return flags + (["--snapshot-images"] + list(images) if images else [])
+
+
+UNET = unet()
+FINETUNE = ["--arch", "resnet18", "--num-classes", "2", "--batch-size", "2", "--image-size", "32", "--hidden-dim", "8",
+            "--workers", "0", "--warmup-epochs", "0", "--deterministic", "--print-freq", "1", "--backbone", "none",
+            "--setting", "A"]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
+
+
+def _run(args, ok=True):
+    proc = subprocess.run([sys.executable] + [str(a) for a in args], cwd=str(ROOT), env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def office(tmp_path_factory):
+    root = make_p1_data(tmp_path_factory.mktemp("p1"), num_classes=2, mini_per_class=8, office_train_per_class=8,
+                        office_val_per_class=2, seed=0)
+    return root / "office"
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_safe(a)["model"], load_safe(b)["model"]
+    return sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------ a kill between an epoch's writes (issue 15.3)
+
+KILL_AT = """
+import os, runpy, sys
+import utils.lifecycle as lifecycle
+real, target = lifecycle.save_atomic, sys.argv[1]
+def dying(obj, path):
+    if os.path.basename(str(path)) == target:  # die as kill -9 would, halfway through this file's write
+        tmp = os.path.join(os.path.dirname(str(path)), "." + os.path.basename(str(path)) + ".x1y2.tmp")
+        open(tmp, "wb").write(b"PK partial")
+        os._exit(137)
+    real(obj, path)
+lifecycle.save_atomic = dying
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script, kill_at", [("p2_unet.py", "snapshot_epoch002.pth"),
+                                             ("p1_finetune.py", "epoch_002.pth")])
+def test_a_kill_between_an_epochs_writes_is_redone_on_resume(toy_p2, office, tmp_path, script, kill_at):
+    if script == "p2_unet.py":
+        args = [script, "--data-dir", toy_p2, "--epochs", "3"] + unet(snapshots=[2], images=["0000_sat.jpg"])
+    else:
+        args = [script, "--data-dir", office, "--epochs", "3"] + FINETUNE + ["--save-epochs", "2"]
+    _run(args + ["--output-dir", tmp_path / "full"])
+    killed = tmp_path / "killed"
+    proc = _run(["-c", KILL_AT, kill_at] + args + ["--output-dir", killed], ok=False)
+    assert proc.returncode == 137
+    assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 1  # epoch 2 never marked done
+    assert any(p.name.endswith(".tmp") for p in killed.iterdir())  # the orphan of the killed write
+    _run(args + ["--output-dir", killed])  # the same command again
+    assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # orphans cleaned
+    assert (killed / kill_at).is_file()  # the epoch's file was redone
+    log = [json.loads(line)["epoch"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+    results = json.loads((killed / "results.json").read_text())
+    best = load_checkpoint(killed / "best.pth")
+    assert results.get("best_epoch", best["epoch"]) == best["epoch"]
+    assert _same_weights(tmp_path / "full" / "checkpoint.pth", killed / "checkpoint.pth")
+    assert _same_weights(tmp_path / "full" / "best.pth", killed / "best.pth")
+
+
+# ------------------------------------------------- SIGINT / SIGTERM mid-epoch: exact resume (issue 15.10)
+
+def _stop_mid_epoch(args, sig, marker="epoch 1/"):
+    """Start a run, signal it once training is under way (after epoch 1 is reported), wait for its exit."""
+    proc = subprocess.Popen([sys.executable] + [str(a) for a in args], cwd=str(ROOT), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if marker in line:
+            break
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(sig), stderr
+    return stderr
+
+
+@pytest.mark.parametrize("script, sig", [("p2_unet.py", signal.SIGINT), ("p1_finetune.py", signal.SIGTERM),
+                                         ("p1_ssl_pretrain.py", signal.SIGINT)])
+def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbroken_run(toy_p2, office, tmp_path, script, sig):
+    """Augmentations are seeded per sample from (seed, epoch, index) and torch's RNG (dropout, mixup) is saved with
+    the mid-epoch checkpoint: the resumed run ends with exactly the unbroken run's weights."""
+    if script == "p2_unet.py":
+        args = [script, "--data-dir", toy_p2, "--epochs", "3"] + UNET
+    elif script == "p1_finetune.py":
+        args = [script, "--data-dir", office, "--epochs", "3", "--mixup", "0.4"] + FINETUNE
+    else:
+        root = office.parent
+        args = [script, "--data-dir", root / "mini" / "train", "--epochs", "3", "--batch-size", "2", "--workers",
+                "0", "--arch", "resnet18", "--out-dim", "16", "--hidden-dim", "16", "--bottleneck-dim", "8",
+                "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "1",
+                "--warmup-epochs", "1", "--print-freq", "1", "--deterministic"]
+    _run(args + ["--output-dir", tmp_path / "full"])
+    stopped = tmp_path / "stopped"
+    _stop_mid_epoch(args + ["--output-dir", stopped], sig)
+    ckpt = load_checkpoint(stopped / "checkpoint.pth")
+    assert ckpt["partial_steps"] >= 1 and "rng_state" in ckpt
+    _run(args + ["--output-dir", stopped])
+    assert _same_weights(tmp_path / "full" / "checkpoint.pth", stopped / "checkpoint.pth")
+
+
+# ------------------------------------------------------------------ the one resume policy (issue 15.6, 15.7)
+
+def test_resume_with_other_model_flags_is_refused_naming_them(toy_p2, tmp_path):
+    first = tmp_path / "first"
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", first, "--epochs", "1"] + UNET)
+    with pytest.raises(SystemExit) as err:
+        run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", tmp_path / "second", "--epochs", "2",
+                           "--resume", first / "checkpoint.pth", "--drop-skip", "0"] + unet(width=8))
+    message = str(err.value)
+    assert "base_width: 4 in the checkpoint, 8 here" in message and "drop_skip" in message
+    assert not (tmp_path / "second" / "results.json").exists()
+    # the optimizer too: resuming an AdamW run with SGD was a KeyError('momentum') traceback
+    with pytest.raises(SystemExit, match="--optimizer: 'adamw' in the checkpoint, 'sgd' here"):
+        run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", first, "--epochs", "2", "--optimizer", "sgd"]
+                 + UNET)
+
+
+def test_resume_from_another_folder_tracks_the_best_afresh(toy_p2, tmp_path):
+    """--resume PATH of another folder: that folder's best.pth is not here, so results.json must not claim a best
+    epoch whose best.pth this folder lacks."""
+    first = tmp_path / "first"
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", first, "--epochs", "2"] + UNET)
+    second = tmp_path / "second"
+    result = run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", second, "--epochs", "3",
+                                "--resume", first / "checkpoint.pth"] + UNET)
+    assert result["best_epoch"] == 3 and load_checkpoint(second / "best.pth")["epoch"] == 3
+
+
+def test_overwrite_deletes_only_the_old_runs_files(toy_p2, tmp_path):
+    out = tmp_path / "run"
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "2"]
+             + unet(snapshots=[1, 2], images=["0000_sat.jpg"]))
+    assert (out / "snapshot_epoch002.pth").is_file() and (out / "snapshots" / "epoch_002").is_dir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds another run"):
+        run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "1"] + unet(width=8))
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "1", "--overwrite"]
+             + unet(width=8, snapshots=[1], images=["0000_sat.jpg"]))
+    names = sorted(p.name for p in out.iterdir())
+    assert "snapshot_epoch002.pth" not in names and "notes.txt" in names  # the user's file stays
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_001"]
+    assert load_checkpoint(out / "checkpoint.pth")["model_config"]["base_width"] == 8
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
+
+
+# ------------------------------------------------------------ checkpoints that must be refused (issue 15.8, tracebacks)
+
+def _classifier(path, **changes):
+    config = {"arch": "resnet18", "num_classes": 3, "hidden_dim": 8, "dropout": 0.5}
+    ckpt = make_checkpoint(CLASSIFIER_KIND, config, build_classifier(config).state_dict(), image_size=32,
+                           mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    for key, value in changes.items():
+        if value is None:
+            del ckpt[key]
+        else:
+            ckpt[key] = value
+    save_atomic(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"std": [0.229, 0.0, 0.225]}, "invalid normalisation std"),
+    ({"std": [float("nan")] * 3}, "invalid normalisation std"),
+    ({"image_size": 0}, "invalid image_size 0"),
+    ({"format_version": "1"}, "invalid format_version '1'"),
+    ({"model_config": None}, "no model_config"),
+])
+def test_degenerate_classifier_checkpoints_are_refused(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message) as err:
+        load_classifier(_classifier(tmp_path / "c.pth", **changes), torch.device("cpu"))
+    assert str(tmp_path / "c.pth") in str(err.value)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    config = {"arch": "resnet18", "num_classes": 3, "hidden_dim": 8, "dropout": 0.5}
+    state = build_classifier(config).state_dict()
+    state["head.0.weight"][0, 0] = float("nan")
+    save_atomic(make_checkpoint(CLASSIFIER_KIND, config, state, image_size=32), tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match="non-finite weights .* head.0.weight"):
+        load_classifier(tmp_path / "nan.pth", torch.device("cpu"))
+
+
+def test_a_config_that_does_not_fit_its_weights_fails_before_building_the_model(tmp_path):
+    """A config saying base_width 1500 (a 5.7 GB U-Net) with small weights: refused from the shapes alone."""
+    import resource
+
+    config = {"arch": "unet", "num_classes": 7, "base_width": 4, "depth": 2, "drop_skip": [], "bilinear": False}
+    weights = build_seg_model(config).state_dict()
+    save_atomic(make_checkpoint(SEG_KIND, dict(config, base_width=1500), weights), tmp_path / "big.pth")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="does not fit the model its config describes"):
+        load_segmenter(tmp_path / "big.pth", torch.device("cpu"))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
+    assert grown_mb < 200  # building it for real would take gigabytes
+
+
+def test_full_disk_while_saving_a_checkpoint_is_one_line(toy_p2, tmp_path):
+    """torch.save's 'unexpected pos' RuntimeError on a full disk becomes 'error: cannot write ...', exit 2, and the
+    previous checkpoint stays loadable."""
+    out = tmp_path / "run"
+    _run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "1"] + UNET)
+    script = ("import sys, runpy, torch\n"
+              "def full(obj, f, *a, **k):\n"
+              "    raise RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0')\n"
+              "torch.save = full\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = _run(["-c", script, "p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "2"] + UNET,
+                ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: cannot write {}".format(out) in proc.stderr and "disk full" in proc.stderr  # best.pth comes first
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags", [["--crop-size", "0"], ["--device", "tpu"], ["--epochs", "0"], ["--epochs", "-3"],
+                                   ["--lr", "nan"]])
+def test_nonsense_flags_are_usage_errors(toy_p2, tmp_path, flags):
+    proc = _run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", tmp_path / "x"] + flags, ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and flags[0] in proc.stderr
+    assert not (tmp_path / "x").exists()
