@@ -115,12 +115,12 @@ def _stop_mid_epoch(args, sig, marker="epoch 1/"):
 
 
 @pytest.mark.parametrize("script, sig", [("p2_unet.py", signal.SIGINT), ("p1_finetune.py", signal.SIGTERM),
-                                         ("p1_ssl_pretrain.py", signal.SIGINT)])
+                                         ("p1_ssl_pretrain.py", signal.SIGINT)])  # the U-Net with 2 loader workers
 def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbroken_run(toy_p2, office, tmp_path, script, sig):
     """Augmentations are seeded per sample from (seed, epoch, index) and torch's RNG (dropout, mixup) is saved with
     the mid-epoch checkpoint: the resumed run ends with exactly the unbroken run's weights."""
-    if script == "p2_unet.py":
-        args = [script, "--data-dir", toy_p2, "--epochs", "3"] + UNET
+    if script == "p2_unet.py":  # workers: each draws from its own RNG, restarted every epoch
+        args = [script, "--data-dir", toy_p2, "--epochs", "3"] + UNET + ["--workers", "2"]
     elif script == "p1_finetune.py":
         args = [script, "--data-dir", office, "--epochs", "3", "--mixup", "0.4"] + FINETUNE
     else:
