@@ -192,6 +192,23 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
 
 
+def test_a_symlinked_output_csv_is_replaced_not_written_through(p1, tmp_path):
+    """The csv was already written atomically; this keeps it so: an output path that is a symlink to another file
+    (here an image) gets a new file in its place and the file it pointed to is untouched."""
+    val_csv, image_dir, checkpoint = p1
+    victim = tmp_path / "victim.jpg"
+    victim.write_bytes((image_dir / _val_rows(val_csv)[0]["filename"]).read_bytes())
+    before = victim.read_bytes()
+    out_csv = tmp_path / "pred.csv"
+    os.symlink("victim.jpg", str(out_csv))
+    args = p1_inference.get_args_parser().parse_args([
+        "--csv", str(val_csv), "--image-dir", str(image_dir), "--output", str(out_csv),
+        "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"])
+    p1_inference.main(args)
+    assert victim.read_bytes() == before
+    assert not out_csv.is_symlink() and _read_output(out_csv)[0] == ["id", "filename", "label"]
+
+
 def test_hw1_1_obeys_the_script_rules(repo_root):
     path = repo_root / "hw1_1.sh"
     assert os.access(str(path), os.X_OK)

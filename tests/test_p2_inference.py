@@ -25,10 +25,32 @@ def trained(toy_p2, tmp_path_factory):
     return out / "checkpoint.pth", result
 
 
-def _hw1_2(repo_root, in_dir, out_dir, checkpoint):
-    env = dict(os.environ, HW1_P2_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1")
-    return subprocess.run(["bash", "hw1_2.sh", str(in_dir), str(out_dir)], cwd=str(repo_root), env=env,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def random_unet(tmp_path_factory):
+    """A tiny random-weight U-Net checkpoint (no training): for tests of the files written, not of the masks."""
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_seg_model
+    from utils.predict import SEG_KIND
+
+    config = {"arch": "unet", "num_classes": 7, "base_width": 4, "depth": 2, "drop_skip": [], "bilinear": False}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random_unet") / "unet.pth"
+    save_atomic(make_checkpoint(SEG_KIND, config, build_seg_model(config).state_dict(), None), path)
+    return path
+
+
+def _sat_folder(toy_p2, folder, count=3):
+    """``count`` of the toy validation images (64x64 *_sat.jpg) copied into a new ``folder``."""
+    folder.mkdir(parents=True)
+    for path in sorted((toy_p2 / "validation").glob("*_sat.jpg"))[:count]:
+        shutil.copy(str(path), str(folder / path.name))
+    return folder
+
+
+def _hw1_2(repo_root, in_dir, out_dir, checkpoint, cwd=None):
+    env = dict(os.environ, HW1_P2_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(repo_root / "hw1_2.sh"), str(in_dir), str(out_dir)],
+                          cwd=str(cwd or repo_root), env=env, capture_output=True, text=True, timeout=300)
 
 
 def _palette_only(path: Path) -> bool:
@@ -98,6 +120,33 @@ def test_clear_errors(tmp_path, repo_root, trained):
     proc = _hw1_2(repo_root, empty, tmp_path / "o2", bad_ckpt)
     assert proc.returncode != 0 and "bad.pth" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_symlink_in_the_output_folder_is_replaced_not_written_through(toy_p2, random_unet, tmp_path, repo_root):
+    """Before: an output folder holding 0000_mask.png -> ../input/0000_sat.jpg made hw1_2.sh overwrite the input
+    image with a mask. Now every mask is written to a temp file in the output folder and renamed over its name."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    before = {p.name: p.read_bytes() for p in in_dir.iterdir()}
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    os.symlink(os.path.join("..", "input", "0000_sat.jpg"), str(out_dir / "0000_mask.png"))
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in in_dir.iterdir()} == before  # the input image is untouched
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0001_mask.png"]
+    mask = out_dir / "0000_mask.png"
+    assert not mask.is_symlink() and Image.open(mask).mode == "RGB" and Image.open(mask).size == (64, 64)
+
+
+def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):
+    """Atomic writing changes where the bytes go, not the bytes: a mask equals PIL's PNG of its colours."""
+    from utils.masks import class_to_rgb, write_mask
+
+    classes = np.random.default_rng(0).integers(0, 7, (37, 53)).astype(np.uint8)
+    write_mask(tmp_path / "a_mask.png", classes)
+    Image.fromarray(class_to_rgb(classes)).save(str(tmp_path / "plain.png"), format="PNG")
+    assert (tmp_path / "a_mask.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_mask.png", "plain.png"]  # no temp file left
 
 
 def test_hw1_2_obeys_the_script_rules(repo_root):

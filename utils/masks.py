@@ -68,5 +68,10 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
 
 
 def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
-    """Write (H, W) class indices as an RGB PNG in the official colours (never red)."""
-    Image.fromarray(class_to_rgb(classes)).save(str(path), format="PNG")
+    """Write (H, W) class indices as an RGB PNG in the official colours (never red), atomically (temp file in the
+    same folder + os.replace): a symlink at ``path`` is replaced, not written through; a failed write keeps the mask
+    already there."""
+    from utils.checkpoint import atomic_write  # lazily: it imports torch, which decoding masks does not need
+
+    image = Image.fromarray(class_to_rgb(classes))
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
