@@ -24,8 +24,8 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.checkpoint import atomic_write
 from utils.cli import add_flag, run_cli
+from utils.fileio import write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
 
@@ -67,13 +67,14 @@ class CsvRowImages(torch.utils.data.Dataset):
 
 
 def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
-    """Write a csv atomically (temp file in the same folder + os.replace)."""
+    """Write a csv atomically (temp file in the same folder + os.replace: a symlink at ``path`` is replaced, not
+    written through); a failed write keeps the file already there and raises an OSError naming ``path``."""
     def write(f: Any) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(records)
 
-    atomic_write(path, write, text=True)
+    write_atomic(path, write, what="csv", text=True)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

@@ -192,6 +192,21 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
 
 
+def test_a_full_disk_names_the_csv_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    target = tmp_path / "pred.csv"
+    target.write_text("old\n")
+
+    class DiskFull(object):
+        def __str__(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError, match="cannot write csv .*pred.csv: No space left on device"):
+        p1_inference.write_csv_atomic(target, ["id", "filename", "label"], [["0", "a.jpg", DiskFull()]])
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
+
+
 def test_a_symlinked_output_csv_is_replaced_not_written_through(p1, tmp_path):
     """The csv was already written atomically; this keeps it so: an output path that is a symlink to another file
     (here an image) gets a new file in its place and the file it pointed to is untouched."""

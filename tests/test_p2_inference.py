@@ -264,3 +264,56 @@ def test_tta_flip_scale_with_two_checkpoints_writes_contract_valid_masks(toy_p2,
         assert img.mode == "RGB" and path.name.endswith("_mask.png")
         assert img.size == ((70, 50) if path.name == "0099_mask.png" else (64, 64))
         assert _palette_only(path)
+
+
+# ------------------------------------------------------------------------ failures while writing
+def _disk_fills_after(monkeypatch, good_writes):
+    """Make PIL's save write half of its bytes and raise ENOSPC from the (good_writes + 1)-th call on."""
+    import errno
+    import io
+    import threading
+
+    real_save, lock, calls = Image.Image.save, threading.Lock(), []
+
+    def save(self, fp, format=None, **params):
+        with lock:
+            calls.append(1)
+            count = len(calls)
+        if count <= good_writes:
+            return real_save(self, fp, format, **params)
+        buffer = io.BytesIO()
+        real_save(self, buffer, format, **params)
+        fp.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_a_full_disk_keeps_every_earlier_mask_and_names_the_file(toy_p2, random_unet, tmp_path, monkeypatch, capsys):
+    """Before: a full disk during hw1_2.sh left zero-byte masks (earlier good ones truncated too) and an error
+    naming no file. Now: masks already there are kept whole, no temp file stays, the error names the mask, exit 2."""
+    import p2_inference
+    from utils.cli import run_cli
+
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=4)
+    out_dir = tmp_path / "out"
+    argv = ["--input-dir", str(in_dir), "--output-dir", str(out_dir), "--checkpoint", str(random_unet),
+            "--device", "cpu", "--workers", "0", "--batch-size", "2"]
+    run_main(p2_inference, argv)
+    good = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    assert len(good) == 4
+    fresh = tmp_path / "fresh"
+    for folder in (out_dir, fresh):  # the same run again over the good masks, and into an empty folder
+        _disk_fills_after(monkeypatch, good_writes=2)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            run_cli(p2_inference.main, p2_inference.get_args_parser(),
+                    argv[:2] + ["--output-dir", str(folder)] + argv[4:])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "No space left on device" in err and str(folder / "00") in err and "_mask.png" in err, err
+        monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == good  # nothing truncated, no temp file
+    written = sorted(fresh.iterdir())
+    assert len(written) == 2 and all(p.read_bytes() == good[p.name] for p in written)

@@ -10,6 +10,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from utils.fileio import write_atomic
+
 NUM_CLASSES = 7  # six land-cover classes + "unknown"
 NUM_EVAL_CLASSES = 6  # the grader averages IoU over classes 0..5 only
 IGNORE_INDEX = 255
@@ -69,9 +71,7 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
 
 def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
     """Write (H, W) class indices as an RGB PNG in the official colours (never red), atomically (temp file in the
-    same folder + os.replace): a symlink at ``path`` is replaced, not written through; a failed write keeps the mask
-    already there."""
-    from utils.checkpoint import atomic_write  # lazily: it imports torch, which decoding masks does not need
-
+    same folder + os.replace): a symlink at ``path`` is replaced, not written through; a failed write (a full disk)
+    keeps the mask already there and raises an OSError naming ``path``."""
     image = Image.fromarray(class_to_rgb(classes))
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    write_atomic(path, lambda f: image.save(f, format="PNG"), what="mask")
