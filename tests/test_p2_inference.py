@@ -138,6 +138,18 @@ def test_a_symlink_in_the_output_folder_is_replaced_not_written_through(toy_p2, 
     assert not mask.is_symlink() and Image.open(mask).mode == "RGB" and Image.open(mask).size == (64, 64)
 
 
+def test_every_image_gets_a_mask_a_png_beside_the_sat_jpgs_too(toy_p2, random_unet, tmp_path, repo_root):
+    """Before: a folder of *_sat.jpg files and one 0102_sat.png (RGBA) got no mask for the PNG, exit 0."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    Image.new("RGBA", (40, 30), (10, 200, 30, 128)).save(str(in_dir / "0102_sat.png"))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0001_mask.png", "0102_mask.png"]
+    mask = Image.open(out_dir / "0102_mask.png")
+    assert mask.mode == "RGB" and mask.size == (40, 30) and _palette_only(out_dir / "0102_mask.png")
+
+
 def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):
     """Atomic writing changes where the bytes go, not the bytes: a mask equals PIL's PNG of its colours."""
     from utils.masks import class_to_rgb, write_mask

@@ -156,15 +156,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def list_input_images(folder: PathLike) -> List[Path]:
-    """Images to segment: every *_sat.jpg, or else every .jpg/.jpeg/.png that is not a *_mask.png."""
+    """Images to segment, sorted: every entry whose name ends in .jpg/.jpeg/.png (any case) but not _mask.png.
+
+    Every image gets a mask: a ``0102_sat.png`` beside the ``*_sat.jpg`` files is included, not skipped. Entries
+    are not opened here; one that is not a regular file (a FIFO, a device, a folder named like an image) is listed
+    and fails when read, naming it. Other files are named in one warning line on stderr.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError("input folder not found: {}".format(folder))
-    sat = sorted(folder.glob("*_sat.jpg"))
-    if sat:
-        return sat
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith("_mask.png"))
+    images, other = [], []
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower()
+        if name.endswith("_mask.png"):
+            continue  # ground truth beside its images (a validation folder)
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
+    if other and images:
+        print("warning: ignoring {} file(s) in {} that are not .jpg/.jpeg/.png images: {}{}".format(
+            len(other), folder, ", ".join(p.name for p in other[:5]), " ..." if len(other) > 5 else ""),
+            file=sys.stderr)
+    return images
 
 
 def mask_name_for(image: Path) -> str:
