@@ -7,7 +7,8 @@
     # test-time augmentation (flip + scales 0.75/1/1.25: 6 views) and a two-checkpoint ensemble
     python p2_inference.py --input-dir DIR --output-dir OUT --tta flip,scale --checkpoint A.pth B.pth
 
-Input: every .jpg/.jpeg/.png of the folder that is not a ``*_mask.png`` (the grader's are ``xxxx_sat.jpg``).
+Input: every .jpg/.jpeg/.png of the folder that is not a ``*_mask.png`` (the grader's are ``xxxx_sat.jpg``); two
+images that would write one mask (``a.jpg`` and ``a.png``) are an error before any work.
 Output: ``xxxx_mask.png`` per input, RGB, the input's exact size, only the seven class colours (never red),
 and nothing else in the output folder. Each checkpoint alone rebuilds its model (U-Net, DeepLabV3(+) or
 FCN32s); several are averaged in probability space. An unreadable image is reported by name, every other
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
+from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
 from utils.cli import add_flag, run_cli
@@ -82,6 +83,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     files = list_input_images(args.input_dir)
     if not files:
         raise SystemExit("error: no images (*_sat.jpg, .jpg, .png) in {}".format(args.input_dir))
+    mask_names = mask_names_for(files)  # two images that would write one mask: an error before any work
     if any(scale <= 0 for scale in args.tta_scales):
         raise SystemExit("error: --tta-scales must be positive, got {}".format(args.tta_scales))
     members = []  # (model, model_config) per checkpoint
@@ -116,7 +118,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                 probs = predict_ensemble(members, images, dtype, tta=flip, scales=scales)
                 preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
                 for (index, _, _), pred in zip(group, preds):
-                    target = args.output_dir / mask_name_for(files[index])
+                    target = args.output_dir / mask_names[index]
                     pending.append(pool.submit(write_mask, target, pred))
                 while len(pending) > 4 * args.batch_size:  # bound the masks held in memory
                     pending.pop(0).result()

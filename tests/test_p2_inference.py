@@ -150,6 +150,22 @@ def test_every_image_gets_a_mask_a_png_beside_the_sat_jpgs_too(toy_p2, random_un
     assert mask.mode == "RGB" and mask.size == (40, 30) and _palette_only(out_dir / "0102_mask.png")
 
 
+def test_images_that_would_write_one_mask_are_an_error_before_any_work(tmp_path, repo_root):
+    """Before: a.jpg, a.png and a.jpeg all wrote a_mask.png (the last one won). Now: exit 2 naming the clash,
+    before the checkpoint is read (here it does not even exist) and before the output folder is created."""
+    in_dir = tmp_path / "input"
+    in_dir.mkdir()
+    for name in ("a.jpg", "a.png", "a.jpeg", "0001_sat.jpg", "0001.png", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(str(in_dir / name))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, tmp_path / "no_such.pth")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: 2 mask name(s) would be written by more than one image")
+    assert "a_mask.png (a.jpeg, a.jpg, a.png)" in proc.stderr and "0001_mask.png (0001.png, 0001_sat.jpg)" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr and not out_dir.exists()
+
+
 def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):
     """Atomic writing changes where the bytes go, not the bytes: a mask equals PIL's PNG of its colours."""
     from utils.masks import class_to_rgb, write_mask

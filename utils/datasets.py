@@ -186,6 +186,20 @@ def mask_name_for(image: Path) -> str:
     return stem + "_mask.png"
 
 
+def mask_names_for(images: Sequence[Path]) -> List[str]:
+    """``mask_name_for`` of each image; a ValueError naming them when two images would write one mask (a.jpg and
+    a.png, or 0001_sat.jpg and 0001.png), so that no mask silently overwrites another."""
+    names = [mask_name_for(p) for p in images]
+    sources = {}  # type: dict
+    for image, name in zip(images, names):
+        sources.setdefault(name, []).append(image.name)
+    clashes = ["{} ({})".format(name, ", ".join(found)) for name, found in sources.items() if len(found) > 1]
+    if clashes:
+        raise ValueError("{} mask name(s) would be written by more than one image of {}: {}; rename or remove all "
+                         "but one of each".format(len(clashes), Path(images[0]).parent, "; ".join(clashes[:5])))
+    return names
+
+
 class InferenceImages(torch.utils.data.Dataset):
     """Images for prediction; a file that cannot be read yields its error message instead of a tensor."""
 
