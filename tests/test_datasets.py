@@ -1,4 +1,5 @@
 """Tests for utils/datasets.py: robust image decoding, p2 pair listing, datasets, inference inputs."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from utils.datasets import (
     mask_name_for,
     read_rgb,
 )
+from utils.masks import read_mask
 
 # GRADING.md's colours, by class
 COLOURS = {0: (0, 255, 255), 1: (255, 255, 0), 2: (255, 0, 255), 3: (0, 255, 0), 4: (0, 0, 255),
@@ -263,6 +265,37 @@ def test_list_input_images_without_sat(tmp_path):
     _write_colour_mask(tmp_path / "b_mask.png", np.zeros((8, 8), dtype=np.uint8))
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in list_input_images(tmp_path)] == ["a.png", "b.jpg", "c.jpeg"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO, a folder or a device named like an image or mask: a ValueError naming it, never a blocking read
+    (run in a thread so that a regression fails here instead of hanging the suite)."""
+    import threading
+
+    os.mkfifo(str(tmp_path / "a_sat.jpg"))
+    os.mkfifo(str(tmp_path / "a_mask.png"))
+    (tmp_path / "b.png").mkdir()
+    os.symlink(os.devnull, str(tmp_path / "c.jpg"))
+    cases = [(read_rgb, "a_sat.jpg", "a FIFO"), (read_mask, "a_mask.png", "a FIFO"), (read_rgb, "b.png", "a folder"),
+             (read_rgb, "c.jpg", "a character device")]
+    outcome = {}
+
+    def run():
+        for read, name, _ in cases:
+            try:
+                read(tmp_path / name)
+            except ValueError as exc:
+                outcome[name] = str(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "a read blocked"
+    for _, name, kind in cases:
+        assert name in outcome[name] and kind in outcome[name], outcome
+    with pytest.raises(FileNotFoundError, match="image not found: .*nope.jpg"):
+        read_rgb(tmp_path / "nope.jpg")
 
 
 def test_mask_name_for():

@@ -47,10 +47,10 @@ def _sat_folder(toy_p2, folder, count=3):
     return folder
 
 
-def _hw1_2(repo_root, in_dir, out_dir, checkpoint, cwd=None):
+def _hw1_2(repo_root, in_dir, out_dir, checkpoint, cwd=None, timeout=300):
     env = dict(os.environ, HW1_P2_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     return subprocess.run(["bash", str(repo_root / "hw1_2.sh"), str(in_dir), str(out_dir)],
-                          cwd=str(cwd or repo_root), env=env, capture_output=True, text=True, timeout=300)
+                          cwd=str(cwd or repo_root), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _palette_only(path: Path) -> bool:
@@ -164,6 +164,26 @@ def test_images_that_would_write_one_mask_are_an_error_before_any_work(tmp_path,
     assert "a_mask.png (a.jpeg, a.jpg, a.png)" in proc.stderr and "0001_mask.png (0001.png, 0001_sat.jpg)" \
         in proc.stderr
     assert "Traceback" not in proc.stderr and not out_dir.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_device_or_folder_named_like_an_image_is_an_error_naming_it(toy_p2, random_unet, tmp_path,
+                                                                          repo_root):
+    """Before: a FIFO named 0001_sat.jpg hung hw1_2.sh forever (a folder named like an image was skipped silently
+    when no *_sat.jpg was there). Now each is an error naming it, the other images get masks, exit 1."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=3)
+    (in_dir / "0001_sat.jpg").unlink()
+    os.mkfifo(str(in_dir / "0001_sat.jpg"))
+    (in_dir / "0003_sat.jpg").mkdir()
+    os.symlink(os.devnull, str(in_dir / "0004_sat.jpg"))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    for name, kind in (("0001_sat.jpg", "a FIFO"), ("0003_sat.jpg", "a folder"), ("0004_sat.jpg", "a character")):
+        assert any(name in line and kind in line for line in errors), (name, proc.stderr)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0002_mask.png"]
 
 
 def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):

@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from utils.checkpoint import atomic_write
+from utils.fileio import open_regular
 from utils.masks import read_mask
 
 PathLike = Union[str, Path]
@@ -25,9 +26,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
-    """Decode any image PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) to (H, W, 3) uint8 RGB."""
+    """Decode any image PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) to (H, W, 3) uint8 RGB.
+
+    Only regular files are opened (``open_regular``): a FIFO or device named like an image is an error naming it,
+    never a read that blocks."""
+    f = open_regular(path, what="image")
     try:
-        with Image.open(path) as img:
+        with f, Image.open(f) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grayscale: scale to 8 bits rather than clip (PIL's convert would saturate)
@@ -42,8 +47,6 @@ def read_rgb(path: PathLike) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
                 return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
             return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError("image not found: {}".format(path)) from None
     except Exception as exc:  # PIL raises many unrelated types for damaged files
         raise ValueError("cannot read image {}: {}".format(path, exc or type(exc).__name__)) from exc
 

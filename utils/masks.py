@@ -10,7 +10,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from utils.fileio import write_atomic
+from utils.fileio import open_regular, write_atomic
 
 NUM_CLASSES = 7  # six land-cover classes + "unknown"
 NUM_EVAL_CLASSES = 6  # the grader averages IoU over classes 0..5 only
@@ -56,14 +56,14 @@ def class_to_rgb(classes: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: Union[str, Path]) -> np.ndarray:
-    """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red)."""
+    """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red). Only a regular file
+    is opened (``open_regular``): a FIFO named like a mask is an error naming it, not a read that blocks."""
+    f = open_regular(path, what="mask")
     try:
-        with Image.open(path) as img:
+        with f, Image.open(f) as img:
             img.load()
             # Palette, grayscale, RGBA and 16-bit masks all go through PIL's RGB conversion first.
             rgb = np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError("mask not found: {}".format(path)) from None
     except Exception as exc:  # PIL raises several unrelated types for damaged files
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
     return rgb_to_class(rgb)
