@@ -72,6 +72,19 @@ def test_mask_problems_are_named(toy_p2, tmp_path, capsys):
     assert (ds[index][1][:4] == 2).all()
 
 
+def test_class_index_masks_stop_training_before_the_first_step(toy_p2, tmp_path):
+    """Before: masks saved as class indices (grey 0..6) all decoded to 'unknown' and training ran to mIoU 0 with no
+    warning. Now each is unusable, named, and a split of nothing else is an error before training."""
+    from utils.masks import read_mask
+
+    train = _copy_split(toy_p2 / "train", tmp_path / "train")
+    for mask in train.glob("*_mask.png"):
+        Image.fromarray(read_mask(mask)).save(str(mask))  # class indices as a grayscale PNG
+    with pytest.raises(ValueError, match="24 of 24 image/mask pairs .* holds class indices") as info:
+        SegmentationDataset(train)
+    assert "0000_mask.png" in str(info.value) and "Mask colours" in str(info.value)
+
+
 def test_trainer_with_strict_stops_before_training_and_names_the_file(toy_p2, tmp_path):
     data = tmp_path / "p2"
     _copy_split(toy_p2 / "train", data / "train")

@@ -66,7 +66,19 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
             rgb = np.asarray(img.convert("RGB"))
     except Exception as exc:  # PIL raises several unrelated types for damaged files
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
+    if looks_like_class_indices(rgb):
+        raise ValueError("mask {} holds class indices (grey levels 0..{}), not class colours: the grader would read "
+                         "every pixel as 'unknown'. Write each class in its colour (README, 'Mask colours': urban "
+                         "cyan, agriculture yellow, rangeland purple, forest green, water blue, barren white, unknown "
+                         "black; utils.masks.class_to_rgb does it)".format(path, NUM_CLASSES - 1))
     return rgb_to_class(rgb)
+
+
+def looks_like_class_indices(rgb: np.ndarray) -> bool:
+    """True for a mask holding class indices instead of colours: every pixel grey (R = G = B) with values in
+    0..6, not all 0. (An all-zero mask is left alone: it is all 'unknown' in colours, all 'urban' in indices.)"""
+    peak = int(rgb.max()) if rgb.size else 0
+    return 0 < peak < NUM_CLASSES and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
