@@ -197,6 +197,34 @@ def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_mask.png", "plain.png"]  # no temp file left
 
 
+@pytest.mark.parametrize("argv", [["IN"], [], ["IN", "OUT", "extra"], ["", "OUT"]])
+def test_hw1_2_checks_its_arguments(tmp_path, repo_root, argv):
+    """Before: `bash hw1_2.sh DIR` (no output folder) wrote masks into the repository root, exit 0."""
+    Image.new("RGB", (8, 8)).save(str(tmp_path / "0000_sat.jpg"))
+    argv = [str(tmp_path) if a == "IN" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    before = sorted(os.listdir(str(repo_root)))
+    proc = subprocess.run(["bash", str(repo_root / "hw1_2.sh")] + argv, cwd=str(repo_root), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash hw1_2.sh <folder of xxxx_sat.jpg> "), \
+        proc.stderr
+    assert sorted(os.listdir(str(repo_root))) == before and sorted(os.listdir(str(tmp_path))) == ["0000_sat.jpg"]
+
+
+def test_hw1_2_runs_from_any_folder(toy_p2, random_unet, tmp_path, repo_root):
+    """The code and the default checkpoint are found beside the script; relative arguments follow the caller."""
+    work = tmp_path / "elsewhere"
+    _sat_folder(toy_p2, work / "input", count=1)
+    proc = _hw1_2(repo_root, "input", "masks", random_unet, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in (work / "masks").iterdir()] == ["0000_mask.png"]
+    if (repo_root / "checkpoints" / "p2_best.pth").exists():
+        return
+    env = {k: v for k, v in os.environ.items() if k != "HW1_P2_CHECKPOINT"}
+    proc = subprocess.run(["bash", str(repo_root / "hw1_2.sh"), "input", "masks2"], cwd=str(work), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and str(repo_root / "checkpoints" / "p2_best.pth") in proc.stderr, proc.stderr
+
+
 def test_hw1_2_obeys_the_script_rules(repo_root):
     text = (repo_root / "hw1_2.sh").read_text()
     code = "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))
