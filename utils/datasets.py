@@ -47,6 +47,8 @@ def read_rgb(path: PathLike) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
                 return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
             return np.asarray(img.convert("RGB"))
+    except MemoryError:  # out of memory, not a damaged file: run_cli's one line and exit 3
+        raise
     except Exception as exc:  # PIL raises many unrelated types for damaged files
         raise ValueError("cannot read image {}: {}".format(path, exc or type(exc).__name__)) from exc
 

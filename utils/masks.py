@@ -64,6 +64,8 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
             img.load()
             # Palette, grayscale, RGBA and 16-bit masks all go through PIL's RGB conversion first.
             rgb = np.asarray(img.convert("RGB"))
+    except MemoryError:  # out of memory, not a damaged file
+        raise
     except Exception as exc:  # PIL raises several unrelated types for damaged files
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
     if looks_like_class_indices(rgb):
