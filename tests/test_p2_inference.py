@@ -393,3 +393,66 @@ def test_a_full_disk_keeps_every_earlier_mask_and_names_the_file(toy_p2, random_
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == good  # nothing truncated, no temp file
     written = sorted(fresh.iterdir())
     assert len(written) == 2 and all(p.read_bytes() == good[p.name] for p in written)
+
+
+# ------------------------------------------------------------------------ large images: tiles
+def test_tile_starts_cover_the_length_with_the_overlap():
+    from utils.predict import tile_starts
+
+    assert tile_starts(500, 1024, 128) == [0] and tile_starts(1024, 1024, 128) == [0]
+    for length, tile, overlap in [(6000, 1024, 128), (1025, 1024, 128), (2048, 1024, 0), (777, 100, 99), (65, 64, 0)]:
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + tile == length and starts == sorted(set(starts))
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
+        assert len(starts) == max(1, -(-(length - tile) // (tile - overlap)) + 1)  # the fewest that do
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(300, 100, 100)
+
+
+@pytest.mark.parametrize("config", [{"arch": "deeplabv3"}, {"arch": "unet", "depth": 3}])
+def test_tiled_prediction_averages_the_windows_and_one_window_is_the_whole_image(config):
+    """A tile >= the image is exactly the whole-image prediction; smaller tiles give the input's size and equal a
+    direct computation (every window's probabilities summed into a full-size array, divided by the window count)."""
+    from utils.predict import predict_ensemble, predict_tiled, tile_starts
+
+    members = [(_TinySegmenter().eval(), config)]
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (1, 3, 45, 70), dtype=torch.uint8)
+    whole = predict_ensemble(members, image, tta=True).argmax(1)[0].to(torch.uint8)
+    assert torch.equal(predict_tiled(members, image, tta=True, tile=70, overlap=8), whole)
+    assert torch.equal(predict_tiled(members, image, tta=True, tile=500, overlap=8), whole)
+    tiled = predict_tiled(members, image, tta=True, tile=24, overlap=6)
+    assert tiled.shape == (45, 70) and tiled.dtype == torch.uint8
+    total, count = torch.zeros(7, 45, 70), torch.zeros(45, 70)
+    for y in tile_starts(45, 24, 6):
+        for x in tile_starts(70, 24, 6):
+            total[:, y:y + 24, x:x + 24] += predict_ensemble(members, image[..., y:y + 24, x:x + 24], tta=True)[0]
+            count[y:y + 24, x:x + 24] += 1
+    assert count.min() >= 1 and count.max() > 1
+    assert torch.equal(tiled, (total / count).argmax(0).to(torch.uint8))
+    assert (tiled != whole).any()  # windows see less context: the check above is not the whole-image one
+
+
+def test_p2_inference_tiles_large_images_to_their_exact_size(toy_p2, random_unet, tmp_path):
+    """Before: every image went through the model whole (6000x6000: 10 GB). Now an image with a side over
+    --tile-threshold is predicted in tiles; the mask has the input's exact size; a tile >= the image writes the
+    same bytes as whole-image prediction, and images under the threshold are untouched by the flags."""
+    import p2_inference
+
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)  # 64x64, under every threshold below
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(str(in_dir / "0009_sat.jpg"))
+    base = ["--input-dir", in_dir, "--checkpoint", random_unet, "--device", "cpu", "--workers", "0"]
+    outputs = {}
+    for name, flags in (("whole", []), ("one_tile", ["--tile-threshold", "100", "--tile-size", "150"]),
+                        ("tiles", ["--tile-threshold", "100", "--tile-size", "48", "--tile-overlap", "12"])):
+        run_main(p2_inference, base + ["--output-dir", tmp_path / name] + flags)
+        outputs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+    assert sorted(outputs["tiles"]) == ["0000_mask.png", "0001_mask.png", "0009_mask.png"]
+    mask = Image.open(tmp_path / "tiles" / "0009_mask.png")
+    assert mask.mode == "RGB" and mask.size == (150, 90) and _palette_only(tmp_path / "tiles" / "0009_mask.png")
+    assert outputs["one_tile"] == outputs["whole"]
+    assert outputs["tiles"]["0000_mask.png"] == outputs["whole"]["0000_mask.png"]
+    assert outputs["tiles"]["0009_mask.png"] != outputs["whole"]["0009_mask.png"]  # the tiled path really ran
+    with pytest.raises(SystemExit, match="--tile-overlap"):
+        run_main(p2_inference, base + ["--output-dir", tmp_path / "bad", "--tile-size", "64", "--tile-overlap", "64"])

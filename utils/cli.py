@@ -167,8 +167,8 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
 
 OOM_HINT = ("error: out of memory ({}). Lower --batch-size (the lr follows the total batch); for DINO also "
             "--local-crops-number, --global-crop-size or --local-crop-size; for segmentation --crop-size and "
-            "--val-batch-size; for inference --batch-size. Host memory: lower --workers. The last checkpoint is kept: "
-            "run the same command again to resume.")
+            "--val-batch-size; for inference --batch-size (p2_inference.py also --tile-size). Host memory: lower "
+            "--workers. The last checkpoint is kept: run the same command again to resume.")
 # RuntimeError messages of allocators that ran out: CUDA's, torch's CPU allocator ("DefaultCPUAllocator: can't
 # allocate memory"), ENOMEM's text, and a DataLoader worker killed by the kernel's out-of-memory killer (SIGKILL)
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "is killed by signal: killed")
