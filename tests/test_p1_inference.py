@@ -159,6 +159,16 @@ def test_csv_without_filename_column_is_a_one_line_error(p1, tmp_path, repo_root
     assert not out_csv.exists()
 
 
+def test_a_csv_field_over_the_limit_is_a_one_line_error_naming_file_and_line(p1, tmp_path, repo_root):
+    _, image_dir, checkpoint = p1
+    in_csv = tmp_path / "long.csv"
+    in_csv.write_text("id,filename,label\n0,a.jpg,None\n1,\"" + "x" * 140000 + "\",None\n")
+    proc = _hw1_1(repo_root, in_csv, image_dir, tmp_path / "pred.csv", checkpoint)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: csv {} line 3: field larger than field limit".format(in_csv))
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("case", ["absent csv", "absent folder", "empty folder", "output under a file"])
 def test_clear_errors(p1, tmp_path, case):
     # in-process: run_cli turns these exceptions into 'error: <message>' and exit code 2 (shown just above)

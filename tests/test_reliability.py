@@ -124,6 +124,12 @@ def test_unlabeled_and_csv_datasets_check_their_images(tmp_path, capsys):
     ("id,filename,label\n0,a.jpg,1\n1,a.jpg,2\n", "lines 2 and 3: duplicate filename 'a.jpg'"),
     ("id,filename,label\n0,a.jpg,65\n", "line 2: label 65 outside 0..64"),
     ("id,filename,label\n0,a.jpg,-3\n", "line 2: label -3 outside 0..64"),
+    # before: OverflowError / csv.Error tracebacks naming no file
+    ("id,filename,label\n0,a.jpg,1\n1,b.jpg,inf\n", "x.csv line 3: label 'inf' is not an integer"),
+    ("id,filename,label\n0,a.jpg,-inf\n", "x.csv line 2: label '-inf' is not an integer"),
+    ("id,filename,label\n0,a.jpg,1.5\n", "x.csv line 2: label '1.5' is not an integer"),  # was read as 1
+    pytest.param("id,filename,label\n0,a.jpg,1\n1,\"" + "b" * 140000 + "\",2\n",
+                 "x.csv line 3: field larger than field limit", id="field-over-131072"),
 ])
 def test_csv_rows(tmp_path, content, message):
     path = tmp_path / "x.csv"
@@ -134,6 +140,19 @@ def test_csv_rows(tmp_path, content, message):
     else:
         with pytest.raises(ValueError, match=message):
             read_image_csv(path, num_classes=65)
+
+
+def test_a_latin1_csv_is_read_with_a_warning_naming_it(tmp_path, capsys):
+    """Before: a UnicodeDecodeError whose one-line message named no file. Now the csv is read as Latin-1 and a
+    warning names the file and the line of the first byte that is not UTF-8."""
+    path = tmp_path / "x.csv"
+    path.write_bytes("id,filename,label\n0,a.jpg,1\n1,caf\u00e9.jpg,2\n".encode("latin-1"))
+    rows = read_image_csv(path)
+    assert [r.filename for r in rows] == ["a.jpg", "caf\u00e9.jpg"] and [r.label for r in rows] == [1, 2]
+    assert "warning: csv {} is not UTF-8 (line 3: byte 0xe9); reading it as Latin-1".format(path) in \
+        capsys.readouterr().err
+    path.write_bytes("\ufeffid,filename,label\n0,caf\u00e9.jpg,1\n".encode("utf-8"))  # UTF-8: no warning
+    assert [r.filename for r in read_image_csv(path)] == ["caf\u00e9.jpg"] and capsys.readouterr().err == ""
 
 
 def test_duplicate_ids_only_warn_at_inference(tmp_path, capsys):

@@ -5,6 +5,7 @@ in threads, and a file that cannot be used is skipped with one warning line nami
 ``strict=True`` (the trainers' ``--strict``). Nothing fails hours into a run because of one bad file.
 """
 import hashlib
+import io
 import json
 import os
 import sys
@@ -267,27 +268,52 @@ class CsvRow(object):
         self.row, self.id, self.filename, self.label, self.line = row, id, filename, label, line
 
 
+def _decode_csv(path: Path) -> str:
+    """The text of a csv: UTF-8 (a BOM dropped), or else Latin-1 with a warning naming the file and the line."""
+    with open_regular(path, what="csv") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        print("warning: csv {} is not UTF-8 (line {}: byte 0x{:02x}); reading it as Latin-1".format(
+            path, data.count(b"\n", 0, exc.start) + 1, data[exc.start]), file=sys.stderr)
+        return data.decode("latin-1")
+
+
+def _label_problem(raw: str, num_classes: Optional[int]) -> Tuple[Optional[int], Optional[str]]:
+    """(label, None) for an integer label in range (``3`` or ``3.0``), else (None, what is wrong with it)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # text, 1.5, inf
+        return None, "label {!r} is not an integer".format(raw)
+    label = int(value)
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        return None, "label {} outside 0..{}".format(label, (num_classes or 1) - 1)
+    return label, None
+
+
 def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error") -> List[CsvRow]:
     """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
 
-    Labels 'None', 'nan', '-1' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
-    non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row. A repeated
-    id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning on stderr
-    (``"warn"``: inference still answers every row).
+    Labels 'None', 'nan', '-1' or empty become None (the hidden test csv). A csv without a ``filename`` column, an
+    empty filename, a field over the csv module's limit is a ValueError naming the file and line; a file that is
+    not UTF-8 is read as Latin-1 with a warning. A label that is not an integer (``cat``, ``1.5``, ``inf``) or lies
+    outside 0..num_classes-1 is a ValueError naming the file and line. A repeated id or filename is a ValueError
+    naming both lines (``duplicates="error"``, for training) or a warning (``"warn"``: inference answers every row).
     """
     import csv
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError("csv not found: {}".format(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
+    rows = []  # type: List[CsvRow]
+    try:
         if reader.fieldnames is None:
             raise ValueError("csv {} is empty".format(path))
         fields = {name.strip().lower(): name for name in reader.fieldnames if name is not None}
         if "filename" not in fields:
             raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
-        rows = []
         for i, record in enumerate(reader):
             line = reader.line_num  # the physical line (blank lines and quoted newlines counted)
             filename = (record.get(fields["filename"]) or "").strip()
@@ -297,15 +323,13 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
             raw_label = (record.get(fields["label"]) or "").strip() if "label" in fields else ""
             label = None  # type: Optional[int]
             if raw_label and raw_label.lower() not in ("none", "nan", "-1"):
-                try:
-                    label = int(float(raw_label))
-                except ValueError:
-                    raise ValueError("csv {} line {}: label {!r} is not an integer".format(
-                        path, line, raw_label)) from None
-                if label < 0 or (num_classes is not None and label >= num_classes):
-                    raise ValueError("csv {} line {}: label {} outside 0..{}".format(
-                        path, line, label, (num_classes or 1) - 1))
+                label, problem = _label_problem(raw_label, num_classes)
+                if problem is not None:
+                    raise ValueError("csv {} line {}: {}".format(path, line, problem))
             rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte (Python 3.8), ...
+        # DictReader's own line_num is that of the last good row: its csv.reader's is the line that failed
+        raise ValueError("csv {} line {}: {}".format(path, reader.reader.line_num, exc)) from None
     if not rows:
         raise ValueError("csv {} has a header but no rows".format(path))
     for key in ("id", "filename"):
