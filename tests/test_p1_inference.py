@@ -102,6 +102,35 @@ def test_accuracy_equals_an_independent_computation(p1, tmp_path, capsys):
     assert "accuracy {:.4f} on 20 image(s)".format(accuracy) in capsys.readouterr().out
 
 
+def test_a_bad_label_at_inference_is_a_warning_naming_the_line_and_the_row_is_predicted(p1, tmp_path, repo_root):
+    """Before: one non-integer label aborted the whole inference (exit 2), though labels are not needed there.
+    Now it is a warning naming the csv line; the row is predicted; the accuracy counts the valid labels only.
+    Training keeps refusing such a csv."""
+    from utils.datasets import read_image_csv
+
+    val_csv, image_dir, checkpoint = p1
+    rows = _val_rows(val_csv)[:6]
+    labels = [r["label"] for r in rows]
+    labels[2], labels[4] = "cat", "inf"  # csv lines 4 and 6
+    in_csv = tmp_path / "in.csv"
+    in_csv.write_text("id,filename,label\n" + "".join("{},{},{}\n".format(r["id"], r["filename"], label)
+                                                       for r, label in zip(rows, labels)))
+    out_csv = tmp_path / "pred.csv"
+    proc = _hw1_1(repo_root, in_csv, image_dir, out_csv, checkpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: csv {}: 2 row(s) without a usable label are predicted but not scored: line 4: label 'cat' is " \
+        "not an integer; line 6: label 'inf' is not an integer".format(in_csv) in proc.stderr
+    _, out = _read_output(out_csv)
+    predicted = [int(o[2]) for o in out]
+    assert [o[1] for o in out] == [r["filename"] for r in rows]
+    assert all(0 <= label < CONFIG["num_classes"] for label in predicted)
+    valid = [(int(label), p) for label, p in zip(labels, predicted) if label not in ("cat", "inf")]
+    accuracy = sum(label == p for label, p in valid) / len(valid)
+    assert "accuracy {:.4f} on 4 image(s) (2 without a valid label, not counted)".format(accuracy) in proc.stdout
+    with pytest.raises(ValueError, match="line 4: label 'cat' is not an integer"):
+        read_image_csv(in_csv)  # what training reads it with
+
+
 def test_csv_without_id_column_uses_the_row_index(p1, tmp_path):
     val_csv, image_dir, checkpoint = p1
     rows = _val_rows(val_csv)[:3]

@@ -294,20 +294,23 @@ def _label_problem(raw: str, num_classes: Optional[int]) -> Tuple[Optional[int],
     return label, None
 
 
-def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error") -> List[CsvRow]:
+def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error",
+                   bad_labels: str = "error") -> List[CsvRow]:
     """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
 
     Labels 'None', 'nan', '-1' or empty become None (the hidden test csv). A csv without a ``filename`` column, an
     empty filename, a field over the csv module's limit is a ValueError naming the file and line; a file that is
     not UTF-8 is read as Latin-1 with a warning. A label that is not an integer (``cat``, ``1.5``, ``inf``) or lies
-    outside 0..num_classes-1 is a ValueError naming the file and line. A repeated id or filename is a ValueError
-    naming both lines (``duplicates="error"``, for training) or a warning (``"warn"``: inference answers every row).
+    outside 0..num_classes-1 is a ValueError naming the file and line (``bad_labels="error"``, for training) or a
+    warning naming the lines (``"warn"``: inference still predicts the row; its label becomes None, not scored).
+    A repeated id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning
+    (``"warn"``: inference answers every row).
     """
     import csv
 
     path = Path(path)
     reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
-    rows = []  # type: List[CsvRow]
+    rows, bad = [], []  # type: List[CsvRow], List[str]
     try:
         if reader.fieldnames is None:
             raise ValueError("csv {} is empty".format(path))
@@ -325,13 +328,18 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
             if raw_label and raw_label.lower() not in ("none", "nan", "-1"):
                 label, problem = _label_problem(raw_label, num_classes)
                 if problem is not None:
-                    raise ValueError("csv {} line {}: {}".format(path, line, problem))
+                    if bad_labels == "error":
+                        raise ValueError("csv {} line {}: {}".format(path, line, problem))
+                    bad.append("line {}: {}".format(line, problem))
             rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
     except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte (Python 3.8), ...
         # DictReader's own line_num is that of the last good row: its csv.reader's is the line that failed
         raise ValueError("csv {} line {}: {}".format(path, reader.reader.line_num, exc)) from None
     if not rows:
         raise ValueError("csv {} has a header but no rows".format(path))
+    if bad:
+        print("warning: csv {}: {} row(s) without a usable label are predicted but not scored: {}{}".format(
+            path, len(bad), "; ".join(bad[:5]), " ..." if len(bad) > 5 else ""), file=sys.stderr)
     for key in ("id", "filename"):
         seen = {}  # type: dict
         for r in rows:
