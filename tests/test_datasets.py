@@ -298,6 +298,24 @@ def test_only_regular_files_are_read(tmp_path):
         read_rgb(tmp_path / "nope.jpg")
 
 
+def test_tiny_images_give_no_non_writable_warning(tmp_path, repo_root):
+    """Before: a 1x1 image read by PIL made torch warn 'The given NumPy array is not writable' (its transpose was
+    contiguous, so no copy was made). In a fresh interpreter, as torch warns once per process."""
+    import subprocess
+    import sys
+
+    for h, w in ((1, 1), (1, 7), (7, 1), (5, 4)):
+        Image.fromarray(np.full((h, w, 3), 90, dtype=np.uint8)).save(str(tmp_path / "{}x{}.png".format(h, w)))
+    code = ("import sys, pathlib, numpy as np, torch; from utils.datasets import read_rgb, to_chw_uint8\n"
+            "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+            "    rgb = read_rgb(p); t = to_chw_uint8(rgb)\n"
+            "    assert t.shape == (3,) + rgb.shape[:2] and t.is_contiguous()\n"
+            "    assert np.array_equal(t.permute(1, 2, 0).numpy(), rgb)\n")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code, str(tmp_path)], cwd=str(repo_root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+
+
 def test_mask_name_for():
     assert mask_name_for(Path("0013_sat.jpg")) == "0013_mask.png"
     assert mask_name_for(Path("/data/test/0104_sat.jpg")) == "0104_mask.png"

@@ -55,8 +55,9 @@ def read_rgb(path: PathLike) -> np.ndarray:
 
 
 def to_chw_uint8(array: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 array -> contiguous (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    """(H, W, 3) uint8 array -> contiguous (3, H, W) uint8 tensor on writable memory: a read-only array (PIL's)
+    whose transpose is already contiguous (a 1x1 image) is copied, so torch warns of no non-writable array."""
+    return torch.from_numpy(np.require(array.transpose(2, 0, 1), requirements=("C", "W")))
 
 
 def list_satellite_pairs(folder: PathLike) -> List[Tuple[Path, Path]]:
