@@ -378,16 +378,17 @@ def _tiny_unet(folder: Path, base_width: int = 4) -> Path:
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
 def test_real_host_out_of_memory_in_p2_inference_is_one_line_and_exit_3(tmp_path):
     """Before: `prlimit --as=4500000000 python p2_inference.py` on a 2500x2500 image ended in a traceback of torch's
-    'DefaultCPUAllocator: can't allocate memory'. Measured: 4 s of CPU, 5-11 s wall (torch's import)."""
+    'DefaultCPUAllocator: can't allocate memory'. Here a 6000x6000 image predicted whole (--tile-threshold above
+    it; tiles would fit): it needs ~9.6 GB, over the limit whatever torch's own footprint. Measured: 4 s of CPU,
+    7-35 s wall on 2 shared cores (torch's import)."""
     in_dir = tmp_path / "big"
     in_dir.mkdir()
-    Image.new("RGB", (2500, 2500), (90, 120, 60)).save(str(in_dir / "0000_sat.jpg"))
+    Image.new("RGB", (6000, 6000), (90, 120, 60)).save(str(in_dir / "0000_sat.jpg"))
     proc = subprocess.run(["prlimit", "--as=4500000000", sys.executable, "p2_inference.py", "--input-dir",
                            str(in_dir), "--output-dir", str(tmp_path / "out"), "--checkpoint",
-                           str(_tiny_unet(tmp_path, base_width=8)), "--device", "cpu", "--workers", "0"],
-                          cwd=str(ROOT), env=_env(), capture_output=True, text=True, timeout=300)
-    if proc.returncode == 0:
-        pytest.skip("this machine's torch fitted in the limit: nothing ran out")
+                           str(_tiny_unet(tmp_path, base_width=8)), "--device", "cpu", "--workers", "0",
+                           "--tile-threshold", "8000"], cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert proc.stderr.startswith("error: out of memory (") and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and not list((tmp_path / "out").glob("*"))
