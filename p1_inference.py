@@ -5,7 +5,8 @@
     bash hw1_1.sh data_2025/p1_data/office/val.csv data_2025/p1_data/office/val out/pred.csv   # as the grader runs it
 
 Input: a csv with a ``filename`` column (``id`` and ``label`` optional; any column order, extra columns, a BOM,
-``None`` or empty labels are fine); images are looked up by bare filename in --image-dir.
+``None`` or empty labels are fine; a label that is not a class is a warning naming its line, and the row is still
+predicted); images are looked up by bare filename in --image-dir. The accuracy is printed over the valid labels.
 Output: header ``id,filename,label``, one row per input row in input order, the input's id (the row index when
 the csv has no id column), the bare filename and the predicted class. The csv is written atomically.
 An unreadable or missing image is reported with its csv line, gets label -1 (every other row is still
@@ -24,8 +25,8 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.checkpoint import atomic_write
 from utils.cli import add_flag, run_cli
+from utils.fileio import write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
 
@@ -67,18 +68,20 @@ class CsvRowImages(torch.utils.data.Dataset):
 
 
 def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
-    """Write a csv atomically (temp file in the same folder + os.replace)."""
+    """Write a csv atomically (temp file in the same folder + os.replace: a symlink at ``path`` is replaced, not
+    written through); a failed write keeps the file already there and raises an OSError naming ``path``."""
     def write(f: Any) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(records)
 
-    atomic_write(path, write, text=True)
+    write_atomic(path, write, what="csv", text=True)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     t0 = time.time()
-    rows = read_image_csv(args.csv, duplicates="warn")  # the grader wants an answer for every row
+    # the grader wants an answer for every row: duplicates and unusable labels are warnings, labels are not needed
+    rows = read_image_csv(args.csv, duplicates="warn", bad_labels="warn")
     if not args.image_dir.is_dir():
         raise FileNotFoundError("image folder not found: {}".format(args.image_dir))
     if not any((args.image_dir / r.filename).is_file() for r in rows):
@@ -118,12 +121,17 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     result = {"rows": len(rows), "failed": failed, "seconds": round(time.time() - t0, 2),
               "checkpoint": str(args.checkpoint), "output": str(args.output)}  # type: Dict[str, Any]
-    scored = [(r.label, p) for r, p in zip(rows, preds) if p != FAILED_LABEL]
-    if scored and all(label is not None for label, _ in scored):  # labeled csv: accuracy over readable rows
+    # accuracy over the rows with a valid label and a readable image (none for the hidden csv's 'None' labels)
+    scored = [(r.label, p) for r, p in zip(rows, preds) if p != FAILED_LABEL and r.label is not None]
+    if scored:
         result["accuracy"] = sum(label == p for label, p in scored) / len(scored)
-        print("accuracy {:.4f} on {} image(s){}".format(result["accuracy"], len(scored),
-                                                        " ({} unreadable, not counted)".format(len(failed))
-                                                        if failed else ""))
+        left_out = [text.format(n) for text, n in (("{} unreadable", len(failed)),
+                                                   ("{} without a valid label",
+                                                    sum(r.label is None for r, p in zip(rows, preds)
+                                                        if p != FAILED_LABEL)))
+                    if n]
+        print("accuracy {:.4f} on {} image(s){}".format(result["accuracy"], len(scored), " ({}, not counted)".format(
+            ", ".join(left_out)) if left_out else ""))
     print("wrote {} prediction(s) to {} in {:.1f} s{}".format(
         len(rows), args.output, result["seconds"], "; {} image(s) failed".format(len(failed)) if failed else ""))
     return result

@@ -7,11 +7,13 @@
     # test-time augmentation (flip + scales 0.75/1/1.25: 6 views) and a two-checkpoint ensemble
     python p2_inference.py --input-dir DIR --output-dir OUT --tta flip,scale --checkpoint A.pth B.pth
 
-Input: every ``*_sat.jpg`` in the folder (if there is none: every .jpg/.jpeg/.png that is not a mask).
+Input: every .jpg/.jpeg/.png of the folder that is not a ``*_mask.png`` (the grader's are ``xxxx_sat.jpg``); two
+images that would write one mask (``a.jpg`` and ``a.png``) are an error before any work.
 Output: ``xxxx_mask.png`` per input, RGB, the input's exact size, only the seven class colours (never red),
 and nothing else in the output folder. Each checkpoint alone rebuilds its model (U-Net, DeepLabV3(+) or
-FCN32s); several are averaged in probability space. An unreadable image is reported by name, every other
-mask is still written, and the exit code is 1.
+FCN32s); several are averaged in probability space. An image with a side over --tile-threshold is predicted in
+overlapping --tile-size tiles (probabilities averaged where they overlap), so memory stays bounded. An
+unreadable image is reported by name, every other mask is still written, and the exit code is 1.
 """
 import argparse
 import os
@@ -23,13 +25,13 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from utils.datasets import InferenceImages, collate_list, list_input_images, mask_name_for
+from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.cli import add_flag, run_cli
+from utils.cli import add_flag, nonnegative_int, positive_int, run_cli
 from utils.precision import amp_dtype
 from utils.runlog import progress
-from utils.predict import load_segmenter, predict_ensemble
+from utils.predict import load_segmenter, predict_ensemble, predict_tiled
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="image scales for --tta scale; each view's probabilities are resized back to the "
                              "input's size (1.25 costs ~1.6x a plain pass)")
     add_flag(parser, "--amp", True)
+    parser.add_argument("--tile-threshold", type=positive_int, default=2048, metavar="PIXELS",
+                        help="an image whose height or width exceeds this is predicted in overlapping tiles (memory "
+                             "then stays that of one tile whatever the image's size); smaller images are predicted "
+                             "whole, in batches")
+    parser.add_argument("--tile-size", type=positive_int, default=1024, metavar="PIXELS",
+                        help="side of the tiles of large images; lower it on out-of-memory")
+    parser.add_argument("--tile-overlap", type=nonnegative_int, default=128, metavar="PIXELS",
+                        help="at least this many pixels shared by neighbouring tiles, where their class "
+                             "probabilities are averaged")
     return parser
 
 
@@ -82,8 +93,12 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     files = list_input_images(args.input_dir)
     if not files:
         raise SystemExit("error: no images (*_sat.jpg, .jpg, .png) in {}".format(args.input_dir))
+    mask_names = mask_names_for(files)  # two images that would write one mask: an error before any work
     if any(scale <= 0 for scale in args.tta_scales):
         raise SystemExit("error: --tta-scales must be positive, got {}".format(args.tta_scales))
+    if args.tile_overlap >= args.tile_size:
+        raise SystemExit("error: --tile-overlap ({}) must be smaller than --tile-size ({})".format(
+            args.tile_overlap, args.tile_size))
     members = []  # (model, model_config) per checkpoint
     for path in args.checkpoint:
         model, ckpt = load_segmenter(path, device)
@@ -112,11 +127,16 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                     failed.append(error)
                     print("error: {}".format(error), file=sys.stderr)
             for group in _groups_by_size(samples):
-                images = torch.stack([s[1] for s in group]).to(device, non_blocking=True)
-                probs = predict_ensemble(members, images, dtype, tta=flip, scales=scales)
-                preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                if max(group[0][1].shape[-2:]) > args.tile_threshold:  # large: one image at a time, in tiles
+                    preds = [predict_tiled(members, s[1][None].to(device), dtype, tta=flip, scales=scales,
+                                           tile=args.tile_size, overlap=args.tile_overlap).cpu().numpy()
+                             for s in group]
+                else:
+                    images = torch.stack([s[1] for s in group]).to(device, non_blocking=True)
+                    probs = predict_ensemble(members, images, dtype, tta=flip, scales=scales)
+                    preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
                 for (index, _, _), pred in zip(group, preds):
-                    target = args.output_dir / mask_name_for(files[index])
+                    target = args.output_dir / mask_names[index]
                     pending.append(pool.submit(write_mask, target, pred))
                 while len(pending) > 4 * args.batch_size:  # bound the masks held in memory
                     pending.pop(0).result()
@@ -126,7 +146,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             written += 1
     result = {"written": written, "failed": failed, "seconds": round(time.time() - t0, 2),
               "checkpoints": [str(p) for p in args.checkpoint], "archs": [c.get("arch") for _, c in members],
-              "tta": list(args.tta), "scales": list(scales)}
+              "tta": list(args.tta), "scales": list(scales), "tile_threshold": args.tile_threshold}
     print("wrote {} mask(s) to {} in {:.1f} s{}".format(
         written, args.output_dir, result["seconds"], "; {} image(s) failed".format(len(failed)) if failed else ""))
     return result

@@ -1,4 +1,5 @@
 """Tests for utils/datasets.py: robust image decoding, p2 pair listing, datasets, inference inputs."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from utils.datasets import (
     mask_name_for,
     read_rgb,
 )
+from utils.masks import read_mask
 
 # GRADING.md's colours, by class
 COLOURS = {0: (0, 255, 255), 1: (255, 255, 0), 2: (255, 0, 255), 3: (0, 255, 0), 4: (0, 0, 255),
@@ -239,13 +241,20 @@ def test_segmentation_dataset_valid_pair(tmp_path):
 # inference inputs
 # ----------------------------------------------------------------------------------------------------------
 
-def test_list_input_images_prefers_sat(tmp_path):
+def test_list_input_images_includes_every_image_beside_the_sat_jpgs(tmp_path, capsys):
+    """Before: with *_sat.jpg present, every other image was skipped silently (0102_sat.png got no mask)."""
     for name in ("0001_sat.jpg", "0000_sat.jpg"):
         _write_jpg(tmp_path / name, _blocks(8, 8))
     _write_jpg(tmp_path / "extra.jpg", _blocks(8, 8))
     Image.fromarray(_blocks(8, 8)).save(str(tmp_path / "other.png"))
+    Image.new("RGBA", (8, 8), (1, 2, 3, 128)).save(str(tmp_path / "0102_sat.png"))
+    _write_jpg(tmp_path / "0103_SAT.JPG", _blocks(8, 8))
     _write_colour_mask(tmp_path / "0000_mask.png", np.zeros((8, 8), dtype=np.uint8))
-    assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg"]
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg", "0102_sat.png",
+                                                             "0103_SAT.JPG", "extra.jpg", "other.png"]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ignoring 1 file(s)") and "notes.txt" in err
 
 
 def test_list_input_images_without_sat(tmp_path):
@@ -255,8 +264,56 @@ def test_list_input_images_without_sat(tmp_path):
     _write_colour_mask(tmp_path / "a_mask.png", np.zeros((8, 8), dtype=np.uint8))
     _write_colour_mask(tmp_path / "b_mask.png", np.zeros((8, 8), dtype=np.uint8))
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
     assert [p.name for p in list_input_images(tmp_path)] == ["a.png", "b.jpg", "c.jpeg"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO, a folder or a device named like an image or mask: a ValueError naming it, never a blocking read
+    (run in a thread so that a regression fails here instead of hanging the suite)."""
+    import threading
+
+    os.mkfifo(str(tmp_path / "a_sat.jpg"))
+    os.mkfifo(str(tmp_path / "a_mask.png"))
+    (tmp_path / "b.png").mkdir()
+    os.symlink(os.devnull, str(tmp_path / "c.jpg"))
+    cases = [(read_rgb, "a_sat.jpg", "a FIFO"), (read_mask, "a_mask.png", "a FIFO"), (read_rgb, "b.png", "a folder"),
+             (read_rgb, "c.jpg", "a character device")]
+    outcome = {}
+
+    def run():
+        for read, name, _ in cases:
+            try:
+                read(tmp_path / name)
+            except ValueError as exc:
+                outcome[name] = str(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "a read blocked"
+    for _, name, kind in cases:
+        assert name in outcome[name] and kind in outcome[name], outcome
+    with pytest.raises(FileNotFoundError, match="image not found: .*nope.jpg"):
+        read_rgb(tmp_path / "nope.jpg")
+
+
+def test_tiny_images_give_no_non_writable_warning(tmp_path, repo_root):
+    """Before: a 1x1 image read by PIL made torch warn 'The given NumPy array is not writable' (its transpose was
+    contiguous, so no copy was made). In a fresh interpreter, as torch warns once per process."""
+    import subprocess
+    import sys
+
+    for h, w in ((1, 1), (1, 7), (7, 1), (5, 4)):
+        Image.fromarray(np.full((h, w, 3), 90, dtype=np.uint8)).save(str(tmp_path / "{}x{}.png".format(h, w)))
+    code = ("import sys, pathlib, numpy as np, torch; from utils.datasets import read_rgb, to_chw_uint8\n"
+            "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+            "    rgb = read_rgb(p); t = to_chw_uint8(rgb)\n"
+            "    assert t.shape == (3,) + rgb.shape[:2] and t.is_contiguous()\n"
+            "    assert np.array_equal(t.permute(1, 2, 0).numpy(), rgb)\n")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code, str(tmp_path)], cwd=str(repo_root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
 
 
 def test_mask_name_for():

@@ -241,6 +241,26 @@ def test_shipped_manifest_covers_the_grading_scripts(repo_root):
     assert dino.destination == "checkpoints/dino_resnet50_pretrain.pth"
 
 
+def test_a_destination_folder_symlinked_outside_the_root_is_refused(server, blob, tmp_path, capsys):
+    """Before: checkpoints/ -> /elsewhere made the download write outside the root. Now it is refused, naming the
+    entry and where the link leads; nothing is fetched or written there. A symlink inside the root is fine."""
+    url = server.add("/p1.pth", blob)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(str(outside), str(root / "checkpoints"))
+    rc, _ = run_main(tmp_path, [("grading", url, sha(blob), "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 1 and os.listdir(str(outside)) == [] and server.hits["/p1.pth"] == 0
+    assert "checkpoints/p1_best.pth: refusing to write outside" in err and str(outside) in err
+    (root / "checkpoints").unlink()
+    (root / "real").mkdir()
+    os.symlink("real", str(root / "checkpoints"))  # stays inside the root
+    rc, _ = run_main(tmp_path, [("grading", url, sha(blob), "checkpoints/p1_best.pth")])
+    assert rc == 0 and (root / "real" / "p1_best.pth").read_bytes() == blob
+
+
 # -------------------------------------------------------------------------------------------------- data
 
 def make_zip(path, names):

@@ -290,6 +290,62 @@ def test_write_read_mask_png_round_trip(tmp_path):
     np.testing.assert_array_equal(back, classes)
 
 
+def _png_rgb16(path, rgb16):
+    """A 48-bit RGB PNG (16 bits per channel), which PIL cannot write: built from its chunks."""
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "P"])
+def test_class_index_masks_are_refused_naming_the_file_and_the_colours(tmp_path, mode):
+    """Before: a grayscale mask holding 0..6 decoded to 'unknown' everywhere and training ran to mIoU 0 silently."""
+    classes = np.random.default_rng(0).integers(0, 7, (6, 9)).astype(np.uint8)
+    path = tmp_path / "0000_mask.png"
+    if mode == "L":
+        Image.fromarray(classes).save(str(path))
+    elif mode == "I;16":
+        Image.fromarray(classes.astype(np.uint16)).save(str(path))
+    elif mode == "RGB":
+        Image.fromarray(np.dstack([classes] * 3)).save(str(path))
+    else:  # indices with a grey palette
+        image = Image.fromarray(classes, "P")
+        image.putpalette([v for i in range(256) for v in (i, i, i)])
+        image.save(str(path))
+    with pytest.raises(ValueError) as info:
+        read_mask(path)
+    message = str(info.value)
+    assert "0000_mask.png" in message and "class indices" in message and "'Mask colours'" in message
+
+
+def test_colour_masks_in_other_modes_decode_as_before(tmp_path):
+    """16-bit, RGBA and palette colour masks, and an all-zero grey mask (ambiguous: left as all 'unknown'), are
+    read as PIL's RGB conversion + the grader's threshold rule decode them (what read_mask did before)."""
+    classes = np.random.default_rng(1).integers(0, 7, (6, 9)).astype(np.uint8)
+    colours = class_to_rgb(classes)
+    cases = {}
+    cases["rgb16.png"] = colours.astype(np.uint16) * 257
+    _png_rgb16(tmp_path / "rgb16.png", cases["rgb16.png"])
+    Image.fromarray(np.dstack([colours, np.full(classes.shape, 255, np.uint8)]), "RGBA").save(str(tmp_path / "rgba.png"))
+    Image.fromarray(colours).quantize(colors=7).save(str(tmp_path / "palette.png"))
+    Image.fromarray(np.where(classes == 5, 65535, 0).astype(np.uint16)).save(str(tmp_path / "grey16.png"))
+    Image.fromarray(np.zeros((6, 9), np.uint8)).save(str(tmp_path / "zeros.png"))
+    for name in ("rgb16.png", "rgba.png", "palette.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / name), classes, err_msg=name)
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey16.png"), np.where(classes == 5, 5, 6))
+    np.testing.assert_array_equal(read_mask(tmp_path / "zeros.png"), np.full((6, 9), 6))
+    for name in ("rgb16.png", "rgba.png", "palette.png", "grey16.png", "zeros.png"):
+        expected = rgb_to_class(np.asarray(Image.open(str(tmp_path / name)).convert("RGB")))
+        np.testing.assert_array_equal(read_mask(tmp_path / name), expected, err_msg=name)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # command-line evaluator (subprocesses start together: each pays torch's import time)
 # ----------------------------------------------------------------------------------------------------------

@@ -25,10 +25,32 @@ def trained(toy_p2, tmp_path_factory):
     return out / "checkpoint.pth", result
 
 
-def _hw1_2(repo_root, in_dir, out_dir, checkpoint):
-    env = dict(os.environ, HW1_P2_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1")
-    return subprocess.run(["bash", "hw1_2.sh", str(in_dir), str(out_dir)], cwd=str(repo_root), env=env,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def random_unet(tmp_path_factory):
+    """A tiny random-weight U-Net checkpoint (no training): for tests of the files written, not of the masks."""
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_seg_model
+    from utils.predict import SEG_KIND
+
+    config = {"arch": "unet", "num_classes": 7, "base_width": 4, "depth": 2, "drop_skip": [], "bilinear": False}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random_unet") / "unet.pth"
+    save_atomic(make_checkpoint(SEG_KIND, config, build_seg_model(config).state_dict(), None), path)
+    return path
+
+
+def _sat_folder(toy_p2, folder, count=3):
+    """``count`` of the toy validation images (64x64 *_sat.jpg) copied into a new ``folder``."""
+    folder.mkdir(parents=True)
+    for path in sorted((toy_p2 / "validation").glob("*_sat.jpg"))[:count]:
+        shutil.copy(str(path), str(folder / path.name))
+    return folder
+
+
+def _hw1_2(repo_root, in_dir, out_dir, checkpoint, cwd=None, timeout=300):
+    env = dict(os.environ, HW1_P2_CHECKPOINT=str(checkpoint), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(repo_root / "hw1_2.sh"), str(in_dir), str(out_dir)],
+                          cwd=str(cwd or repo_root), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _palette_only(path: Path) -> bool:
@@ -98,6 +120,109 @@ def test_clear_errors(tmp_path, repo_root, trained):
     proc = _hw1_2(repo_root, empty, tmp_path / "o2", bad_ckpt)
     assert proc.returncode != 0 and "bad.pth" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_symlink_in_the_output_folder_is_replaced_not_written_through(toy_p2, random_unet, tmp_path, repo_root):
+    """Before: an output folder holding 0000_mask.png -> ../input/0000_sat.jpg made hw1_2.sh overwrite the input
+    image with a mask. Now every mask is written to a temp file in the output folder and renamed over its name."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    before = {p.name: p.read_bytes() for p in in_dir.iterdir()}
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    os.symlink(os.path.join("..", "input", "0000_sat.jpg"), str(out_dir / "0000_mask.png"))
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in in_dir.iterdir()} == before  # the input image is untouched
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0001_mask.png"]
+    mask = out_dir / "0000_mask.png"
+    assert not mask.is_symlink() and Image.open(mask).mode == "RGB" and Image.open(mask).size == (64, 64)
+
+
+def test_every_image_gets_a_mask_a_png_beside_the_sat_jpgs_too(toy_p2, random_unet, tmp_path, repo_root):
+    """Before: a folder of *_sat.jpg files and one 0102_sat.png (RGBA) got no mask for the PNG, exit 0."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    Image.new("RGBA", (40, 30), (10, 200, 30, 128)).save(str(in_dir / "0102_sat.png"))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0001_mask.png", "0102_mask.png"]
+    mask = Image.open(out_dir / "0102_mask.png")
+    assert mask.mode == "RGB" and mask.size == (40, 30) and _palette_only(out_dir / "0102_mask.png")
+
+
+def test_images_that_would_write_one_mask_are_an_error_before_any_work(tmp_path, repo_root):
+    """Before: a.jpg, a.png and a.jpeg all wrote a_mask.png (the last one won). Now: exit 2 naming the clash,
+    before the checkpoint is read (here it does not even exist) and before the output folder is created."""
+    in_dir = tmp_path / "input"
+    in_dir.mkdir()
+    for name in ("a.jpg", "a.png", "a.jpeg", "0001_sat.jpg", "0001.png", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(str(in_dir / name))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, tmp_path / "no_such.pth")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: 2 mask name(s) would be written by more than one image")
+    assert "a_mask.png (a.jpeg, a.jpg, a.png)" in proc.stderr and "0001_mask.png (0001.png, 0001_sat.jpg)" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr and not out_dir.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_device_or_folder_named_like_an_image_is_an_error_naming_it(toy_p2, random_unet, tmp_path,
+                                                                          repo_root):
+    """Before: a FIFO named 0001_sat.jpg hung hw1_2.sh forever (a folder named like an image was skipped silently
+    when no *_sat.jpg was there). Now each is an error naming it, the other images get masks, exit 1."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=3)
+    (in_dir / "0001_sat.jpg").unlink()
+    os.mkfifo(str(in_dir / "0001_sat.jpg"))
+    (in_dir / "0003_sat.jpg").mkdir()
+    os.symlink(os.devnull, str(in_dir / "0004_sat.jpg"))
+    out_dir = tmp_path / "out"
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    for name, kind in (("0001_sat.jpg", "a FIFO"), ("0003_sat.jpg", "a folder"), ("0004_sat.jpg", "a character")):
+        assert any(name in line and kind in line for line in errors), (name, proc.stderr)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0002_mask.png"]
+
+
+def test_write_mask_bytes_are_those_of_a_plain_png_save(tmp_path):
+    """Atomic writing changes where the bytes go, not the bytes: a mask equals PIL's PNG of its colours."""
+    from utils.masks import class_to_rgb, write_mask
+
+    classes = np.random.default_rng(0).integers(0, 7, (37, 53)).astype(np.uint8)
+    write_mask(tmp_path / "a_mask.png", classes)
+    Image.fromarray(class_to_rgb(classes)).save(str(tmp_path / "plain.png"), format="PNG")
+    assert (tmp_path / "a_mask.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_mask.png", "plain.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("argv", [["IN"], [], ["IN", "OUT", "extra"], ["", "OUT"]])
+def test_hw1_2_checks_its_arguments(tmp_path, repo_root, argv):
+    """Before: `bash hw1_2.sh DIR` (no output folder) wrote masks into the repository root, exit 0."""
+    Image.new("RGB", (8, 8)).save(str(tmp_path / "0000_sat.jpg"))
+    argv = [str(tmp_path) if a == "IN" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    before = sorted(os.listdir(str(repo_root)))
+    proc = subprocess.run(["bash", str(repo_root / "hw1_2.sh")] + argv, cwd=str(repo_root), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash hw1_2.sh <folder of xxxx_sat.jpg> "), \
+        proc.stderr
+    assert sorted(os.listdir(str(repo_root))) == before and sorted(os.listdir(str(tmp_path))) == ["0000_sat.jpg"]
+
+
+def test_hw1_2_runs_from_any_folder(toy_p2, random_unet, tmp_path, repo_root):
+    """The code and the default checkpoint are found beside the script; relative arguments follow the caller."""
+    work = tmp_path / "elsewhere"
+    _sat_folder(toy_p2, work / "input", count=1)
+    proc = _hw1_2(repo_root, "input", "masks", random_unet, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in (work / "masks").iterdir()] == ["0000_mask.png"]
+    if (repo_root / "checkpoints" / "p2_best.pth").exists():
+        return
+    env = {k: v for k, v in os.environ.items() if k != "HW1_P2_CHECKPOINT"}
+    proc = subprocess.run(["bash", str(repo_root / "hw1_2.sh"), "input", "masks2"], cwd=str(work), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and str(repo_root / "checkpoints" / "p2_best.pth") in proc.stderr, proc.stderr
 
 
 def test_hw1_2_obeys_the_script_rules(repo_root):
@@ -215,3 +340,119 @@ def test_tta_flip_scale_with_two_checkpoints_writes_contract_valid_masks(toy_p2,
         assert img.mode == "RGB" and path.name.endswith("_mask.png")
         assert img.size == ((70, 50) if path.name == "0099_mask.png" else (64, 64))
         assert _palette_only(path)
+
+
+# ------------------------------------------------------------------------ failures while writing
+def _disk_fills_after(monkeypatch, good_writes):
+    """Make PIL's save write half of its bytes and raise ENOSPC from the (good_writes + 1)-th call on."""
+    import errno
+    import io
+    import threading
+
+    real_save, lock, calls = Image.Image.save, threading.Lock(), []
+
+    def save(self, fp, format=None, **params):
+        with lock:
+            calls.append(1)
+            count = len(calls)
+        if count <= good_writes:
+            return real_save(self, fp, format, **params)
+        buffer = io.BytesIO()
+        real_save(self, buffer, format, **params)
+        fp.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_a_full_disk_keeps_every_earlier_mask_and_names_the_file(toy_p2, random_unet, tmp_path, monkeypatch, capsys):
+    """Before: a full disk during hw1_2.sh left zero-byte masks (earlier good ones truncated too) and an error
+    naming no file. Now: masks already there are kept whole, no temp file stays, the error names the mask, exit 2."""
+    import p2_inference
+    from utils.cli import run_cli
+
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=4)
+    out_dir = tmp_path / "out"
+    argv = ["--input-dir", str(in_dir), "--output-dir", str(out_dir), "--checkpoint", str(random_unet),
+            "--device", "cpu", "--workers", "0", "--batch-size", "2"]
+    run_main(p2_inference, argv)
+    good = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    assert len(good) == 4
+    fresh = tmp_path / "fresh"
+    for folder in (out_dir, fresh):  # the same run again over the good masks, and into an empty folder
+        _disk_fills_after(monkeypatch, good_writes=2)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            run_cli(p2_inference.main, p2_inference.get_args_parser(),
+                    argv[:2] + ["--output-dir", str(folder)] + argv[4:])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "No space left on device" in err and str(folder / "00") in err and "_mask.png" in err, err
+        monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == good  # nothing truncated, no temp file
+    written = sorted(fresh.iterdir())
+    assert len(written) == 2 and all(p.read_bytes() == good[p.name] for p in written)
+
+
+# ------------------------------------------------------------------------ large images: tiles
+def test_tile_starts_cover_the_length_with_the_overlap():
+    from utils.predict import tile_starts
+
+    assert tile_starts(500, 1024, 128) == [0] and tile_starts(1024, 1024, 128) == [0]
+    for length, tile, overlap in [(6000, 1024, 128), (1025, 1024, 128), (2048, 1024, 0), (777, 100, 99), (65, 64, 0)]:
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + tile == length and starts == sorted(set(starts))
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
+        assert len(starts) == max(1, -(-(length - tile) // (tile - overlap)) + 1)  # the fewest that do
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(300, 100, 100)
+
+
+@pytest.mark.parametrize("config", [{"arch": "deeplabv3"}, {"arch": "unet", "depth": 3}])
+def test_tiled_prediction_averages_the_windows_and_one_window_is_the_whole_image(config):
+    """A tile >= the image is exactly the whole-image prediction; smaller tiles give the input's size and equal a
+    direct computation (every window's probabilities summed into a full-size array, divided by the window count)."""
+    from utils.predict import predict_ensemble, predict_tiled, tile_starts
+
+    members = [(_TinySegmenter().eval(), config)]
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (1, 3, 45, 70), dtype=torch.uint8)
+    whole = predict_ensemble(members, image, tta=True).argmax(1)[0].to(torch.uint8)
+    assert torch.equal(predict_tiled(members, image, tta=True, tile=70, overlap=8), whole)
+    assert torch.equal(predict_tiled(members, image, tta=True, tile=500, overlap=8), whole)
+    tiled = predict_tiled(members, image, tta=True, tile=24, overlap=6)
+    assert tiled.shape == (45, 70) and tiled.dtype == torch.uint8
+    total, count = torch.zeros(7, 45, 70), torch.zeros(45, 70)
+    for y in tile_starts(45, 24, 6):
+        for x in tile_starts(70, 24, 6):
+            total[:, y:y + 24, x:x + 24] += predict_ensemble(members, image[..., y:y + 24, x:x + 24], tta=True)[0]
+            count[y:y + 24, x:x + 24] += 1
+    assert count.min() >= 1 and count.max() > 1
+    assert torch.equal(tiled, (total / count).argmax(0).to(torch.uint8))
+    assert (tiled != whole).any()  # windows see less context: the check above is not the whole-image one
+
+
+def test_p2_inference_tiles_large_images_to_their_exact_size(toy_p2, random_unet, tmp_path):
+    """Before: every image went through the model whole (6000x6000: 10 GB). Now an image with a side over
+    --tile-threshold is predicted in tiles; the mask has the input's exact size; a tile >= the image writes the
+    same bytes as whole-image prediction, and images under the threshold are untouched by the flags."""
+    import p2_inference
+
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)  # 64x64, under every threshold below
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(str(in_dir / "0009_sat.jpg"))
+    base = ["--input-dir", in_dir, "--checkpoint", random_unet, "--device", "cpu", "--workers", "0"]
+    outputs = {}
+    for name, flags in (("whole", []), ("one_tile", ["--tile-threshold", "100", "--tile-size", "150"]),
+                        ("tiles", ["--tile-threshold", "100", "--tile-size", "48", "--tile-overlap", "12"])):
+        run_main(p2_inference, base + ["--output-dir", tmp_path / name] + flags)
+        outputs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+    assert sorted(outputs["tiles"]) == ["0000_mask.png", "0001_mask.png", "0009_mask.png"]
+    mask = Image.open(tmp_path / "tiles" / "0009_mask.png")
+    assert mask.mode == "RGB" and mask.size == (150, 90) and _palette_only(tmp_path / "tiles" / "0009_mask.png")
+    assert outputs["one_tile"] == outputs["whole"]
+    assert outputs["tiles"]["0000_mask.png"] == outputs["whole"]["0000_mask.png"]
+    assert outputs["tiles"]["0009_mask.png"] != outputs["whole"]["0009_mask.png"]  # the tiled path really ran
+    with pytest.raises(SystemExit, match="--tile-overlap"):
+        run_main(p2_inference, base + ["--output-dir", tmp_path / "bad", "--tile-size", "64", "--tile-overlap", "64"])

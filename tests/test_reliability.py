@@ -72,6 +72,19 @@ def test_mask_problems_are_named(toy_p2, tmp_path, capsys):
     assert (ds[index][1][:4] == 2).all()
 
 
+def test_class_index_masks_stop_training_before_the_first_step(toy_p2, tmp_path):
+    """Before: masks saved as class indices (grey 0..6) all decoded to 'unknown' and training ran to mIoU 0 with no
+    warning. Now each is unusable, named, and a split of nothing else is an error before training."""
+    from utils.masks import read_mask
+
+    train = _copy_split(toy_p2 / "train", tmp_path / "train")
+    for mask in train.glob("*_mask.png"):
+        Image.fromarray(read_mask(mask)).save(str(mask))  # class indices as a grayscale PNG
+    with pytest.raises(ValueError, match="24 of 24 image/mask pairs .* holds class indices") as info:
+        SegmentationDataset(train)
+    assert "0000_mask.png" in str(info.value) and "Mask colours" in str(info.value)
+
+
 def test_trainer_with_strict_stops_before_training_and_names_the_file(toy_p2, tmp_path):
     data = tmp_path / "p2"
     _copy_split(toy_p2 / "train", data / "train")
@@ -111,6 +124,12 @@ def test_unlabeled_and_csv_datasets_check_their_images(tmp_path, capsys):
     ("id,filename,label\n0,a.jpg,1\n1,a.jpg,2\n", "lines 2 and 3: duplicate filename 'a.jpg'"),
     ("id,filename,label\n0,a.jpg,65\n", "line 2: label 65 outside 0..64"),
     ("id,filename,label\n0,a.jpg,-3\n", "line 2: label -3 outside 0..64"),
+    # before: OverflowError / csv.Error tracebacks naming no file
+    ("id,filename,label\n0,a.jpg,1\n1,b.jpg,inf\n", "x.csv line 3: label 'inf' is not an integer"),
+    ("id,filename,label\n0,a.jpg,-inf\n", "x.csv line 2: label '-inf' is not an integer"),
+    ("id,filename,label\n0,a.jpg,1.5\n", "x.csv line 2: label '1.5' is not an integer"),  # was read as 1
+    pytest.param("id,filename,label\n0,a.jpg,1\n1,\"" + "b" * 140000 + "\",2\n",
+                 "x.csv line 3: field larger than field limit", id="field-over-131072"),
 ])
 def test_csv_rows(tmp_path, content, message):
     path = tmp_path / "x.csv"
@@ -121,6 +140,19 @@ def test_csv_rows(tmp_path, content, message):
     else:
         with pytest.raises(ValueError, match=message):
             read_image_csv(path, num_classes=65)
+
+
+def test_a_latin1_csv_is_read_with_a_warning_naming_it(tmp_path, capsys):
+    """Before: a UnicodeDecodeError whose one-line message named no file. Now the csv is read as Latin-1 and a
+    warning names the file and the line of the first byte that is not UTF-8."""
+    path = tmp_path / "x.csv"
+    path.write_bytes("id,filename,label\n0,a.jpg,1\n1,caf\u00e9.jpg,2\n".encode("latin-1"))
+    rows = read_image_csv(path)
+    assert [r.filename for r in rows] == ["a.jpg", "caf\u00e9.jpg"] and [r.label for r in rows] == [1, 2]
+    assert "warning: csv {} is not UTF-8 (line 3: byte 0xe9); reading it as Latin-1".format(path) in \
+        capsys.readouterr().err
+    path.write_bytes("\ufeffid,filename,label\n0,caf\u00e9.jpg,1\n".encode("utf-8"))  # UTF-8: no warning
+    assert [r.filename for r in read_image_csv(path)] == ["caf\u00e9.jpg"] and capsys.readouterr().err == ""
 
 
 def test_duplicate_ids_only_warn_at_inference(tmp_path, capsys):
@@ -266,10 +298,100 @@ def test_out_of_memory_names_the_flags_to_lower(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
     assert "--batch-size" in err and "--local-crops-number" in err and "--crop-size" in err
+    assert len(err.strip().splitlines()) == 1  # the README's one line
     # other runtime errors are not disguised as out-of-memory
     monkeypatch.setattr(sys, "argv", ["x"])
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_cli(lambda a: (_ for _ in ()).throw(RuntimeError("shape mismatch")), argparse.ArgumentParser())
+
+
+def _numpy_memory_error():
+    np.empty((1 << 50,), dtype=np.uint8)  # 1 PiB: numpy's own _ArrayMemoryError (a MemoryError)
+
+
+def _raise(exc):
+    def main(args):
+        raise exc
+    return main
+
+
+@pytest.mark.parametrize("main, first_line", [
+    (_raise(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                         "memory: you tried to allocate 200000000 bytes. Error code 12 (Cannot allocate memory)")),
+     "DefaultCPUAllocator: can't allocate memory"),
+    (lambda args: _numpy_memory_error(), "Unable to allocate"),
+    (_raise(MemoryError()), "(MemoryError)"),  # what PIL raises when its image buffer cannot be allocated
+    (_raise(OSError(12, "Cannot allocate memory")), "Cannot allocate memory"),
+    (_raise(RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")), "is killed by signal"),
+])
+def test_host_out_of_memory_is_one_line_and_exit_3(monkeypatch, capsys, main, first_line):
+    """Before: CPU allocator failures ended in a traceback (torch's RuntimeError, numpy's _ArrayMemoryError) or as
+    exit 2 (ENOMEM). Now every one is the one-line hint and exit 3; a message merely mentioning memory is not."""
+    import argparse
+
+    from utils.cli import run_cli
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, argparse.ArgumentParser())
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and first_line in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:
+        run_cli(_raise(ValueError("csv x.csv line 2: 'out of memory' is not a file name")), argparse.ArgumentParser())
+    assert info.value.code == 2
+
+
+def test_pil_out_of_memory_while_decoding_is_not_a_damaged_image(toy_p2, tmp_path, monkeypatch, capsys):
+    """Before: read_rgb turned PIL's MemoryError into 'cannot read image' (a damaged file, exit 1). Now the
+    MemoryError reaches run_cli: out of memory, exit 3."""
+    import p2_inference
+    from utils import datasets
+    from utils.cli import run_cli
+
+    def open_without_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(datasets.Image, "open", open_without_memory)
+    with pytest.raises(MemoryError):
+        datasets.read_rgb(toy_p2 / "validation" / "0000_sat.jpg")
+    with pytest.raises(SystemExit) as info:
+        run_cli(p2_inference.main, p2_inference.get_args_parser(),
+                ["--input-dir", str(toy_p2 / "validation"), "--output-dir", str(tmp_path / "out"), "--checkpoint",
+                 str(_tiny_unet(tmp_path)), "--device", "cpu", "--workers", "0"])
+    assert info.value.code == 3 and capsys.readouterr().err.startswith("error: out of memory (MemoryError)")
+
+
+def _tiny_unet(folder: Path, base_width: int = 4) -> Path:
+    from utils.checkpoint import make_checkpoint, save_atomic
+    from utils.models import build_seg_model
+    from utils.predict import SEG_KIND
+
+    config = {"arch": "unet", "num_classes": 7, "base_width": base_width, "depth": 2, "drop_skip": [],
+              "bilinear": False}
+    torch.manual_seed(0)
+    path = folder / "unet{}.pth".format(base_width)
+    save_atomic(make_checkpoint(SEG_KIND, config, build_seg_model(config).state_dict(), None), path)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
+def test_real_host_out_of_memory_in_p2_inference_is_one_line_and_exit_3(tmp_path):
+    """Before: `prlimit --as=4500000000 python p2_inference.py` on a 2500x2500 image ended in a traceback of torch's
+    'DefaultCPUAllocator: can't allocate memory'. Here a 6000x6000 image predicted whole (--tile-threshold above
+    it; tiles would fit): it needs ~9.6 GB, over the limit whatever torch's own footprint. Measured: 4 s of CPU,
+    7-35 s wall on 2 shared cores (torch's import)."""
+    in_dir = tmp_path / "big"
+    in_dir.mkdir()
+    Image.new("RGB", (6000, 6000), (90, 120, 60)).save(str(in_dir / "0000_sat.jpg"))
+    proc = subprocess.run(["prlimit", "--as=4500000000", sys.executable, "p2_inference.py", "--input-dir",
+                           str(in_dir), "--output-dir", str(tmp_path / "out"), "--checkpoint",
+                           str(_tiny_unet(tmp_path, base_width=8)), "--device", "cpu", "--workers", "0",
+                           "--tile-threshold", "8000"], cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: out of memory (") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "out").glob("*"))
 
 
 # ---------------------------------------------------------------- output safety and determinism
@@ -422,3 +544,24 @@ def test_finetune_sigint_saves_and_resumes(tmp_path):
     _interrupt_then_resume(args, signal.SIGINT, "p1_classifier", steps_per_epoch=24, epochs=6)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_p2_inference_memory_of_a_large_image_is_bounded_by_its_tiles(tmp_path):
+    """Before: a large image went through the model whole (6000x6000, tiny U-Net: 9.6 GB peak, 51 s CPU). Now it is
+    predicted in tiles (6000x6000 with the default 1024 px tiles: 1.35 GB, 31 s CPU; the masks agreed on every
+    pixel). Here at 2000x2000: the same image whole (--tile-threshold above it) and in 512 px tiles."""
+    in_dir = tmp_path / "big"
+    in_dir.mkdir()
+    small = np.random.default_rng(0).integers(0, 255, (125, 125, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((2000, 2000), Image.BILINEAR).save(str(in_dir / "0000_sat.jpg"))
+    ckpt = _tiny_unet(tmp_path, base_width=8)
+    rss = {}
+    for name, flags in (("whole", ["--tile-threshold", "4000"]), ("tiled", ["--tile-threshold", "1024",
+                                                                          "--tile-size", "512"])):
+        rss[name] = _peak_rss_mb(["p2_inference.py", "--input-dir", str(in_dir), "--output-dir",
+                                  str(tmp_path / name), "--checkpoint", str(ckpt), "--device", "cpu",
+                                  "--workers", "0"] + flags)
+        assert Image.open(tmp_path / name / "0000_mask.png").size == (2000, 2000)
+    # Measured: whole 1686 MB, tiled 820 MB; a 64x64 image peaks at 701 MB (torch, the model): +985 vs +119 MB
+    assert rss["whole"] - rss["tiled"] > 500, rss

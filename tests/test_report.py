@@ -51,3 +51,18 @@ def test_report_tables_name_the_models_and_list_further_runs(tmp_path):
     assert "| p2_deeplabv3plus: DeepLabV3+-ResNet101 (COCO init of backbone + ASPP, output stride 16) | 0.7610 |" \
         in further
     assert "p2_sam" not in further and "Model B" not in further
+
+
+def test_a_results_json_that_is_a_list_is_a_one_line_error_naming_it(tmp_path, repo_root):
+    """Before: `python -m tools.report RUNS` with a results.json holding a JSON list ended in a traceback."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    (runs / "p1_A").mkdir(parents=True)
+    (runs / "p1_A" / "results.json").write_text(json.dumps([{"setting": "A", "best_val_acc": 0.5}]))
+    proc = subprocess.run([sys.executable, "-m", "tools.report", str(runs), "-o", str(tmp_path / "report")],
+                          cwd=str(repo_root), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr == "error: {} holds a JSON list, not the object (dict) a run writes\n".format(
+        runs / "p1_A" / "results.json")

@@ -520,14 +520,28 @@ def tracked_by_git(root: str, relative: str) -> bool:
         return False
 
 
+def folder_outside_root(root: str, destination: str) -> Optional[str]:
+    """The real folder ``destination`` would be written in, when a symlinked folder on its way (``checkpoints ->
+    /elsewhere``) leads outside ``root``; None when it stays inside."""
+    real_root = os.path.realpath(root)
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(destination)))
+    return None if os.path.commonpath([real_root, folder]) == real_root else folder
+
+
 def fetch_entry(entry: ManifestEntry, root: str, manifest: str, force: bool = False, retries: int = 3,
                 backoff: float = 1.0, timeout: float = 60.0, submission: bool = False) -> Tuple[bool, str]:
     """Make one manifest row's file present and valid; return (ok, a short status for the summary).
 
     ``submission`` (hw1_download_ckpt.sh): a row without a link fails even when its file is here, unless the
-    file is committed to git -- the TAs' clone has only what git holds and what the links fetch.
+    file is committed to git -- the TAs' clone has only what git holds and what the links fetch. A destination
+    whose folder is a symlink leading outside the root is refused before anything is read or written.
     """
     destination = os.path.join(root, entry.destination)
+    outside = folder_outside_root(root, destination)
+    if outside is not None:
+        _warn(f"error: {entry.destination}: refusing to write outside {root}: its folder leads through a symlink "
+              f"to {outside}; make that folder a real one inside the repository")
+        return False, f"REFUSED (its folder is a symlink to {outside}, outside the root)"
     present = os.path.isfile(destination)
     if submission and not entry.url:
         if present and tracked_by_git(root, entry.destination):

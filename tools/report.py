@@ -42,8 +42,7 @@ def load_results(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
         path = Path(run) / "results.json"
         if not path.is_file():
             raise FileNotFoundError("no results.json in {} (has the run finished?)".format(run))
-        with open(path) as f:
-            rows.append(dict(json.load(f), run=str(run)))
+        rows.append(dict(_read_json(path) or {}, run=str(run)))
     return sorted(rows, key=lambda r: (r.get("setting", ""), r["run"]))
 
 
@@ -69,13 +68,18 @@ def settings_table(rows: List[Dict[str, Any]], source_note: str = "") -> str:
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``path`` (None when there is no file); a ValueError naming the file when it is not valid
+    JSON or holds something else than an object (a list, a number), which is not what a run writes."""
     if not path.is_file():
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except ValueError as e:
         raise ValueError("{} is not valid JSON: {}".format(path, e))
+    if not isinstance(value, dict):
+        raise ValueError("{} holds a JSON {}, not the object (dict) a run writes".format(path, type(value).__name__))
+    return value
 
 
 def _source_note(run_dirs: Sequence[Path]) -> str:

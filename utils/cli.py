@@ -6,6 +6,7 @@ particular to it), so ``--workers`` or ``--checkpoint`` cannot mean two things; 
 every parser against the registry.
 """
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -164,34 +165,45 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
     add_flag(g, "--tensorboard")
 
 
-OOM_HINT = ("error: out of memory ({}).\nLower --batch-size (the lr follows the total batch); for DINO also "
+OOM_HINT = ("error: out of memory ({}). Lower --batch-size (the lr follows the total batch); for DINO also "
             "--local-crops-number, --global-crop-size or --local-crop-size; for segmentation --crop-size and "
-            "--val-batch-size; for inference --batch-size. Host memory: lower --workers. The last checkpoint is kept: "
-            "run the same command again to resume.")
+            "--val-batch-size; for inference --batch-size (p2_inference.py also --tile-size). Host memory: lower "
+            "--workers. The last checkpoint is kept: run the same command again to resume.")
+# RuntimeError messages of allocators that ran out: CUDA's, torch's CPU allocator ("DefaultCPUAllocator: can't
+# allocate memory"), ENOMEM's text, and a DataLoader worker killed by the kernel's out-of-memory killer (SIGKILL)
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "is killed by signal: killed")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA (or CPU allocator) out-of-memory error."""
+    """An out-of-memory error of the GPU or the host: CUDA's OutOfMemoryError, an allocator's RuntimeError (CUDA,
+    torch's CPU allocator, a DataLoader worker killed by the OOM killer), any MemoryError (Python's, numpy's
+    _ArrayMemoryError, PIL's) and an OSError ENOMEM. Other errors never match, whatever their text."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOMEM
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_MESSAGES)
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list] = None) -> Any:
     """Parse flags and run ``main``; bad input (missing or corrupt files, wrong formats) ends with a one-line
-    'error: ...' naming the file and exit code 2 instead of a traceback; out of memory ends with the flags to
-    lower and exit code 3."""
+    'error: ...' naming the file and exit code 2 instead of a traceback; out of memory (GPU or host) ends with one
+    line naming the flags to lower and exit code 3."""
     args = parser.parse_args(argv)
     try:
         return main(args)
-    except (OSError, ValueError) as exc:  # missing/unreadable/corrupt files, wrong formats, permissions
-        print("error: {}".format(exc), file=sys.stderr)
-        sys.exit(2)
-    except (RuntimeError, MemoryError) as exc:
-        if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            print(OOM_HINT.format((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]), file=sys.stderr)
+            sys.exit(3)
+        if not isinstance(exc, (OSError, ValueError)):
             raise
-        print(OOM_HINT.format((str(exc).splitlines() or [type(exc).__name__])[0][:200]), file=sys.stderr)
-        sys.exit(3)
+        print("error: {}".format(exc), file=sys.stderr)  # missing/unreadable/corrupt files, formats, permissions
+        sys.exit(2)
     except SystemExit as exc:
         if isinstance(exc.code, str):  # raise SystemExit("error: ...") -> the same exit code 2
             print(exc.code, file=sys.stderr)

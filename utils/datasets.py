@@ -5,6 +5,7 @@ in threads, and a file that cannot be used is skipped with one warning line nami
 ``strict=True`` (the trainers' ``--strict``). Nothing fails hours into a run because of one bad file.
 """
 import hashlib
+import io
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from utils.checkpoint import atomic_write
+from utils.fileio import open_regular
 from utils.masks import read_mask
 
 PathLike = Union[str, Path]
@@ -25,9 +27,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
-    """Decode any image PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) to (H, W, 3) uint8 RGB."""
+    """Decode any image PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) to (H, W, 3) uint8 RGB.
+
+    Only regular files are opened (``open_regular``): a FIFO or device named like an image is an error naming it,
+    never a read that blocks."""
+    f = open_regular(path, what="image")
     try:
-        with Image.open(path) as img:
+        with f, Image.open(f) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grayscale: scale to 8 bits rather than clip (PIL's convert would saturate)
@@ -42,15 +48,16 @@ def read_rgb(path: PathLike) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
                 return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
             return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError("image not found: {}".format(path)) from None
+    except MemoryError:  # out of memory, not a damaged file: run_cli's one line and exit 3
+        raise
     except Exception as exc:  # PIL raises many unrelated types for damaged files
         raise ValueError("cannot read image {}: {}".format(path, exc or type(exc).__name__)) from exc
 
 
 def to_chw_uint8(array: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 array -> contiguous (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    """(H, W, 3) uint8 array -> contiguous (3, H, W) uint8 tensor on writable memory: a read-only array (PIL's)
+    whose transpose is already contiguous (a 1x1 image) is copied, so torch warns of no non-writable array."""
+    return torch.from_numpy(np.require(array.transpose(2, 0, 1), requirements=("C", "W")))
 
 
 def list_satellite_pairs(folder: PathLike) -> List[Tuple[Path, Path]]:
@@ -156,15 +163,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def list_input_images(folder: PathLike) -> List[Path]:
-    """Images to segment: every *_sat.jpg, or else every .jpg/.jpeg/.png that is not a *_mask.png."""
+    """Images to segment, sorted: every entry whose name ends in .jpg/.jpeg/.png (any case) but not _mask.png.
+
+    Every image gets a mask: a ``0102_sat.png`` beside the ``*_sat.jpg`` files is included, not skipped. Entries
+    are not opened here; one that is not a regular file (a FIFO, a device, a folder named like an image) is listed
+    and fails when read, naming it. Other files are named in one warning line on stderr.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError("input folder not found: {}".format(folder))
-    sat = sorted(folder.glob("*_sat.jpg"))
-    if sat:
-        return sat
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith("_mask.png"))
+    images, other = [], []
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower()
+        if name.endswith("_mask.png"):
+            continue  # ground truth beside its images (a validation folder)
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
+    if other and images:
+        print("warning: ignoring {} file(s) in {} that are not .jpg/.jpeg/.png images: {}{}".format(
+            len(other), folder, ", ".join(p.name for p in other[:5]), " ..." if len(other) > 5 else ""),
+            file=sys.stderr)
+    return images
 
 
 def mask_name_for(image: Path) -> str:
@@ -173,6 +191,20 @@ def mask_name_for(image: Path) -> str:
     if stem.endswith("_sat"):
         stem = stem[: -len("_sat")]
     return stem + "_mask.png"
+
+
+def mask_names_for(images: Sequence[Path]) -> List[str]:
+    """``mask_name_for`` of each image; a ValueError naming them when two images would write one mask (a.jpg and
+    a.png, or 0001_sat.jpg and 0001.png), so that no mask silently overwrites another."""
+    names = [mask_name_for(p) for p in images]
+    sources = {}  # type: dict
+    for image, name in zip(images, names):
+        sources.setdefault(name, []).append(image.name)
+    clashes = ["{} ({})".format(name, ", ".join(found)) for name, found in sources.items() if len(found) > 1]
+    if clashes:
+        raise ValueError("{} mask name(s) would be written by more than one image of {}: {}; rename or remove all "
+                         "but one of each".format(len(clashes), Path(images[0]).parent, "; ".join(clashes[:5])))
+    return names
 
 
 class InferenceImages(torch.utils.data.Dataset):
@@ -237,27 +269,55 @@ class CsvRow(object):
         self.row, self.id, self.filename, self.label, self.line = row, id, filename, label, line
 
 
-def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error") -> List[CsvRow]:
+def _decode_csv(path: Path) -> str:
+    """The text of a csv: UTF-8 (a BOM dropped), or else Latin-1 with a warning naming the file and the line."""
+    with open_regular(path, what="csv") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        print("warning: csv {} is not UTF-8 (line {}: byte 0x{:02x}); reading it as Latin-1".format(
+            path, data.count(b"\n", 0, exc.start) + 1, data[exc.start]), file=sys.stderr)
+        return data.decode("latin-1")
+
+
+def _label_problem(raw: str, num_classes: Optional[int]) -> Tuple[Optional[int], Optional[str]]:
+    """(label, None) for an integer label in range (``3`` or ``3.0``), else (None, what is wrong with it)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # text, 1.5, inf
+        return None, "label {!r} is not an integer".format(raw)
+    label = int(value)
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        return None, "label {} outside 0..{}".format(label, (num_classes or 1) - 1)
+    return label, None
+
+
+def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates: str = "error",
+                   bad_labels: str = "error") -> List[CsvRow]:
     """Read an ``id,filename,label`` csv in any column order, with or without a BOM or extra columns.
 
-    Labels 'None', 'nan', '-1' or empty become None (the hidden test csv); a label outside 0..num_classes-1, a
-    non-integer label or a csv without a ``filename`` column is a ValueError naming the file and row. A repeated
-    id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning on stderr
-    (``"warn"``: inference still answers every row).
+    Labels 'None', 'nan', '-1' or empty become None (the hidden test csv). A csv without a ``filename`` column, an
+    empty filename, a field over the csv module's limit is a ValueError naming the file and line; a file that is
+    not UTF-8 is read as Latin-1 with a warning. A label that is not an integer (``cat``, ``1.5``, ``inf``) or lies
+    outside 0..num_classes-1 is a ValueError naming the file and line (``bad_labels="error"``, for training) or a
+    warning naming the lines (``"warn"``: inference still predicts the row; its label becomes None, not scored).
+    A repeated id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning
+    (``"warn"``: inference answers every row).
     """
     import csv
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError("csv not found: {}".format(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
+    rows, bad = [], []  # type: List[CsvRow], List[str]
+    try:
         if reader.fieldnames is None:
             raise ValueError("csv {} is empty".format(path))
         fields = {name.strip().lower(): name for name in reader.fieldnames if name is not None}
         if "filename" not in fields:
             raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
-        rows = []
         for i, record in enumerate(reader):
             line = reader.line_num  # the physical line (blank lines and quoted newlines counted)
             filename = (record.get(fields["filename"]) or "").strip()
@@ -267,17 +327,20 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
             raw_label = (record.get(fields["label"]) or "").strip() if "label" in fields else ""
             label = None  # type: Optional[int]
             if raw_label and raw_label.lower() not in ("none", "nan", "-1"):
-                try:
-                    label = int(float(raw_label))
-                except ValueError:
-                    raise ValueError("csv {} line {}: label {!r} is not an integer".format(
-                        path, line, raw_label)) from None
-                if label < 0 or (num_classes is not None and label >= num_classes):
-                    raise ValueError("csv {} line {}: label {} outside 0..{}".format(
-                        path, line, label, (num_classes or 1) - 1))
+                label, problem = _label_problem(raw_label, num_classes)
+                if problem is not None:
+                    if bad_labels == "error":
+                        raise ValueError("csv {} line {}: {}".format(path, line, problem))
+                    bad.append("line {}: {}".format(line, problem))
             rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte (Python 3.8), ...
+        # DictReader's own line_num is that of the last good row: its csv.reader's is the line that failed
+        raise ValueError("csv {} line {}: {}".format(path, reader.reader.line_num, exc)) from None
     if not rows:
         raise ValueError("csv {} has a header but no rows".format(path))
+    if bad:
+        print("warning: csv {}: {} row(s) without a usable label are predicted but not scored: {}{}".format(
+            path, len(bad), "; ".join(bad[:5]), " ..." if len(bad) > 5 else ""), file=sys.stderr)
     for key in ("id", "filename"):
         seen = {}  # type: dict
         for r in rows:

@@ -10,6 +10,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from utils.fileio import open_regular, write_atomic
+
 NUM_CLASSES = 7  # six land-cover classes + "unknown"
 NUM_EVAL_CLASSES = 6  # the grader averages IoU over classes 0..5 only
 IGNORE_INDEX = 255
@@ -54,19 +56,36 @@ def class_to_rgb(classes: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: Union[str, Path]) -> np.ndarray:
-    """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red)."""
+    """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red). Only a regular file
+    is opened (``open_regular``): a FIFO named like a mask is an error naming it, not a read that blocks."""
+    f = open_regular(path, what="mask")
     try:
-        with Image.open(path) as img:
+        with f, Image.open(f) as img:
             img.load()
             # Palette, grayscale, RGBA and 16-bit masks all go through PIL's RGB conversion first.
             rgb = np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError("mask not found: {}".format(path)) from None
+    except MemoryError:  # out of memory, not a damaged file
+        raise
     except Exception as exc:  # PIL raises several unrelated types for damaged files
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
+    if looks_like_class_indices(rgb):
+        raise ValueError("mask {} holds class indices (grey levels 0..{}), not class colours: the grader would read "
+                         "every pixel as 'unknown'. Write each class in its colour (README, 'Mask colours': urban "
+                         "cyan, agriculture yellow, rangeland purple, forest green, water blue, barren white, unknown "
+                         "black; utils.masks.class_to_rgb does it)".format(path, NUM_CLASSES - 1))
     return rgb_to_class(rgb)
 
 
+def looks_like_class_indices(rgb: np.ndarray) -> bool:
+    """True for a mask holding class indices instead of colours: every pixel grey (R = G = B) with values in
+    0..6, not all 0. (An all-zero mask is left alone: it is all 'unknown' in colours, all 'urban' in indices.)"""
+    peak = int(rgb.max()) if rgb.size else 0
+    return 0 < peak < NUM_CLASSES and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
-    """Write (H, W) class indices as an RGB PNG in the official colours (never red)."""
-    Image.fromarray(class_to_rgb(classes)).save(str(path), format="PNG")
+    """Write (H, W) class indices as an RGB PNG in the official colours (never red), atomically (temp file in the
+    same folder + os.replace): a symlink at ``path`` is replaced, not written through; a failed write (a full disk)
+    keeps the mask already there and raises an OSError naming ``path``."""
+    image = Image.fromarray(class_to_rgb(classes))
+    write_atomic(path, lambda f: image.save(f, format="PNG"), what="mask")
