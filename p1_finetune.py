@@ -109,6 +109,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-epochs", type=int, nargs="*", default=[1, -1],
                    help="also keep epoch_NNN.pth at these epochs (-1 = the last); the t-SNE uses the first "
                         "and the last")
+    g.add_argument("--linear-probe-epochs", type=int, default=0,
+                   help="LP-FT: train the classifier alone (backbone frozen, BatchNorm statistics fixed) for this many "
+                        "epochs, then the whole model; one schedule over the run, the backbone at lr x "
+                        "--backbone-lr-mult once it trains (the linear-probe-then-fine-tune schedule of 2025's "
+                        "strongest setting-C results; README, Beating the baselines); 0 = off")
     g.add_argument("--cache-features", action="store_true",
                    help="frozen settings only: compute backbone features once on un-augmented images and train the "
                         "classifier on them (much faster; no augmentation)")
@@ -124,14 +129,22 @@ def resolve_setting(args: argparse.Namespace) -> Dict[str, Any]:
         frozen = args.freeze_backbone
     if frozen and source == "none":
         raise SystemExit("error: a frozen random backbone cannot learn anything; give --backbone PATH")
+    if args.linear_probe_epochs and frozen:
+        raise SystemExit("error: --linear-probe-epochs unfreezes the backbone after a linear probe; setting {} keeps "
+                         "it frozen throughout".format(args.setting))
+    if args.linear_probe_epochs < 0:
+        raise SystemExit("error: --linear-probe-epochs must be 0 or more")
     if source != "none" and not Path(source).exists() and not args.eval_only and kind in MISSING:
         raise SystemExit("error: " + MISSING[kind].format(setting=args.setting, path=source))
     mult = args.backbone_lr_mult if args.backbone_lr_mult is not None else (1.0 if source == "none" else 0.1)
     pretraining = PRETRAINING[kind]
     if args.backbone is not None and args.backbone != "none" and kind == "none":
         pretraining = "from {}".format(args.backbone)
+    finetuning = FINETUNING[frozen]
+    if args.linear_probe_epochs:
+        finetuning = "Linear probe for {} epoch(s), then train full model (LP-FT)".format(args.linear_probe_epochs)
     return {"backbone": source, "frozen": frozen, "backbone_lr_mult": mult, "pretraining": pretraining,
-            "finetuning": FINETUNING[frozen]}
+            "finetuning": finetuning}
 
 
 def train_transform(args: argparse.Namespace) -> v2.Compose:
@@ -277,14 +290,13 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     val_loader = run.loader(val_set, args.batch_size * 2, train=False)
     if args.eval_only:
         return run.finish(evaluate(model, val_loader, run.device, run.dtype), write=False)
-    model = dist_utils.wrap_ddp(model, run.device)
-    train_model = maybe_compile(model, args.compile)  # shares parameters; evaluation and checkpoints use model
+    plain, frozen = model, None  # the backbone's state: frozen throughout (D/E) or for a linear probe first (LP-FT)
     if len(train_set) < args.batch_size * run.world:
         raise SystemExit("error: {} training images cannot fill one batch of {} per process; lower --batch-size"
                          .format(len(train_set), args.batch_size))
     loader = run.loader(train_set, args.batch_size, train=True, workers=0 if use_cache else None)
     lr = scaled_lr(args.lr, args.batch_size * run.world, args.lr_ref_batch)
-    objects = {"optimizer": make_optimizer_for(args, unwrap(model), setting, lr),
+    objects = {"optimizer": make_optimizer_for(args, plain, setting, lr),
                "scaler": make_grad_scaler(run.dtype)}
     total_steps, warmup_steps = args.epochs * len(loader), int(round(args.warmup_epochs * len(loader)))
 
@@ -299,8 +311,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                   len(val_set), run.world, args.batch_size, lr, setting["backbone_lr_mult"], args.epochs, run.device))
     for epoch in run.epochs(loader):
         t0 = time.time()
+        if frozen != (setting["frozen"] or epoch <= args.linear_probe_epochs):
+            frozen = setting["frozen"] or epoch <= args.linear_probe_epochs
+            model, train_model = backbone_phase(run, plain, trainable=not frozen)
         stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
-                                state["step"], lr_at, setting["frozen"], features=use_cache)
+                                state["step"], lr_at, frozen, features=use_cache)
         state["step"] = stats.pop("step")
         if stats.pop("interrupted"):
             run.save_and_exit(classifier_checkpoint(run, model, setting, epoch - 1, last, state, objects),
@@ -313,6 +328,15 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
                        "pretraining": setting["pretraining"], "finetuning": setting["finetuning"],
                        "best_val_acc": state["best_metric"], "last_val_acc": last.get("val_acc"),
                        "epochs": args.epochs, "seed": args.seed, "arch": run.config["arch"]})
+
+
+def backbone_phase(run: Run, plain: nn.Module, trainable: bool):
+    """(model, training model) with the backbone trainable or frozen: under torchrun the DDP wrapper is made anew
+    (DDP fixes the parameters it synchronises when it is built), and torch.compile's with it."""
+    for p in plain.backbone.parameters():
+        p.requires_grad = trainable
+    model = dist_utils.wrap_ddp(plain, run.device)
+    return model, maybe_compile(model, run.args.compile)  # shares parameters; evaluation and checkpoints use model
 
 
 def classifier_checkpoint(run: Run, model: nn.Module, setting: Dict[str, Any], epoch: int, metrics: Dict[str, Any],

@@ -1,24 +1,19 @@
 """The run lifecycle shared by the three trainers (utils/lifecycle.py), under faults: a kill between an epoch's
 writes, SIGINT/SIGTERM mid-epoch, --resume with other flags, --overwrite, and checkpoints that must be refused."""
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import p2_unet
-from helpers import run_main
+from helpers import run, run_main, same_weights, stop_mid_epoch
 from tools.toydata import make_p1_data
-from utils.checkpoint import load_checkpoint, load_safe, make_checkpoint, save_atomic
+from utils.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from utils.classify import CLASSIFIER_KIND, build_classifier, load_classifier
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND, load_segmenter
 
-ROOT = Path(__file__).resolve().parents[1]
 def unet(width=4, snapshots=(), images=()):
     """A tiny U-Net run's flags; snapshots only at ``snapshots`` (of ``images``)."""
     flags = ["--batch-size", "2", "--crop-size", "32", "--base-width", str(width), "--depth", "2", "--workers", "0",
@@ -32,28 +27,11 @@ FINETUNE = ["--arch", "resnet18", "--num-classes", "2", "--batch-size", "2", "--
             "--setting", "A"]
 
 
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
-
-
-def _run(args, ok=True):
-    proc = subprocess.run([sys.executable] + [str(a) for a in args], cwd=str(ROOT), env=_env(), capture_output=True,
-                          text=True, timeout=600)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def office(tmp_path_factory):
     root = make_p1_data(tmp_path_factory.mktemp("p1"), num_classes=2, mini_per_class=8, office_train_per_class=8,
                         office_val_per_class=2, seed=0)
     return root / "office"
-
-
-def _same_weights(a: Path, b: Path) -> bool:
-    wa, wb = load_safe(a)["model"], load_safe(b)["model"]
-    return sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # ------------------------------------------------------------------ a kill between an epoch's writes (issue 15.3)
@@ -81,13 +59,13 @@ def test_a_kill_between_an_epochs_writes_is_redone_on_resume(toy_p2, office, tmp
         args = [script, "--data-dir", toy_p2, "--epochs", "3"] + unet(snapshots=[2], images=["0000_sat.jpg"])
     else:
         args = [script, "--data-dir", office, "--epochs", "3"] + FINETUNE + ["--save-epochs", "2"]
-    _run(args + ["--output-dir", tmp_path / "full"])
+    run(args + ["--output-dir", tmp_path / "full"])
     killed = tmp_path / "killed"
-    proc = _run(["-c", KILL_AT, kill_at] + args + ["--output-dir", killed], ok=False)
+    proc = run(["-c", KILL_AT, kill_at] + args + ["--output-dir", killed], ok=False)
     assert proc.returncode == 137
     assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 1  # epoch 2 never marked done
     assert any(p.name.endswith(".tmp") for p in killed.iterdir())  # the orphan of the killed write
-    _run(args + ["--output-dir", killed])  # the same command again
+    run(args + ["--output-dir", killed])  # the same command again
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # orphans cleaned
     assert (killed / kill_at).is_file()  # the epoch's file was redone
     log = [json.loads(line)["epoch"] for line in (killed / "log.jsonl").read_text().splitlines()]
@@ -95,28 +73,15 @@ def test_a_kill_between_an_epochs_writes_is_redone_on_resume(toy_p2, office, tmp
     results = json.loads((killed / "results.json").read_text())
     best = load_checkpoint(killed / "best.pth")
     assert results.get("best_epoch", best["epoch"]) == best["epoch"]
-    assert _same_weights(tmp_path / "full" / "checkpoint.pth", killed / "checkpoint.pth")
-    assert _same_weights(tmp_path / "full" / "best.pth", killed / "best.pth")
+    assert same_weights(tmp_path / "full" / "checkpoint.pth", killed / "checkpoint.pth")
+    assert same_weights(tmp_path / "full" / "best.pth", killed / "best.pth")
 
 
 # ------------------------------------------------- SIGINT / SIGTERM mid-epoch: exact resume (issue 15.10)
 
-def _stop_mid_epoch(args, sig, marker="epoch 1/"):
-    """Start a run, signal it once training is under way (after epoch 1 is reported), wait for its exit."""
-    proc = subprocess.Popen([sys.executable] + [str(a) for a in args], cwd=str(ROOT), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if marker in line:
-            break
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + int(sig), stderr
-    return stderr
-
-
 @pytest.mark.parametrize("script, sig", [("p2_unet.py", signal.SIGINT), ("p1_finetune.py", signal.SIGTERM),
                                          ("p1_ssl_pretrain.py", signal.SIGINT)])  # the U-Net with 2 loader workers
-def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbroken_run(toy_p2, office, tmp_path, script, sig):
+def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbrokenrun(toy_p2, office, tmp_path, script, sig):
     """Augmentations are seeded per sample from (seed, epoch, index) and torch's RNG (dropout, mixup) is saved with
     the mid-epoch checkpoint: the resumed run ends with exactly the unbroken run's weights."""
     if script == "p2_unet.py":  # workers: each draws from its own RNG, restarted every epoch
@@ -129,13 +94,13 @@ def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbroken_run(toy_p2, 
                 "0", "--arch", "resnet18", "--out-dim", "16", "--hidden-dim", "16", "--bottleneck-dim", "8",
                 "--global-crop-size", "32", "--local-crop-size", "16", "--local-crops-number", "1",
                 "--warmup-epochs", "1", "--print-freq", "1", "--deterministic"]
-    _run(args + ["--output-dir", tmp_path / "full"])
+    run(args + ["--output-dir", tmp_path / "full"])
     stopped = tmp_path / "stopped"
-    _stop_mid_epoch(args + ["--output-dir", stopped], sig)
+    stop_mid_epoch(args + ["--output-dir", stopped], sig)
     ckpt = load_checkpoint(stopped / "checkpoint.pth")
     assert ckpt["partial_steps"] >= 1 and "rng_state" in ckpt
-    _run(args + ["--output-dir", stopped])
-    assert _same_weights(tmp_path / "full" / "checkpoint.pth", stopped / "checkpoint.pth")
+    run(args + ["--output-dir", stopped])
+    assert same_weights(tmp_path / "full" / "checkpoint.pth", stopped / "checkpoint.pth")
 
 
 # ------------------------------------------------------------------ the one resume policy (issue 15.6, 15.7)
@@ -238,14 +203,14 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line(toy_p2, tmp_path):
     """torch.save's 'unexpected pos' RuntimeError on a full disk becomes 'error: cannot write ...', exit 2, and the
     previous checkpoint stays loadable."""
     out = tmp_path / "run"
-    _run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "1"] + UNET)
+    run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "1"] + UNET)
     script = ("import sys, runpy, torch\n"
               "def full(obj, f, *a, **k):\n"
               "    raise RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0')\n"
               "torch.save = full\n"
               "sys.argv = sys.argv[1:]\n"
               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    proc = _run(["-c", script, "p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "2"] + UNET,
+    proc = run(["-c", script, "p2_unet.py", "--data-dir", toy_p2, "--output-dir", out, "--epochs", "2"] + UNET,
                 ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: cannot write {}".format(out) in proc.stderr and "disk full" in proc.stderr  # best.pth comes first
@@ -255,6 +220,6 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line(toy_p2, tmp_path):
 @pytest.mark.parametrize("flags", [["--crop-size", "0"], ["--device", "tpu"], ["--epochs", "0"], ["--epochs", "-3"],
                                    ["--lr", "nan"]])
 def test_nonsense_flags_are_usage_errors(toy_p2, tmp_path, flags):
-    proc = _run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", tmp_path / "x"] + flags, ok=False)
+    proc = run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", tmp_path / "x"] + flags, ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and flags[0] in proc.stderr
     assert not (tmp_path / "x").exists()

@@ -175,6 +175,11 @@ def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root
                                                "--output-dir", str(tmp_path / (setting + seed))])
             acc[setting].append(result["best_val_acc"])
     assert sum(acc["C"]) / 2 > sum(acc["A"]) / 2 + 0.08
+    # LP-FT (README, Beating the baselines) from the same backbone learns too: well above chance (0.125)
+    lpft = run_main(p1_finetune, common + ["--setting", "C", "--backbone", str(tmp_path / "dino" / "backbone.pth"),
+                                           "--linear-probe-epochs", "2", "--output-dir", str(tmp_path / "C_lpft")])
+    print("A", acc["A"], "C", acc["C"], "C with LP-FT", lpft["best_val_acc"])
+    assert lpft["best_val_acc"] > 0.125 + 0.15
     # the grading path scores the checkpoint exactly as the trainer's validation did
     out_csv = tmp_path / "pred" / "val_pred.csv"
     env = dict(os.environ, HW1_P1_CHECKPOINT=str(tmp_path / "C0" / "best.pth"), TQDM_DISABLE="1")
@@ -207,3 +212,38 @@ def test_torchrun_two_processes(office, tmp_path, repo_root):
     assert ckpt["step"] == 32 // 32 and not any(k.startswith("module.") for k in ckpt["model"])
     model, _ = load_classifier(out / "best.pth", torch.device("cpu"))
     assert model.head[-1].out_features == 4
+
+
+def test_linear_probe_then_fine_tune_unfreezes_at_the_right_epoch(office, backbone_file, tmp_path):
+    """--linear-probe-epochs 2: the backbone (weights and BatchNorm statistics) stays exactly the file's through
+    epochs 1-2 while the head learns, then trains from epoch 3."""
+    out = tmp_path / "lpft"
+    result = _run(office, out, "--setting", "B", "--backbone", str(backbone_file), "--epochs", "3",
+                  "--linear-probe-epochs", "2", "--save-epochs", "1", "2", "3")
+    initial = {k: v for k, v in torch.load(str(backbone_file), weights_only=True).items() if not k.startswith("fc.")}
+    states = [_backbone_state(out / "epoch_{:03d}.pth".format(e)) for e in (1, 2, 3)]
+    for state in states[:2]:
+        assert all(torch.equal(state[k], initial[k]) for k in initial)
+    assert not all(torch.equal(states[2][k], initial[k]) for k in initial)
+    heads = [load_classifier(out / "epoch_{:03d}.pth".format(e), torch.device("cpu"))[0].head.state_dict()
+             for e in (1, 2)]
+    assert not all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])  # the head trains in the probe
+    assert result["finetuning"].startswith("Linear probe for 2 epoch(s)")
+    with pytest.raises(SystemExit, match="keeps it frozen"):
+        _run(office, tmp_path / "x", "--setting", "D", "--backbone", str(backbone_file), "--linear-probe-epochs", "1")
+
+
+def test_linear_probe_then_fine_tune_resumes_across_the_boundary(office, backbone_file, tmp_path):
+    """Stopped mid-way through the first epoch after the probe (a checkpoint from the frozen phase plus part of the
+    unfrozen one), then resumed: the same weights as an unbroken run."""
+    import signal
+
+    from helpers import run, same_weights, stop_mid_epoch
+
+    args = ["p1_finetune.py", "--data-dir", office, "--setting", "B", "--backbone", backbone_file, "--epochs", "3",
+            "--linear-probe-epochs", "1", "--print-freq", "1"] + TINY[:2] + TINY[4:]
+    run(args + ["--output-dir", tmp_path / "full"])
+    stop_mid_epoch(args + ["--output-dir", tmp_path / "stopped"], signal.SIGTERM)
+    assert torch.load(str(tmp_path / "stopped" / "checkpoint.pth"), weights_only=True)["epoch"] == 1
+    run(args + ["--output-dir", tmp_path / "stopped"])
+    assert same_weights(tmp_path / "full" / "checkpoint.pth", tmp_path / "stopped" / "checkpoint.pth")
