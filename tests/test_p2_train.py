@@ -113,17 +113,18 @@ def test_deeplab_trains_two_epochs_without_network(toy_p2, tmp_path, offline):
                              "--encoder", "resnet50", "--output-stride", "16", "--snapshot-epochs"])
     assert result["arch"] == "deeplabv3" and result["model_config"]["aux_loss"] is True
     assert result["model_config"]["output_stride"] == 16 and result["model_config"]["encoder"] == "resnet50"
-    # A run started before --encoder/--output-stride existed saved {"backbone": "resnet50"} and no output stride
-    # (the same network): the new flags describe another config, so it resumes through --resume.
+    # A run started before --encoder/--output-stride existed saved {"backbone": "resnet50"} and no output stride:
+    # the same network as --encoder resnet50 --output-stride 16, which resumes it; the new defaults (model B) are
+    # another model, refused naming the differences.
     ckpt = torch.load(str(tmp_path / "dl" / "checkpoint.pth"), weights_only=True)
     ckpt["model_config"] = {"arch": "deeplabv3", "num_classes": 7, "backbone": "resnet50", "aux_loss": True,
                             "backbone_weights": "imagenet"}
     save_atomic(ckpt, tmp_path / "old" / "checkpoint.pth")
     common = ["--data-dir", str(toy_p2), "--output-dir", str(tmp_path / "old"), "--epochs", "3", "--batch-size", "4",
               "--crop-size", "64", "--workers", "0", "--snapshot-epochs"]
-    with pytest.raises(SystemExit, match="another model"):
+    with pytest.raises(SystemExit, match="holds another run .*model encoder: 'resnet50' in the checkpoint, 'resnet101'"):
         run_main(p2_deeplab, common)
-    resumed = run_main(p2_deeplab, common + ["--resume", str(tmp_path / "old" / "checkpoint.pth")])
+    resumed = run_main(p2_deeplab, common + ["--encoder", "resnet50", "--output-stride", "16"])
     assert resumed["model_config"]["backbone"] == "resnet50" and resumed["epochs"] == 3
     assert [json.loads(line)["epoch"] for line in (tmp_path / "old" / "log.jsonl").read_text().splitlines()] == [3]
     records = [json.loads(line) for line in (tmp_path / "dl" / "log.jsonl").read_text().splitlines()]

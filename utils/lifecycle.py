@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -118,14 +118,16 @@ class Run(object):
     """One training run: output folder, device and process group, seeds, the resume decision, logging, saving.
 
     ``match`` names the arguments that must equal the checkpoint's for a resume (besides the model config, minus the
-    ``ignore`` keys that only say where initial weights came from). The one policy: a checkpoint in OUTPUT_DIR is
+    ``ignore`` keys that only say where initial weights came from; both configs pass through ``canonical`` first).
+    The one policy: a checkpoint in OUTPUT_DIR is
     resumed automatically; one that holds another model or recipe is refused (``--overwrite`` deletes that run's
     files and starts afresh); ``--resume PATH`` resumes PATH, with the same check; ``--eval-only`` evaluates the
     checkpoint's own model.
     """
 
     def __init__(self, args: Any, kind: str, config: Dict[str, Any], match: Sequence[str] = (),
-                 ignore: Sequence[str] = (), curve_keys: Sequence[str] = (), title: str = "") -> None:
+                 ignore: Sequence[str] = (), curve_keys: Sequence[str] = (), title: str = "",
+                 canonical: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> None:
         self.args, self.kind = args, kind
         self.out = Path(args.output_dir)
         if args.overwrite and args.resume is not None:
@@ -140,6 +142,7 @@ class Run(object):
         seed_everything(args.seed)
         self.ckpt = None  # type: Optional[Dict[str, Any]]
         self.resume_path = None  # type: Optional[Path]
+        self.canonical = canonical or dict
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             clear_run_files(self.out, temp_only=not args.overwrite)
@@ -174,8 +177,8 @@ class Run(object):
 
     def _differences(self, ckpt: Dict[str, Any], config: Dict[str, Any], match: Sequence[str],
                      ignore: Sequence[str]) -> list:
-        theirs = {k: v for k, v in ckpt["model_config"].items() if k not in ignore}
-        mine = {k: v for k, v in config.items() if k not in ignore}
+        theirs = {k: v for k, v in self.canonical(ckpt["model_config"]).items() if k not in ignore}
+        mine = {k: v for k, v in self.canonical(config).items() if k not in ignore}
         diffs = ["model {}: {!r} in the checkpoint, {!r} here".format(k, theirs.get(k), mine.get(k))
                  for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
         saved, now = ckpt.get("args", {}), plain(self.args)

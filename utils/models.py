@@ -664,6 +664,17 @@ def _arch_of(config: Mapping[str, Any]) -> str:
     return arch
 
 
+def canonical_seg_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config with the defaults of configs written before a key existed made explicit (DeepLab: "backbone" ->
+    "encoder", output stride 16), so that two configs of the same network compare equal (the resume check)."""
+    config = dict(config)
+    if config.get("arch") in ("deeplabv3", "deeplabv3plus"):
+        legacy = config.pop("backbone", "resnet50")
+        config.setdefault("encoder", legacy)
+        config.setdefault("output_stride", 16)
+    return config
+
+
 def build_seg_model(config: Mapping[str, Any]) -> nn.Module:
     """Build the model that ``config`` describes; training and inference both go through here.
 

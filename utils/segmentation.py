@@ -198,8 +198,10 @@ def _palette_rgb(classes):
 
 def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     """Train (or with --eval-only evaluate) a segmentation model; returns the final metrics."""
+    from utils.models import canonical_seg_config
+
     run = Run(args, SEG_KIND, config, match=("optimizer",), ignore=("backbone_weights",),
-              curve_keys=("train_loss", "val_miou", "lr"), title=config["arch"])
+              curve_keys=("train_loss", "val_miou", "lr"), title=config["arch"], canonical=canonical_seg_config)
     model, val_loader = build_model(run), run.loader(SegmentationDataset(
         Path(args.data_dir) / "validation", strict=args.strict), args.val_batch_size, train=False)
     if args.eval_only:
