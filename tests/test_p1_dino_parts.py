@@ -130,6 +130,24 @@ def test_ema_update_and_teacher_has_no_gradients():
         assert not t.requires_grad and t.grad is None
 
 
+def test_ema_update_leaves_every_teacher_buffer_alone():
+    """Only parameters follow the EMA: the teacher's BatchNorm running statistics (and batch counts) come from
+    its own forward passes, whatever the student's are."""
+    torch.manual_seed(0)
+    config = dict(_tiny_config(), use_bn_in_head=True)
+    student, teacher = dino.build_dino_net(config), dino.build_dino_net(config)
+    student.train()
+    student([torch.randn(4, 3, 32, 32) * 3 + 1] * 2)  # moves the student's running statistics
+    for name, buf in student.named_buffers():
+        if buf.is_floating_point():
+            buf.add_(torch.rand_like(buf) + 0.5)
+    before = {k: v.clone() for k, v in teacher.named_buffers()}
+    assert before and any(not torch.equal(before[k], v) for k, v in student.named_buffers())
+    dino.ema_update(teacher, student, 0.5)
+    for name, buf in teacher.named_buffers():
+        assert torch.equal(buf, before[name]), name
+
+
 def test_head_prototypes_have_unit_norm_and_output_shape():
     head = dino.DINOHead(64, 100, hidden_dim=32, bottleneck_dim=16)
     assert not head.last_g.requires_grad
