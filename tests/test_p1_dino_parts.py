@@ -184,3 +184,23 @@ def test_collapse_warning():
                                                math.log(k), "kl": 0.0}, k, 3)
     assert "one prototype" in p1_ssl_pretrain.collapse_warning({"embed_std": 0.5, "loss": 0.001, "teacher_entropy": 0.001,
                                                      "kl": 0.0}, k, 3)
+
+
+# The report's DINO recipe (README, "Problem 1, part I"), written out here by hand: the trainer's defaults must be it.
+RECIPE = {
+    "arch": "resnet50", "out_dim": 4096, "hidden_dim": 2048, "bottleneck_dim": 256, "use_bn_in_head": False,
+    "norm_last_layer": True,
+    "global_crop_size": 128, "local_crop_size": 64, "local_crops_number": 6,
+    "global_crops_scale": (0.14, 1.0), "local_crops_scale": (0.05, 0.14),
+    "momentum_teacher": 0.996, "student_temp": 0.1, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04,
+    "warmup_teacher_temp_epochs": 30, "center_momentum": 0.9, "freeze_last_layer": 1,
+    "optimizer": "sgd", "lr": 0.04, "lr_ref_batch": 32, "batch_size": 32, "epochs": 300, "warmup_epochs": 10,
+    "min_lr": 1e-6, "weight_decay": 1e-4, "clip_grad": 3.0, "workers": 8,
+    "knn_k": 20, "knn_temperature": 0.07, "num_classes": 65,
+}
+
+
+def test_parser_defaults_are_the_reports_recipe():
+    args = vars(p1_ssl_pretrain.get_args_parser().parse_args([]))
+    got = {key: tuple(args[key]) if isinstance(args[key], (list, tuple)) else args[key] for key in RECIPE}
+    assert got == RECIPE
