@@ -47,3 +47,27 @@ def test_report_tables_name_the_models_and_list_further_runs(tmp_path):
     assert "| p2_deeplabv3plus: DeepLabV3+-ResNet101 (COCO init of backbone + ASPP, output stride 16) | 0.7610 |" \
         in further
     assert "p2_sam" not in further and "Model B" not in further
+
+
+def _table(text, first_header):
+    """The markdown table whose header row starts with ``first_header``: a list of {column: cell} rows."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| " + first_header + " |"))
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header, rows = cells(lines[start]), []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, cells(line))))
+    return rows
+
+
+def test_dino_row_matches_its_results_json_column_by_column(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "p1_dino").mkdir(parents=True)
+    (runs / "p1_dino" / "results.json").write_text(json.dumps({
+        "arch": "resnet34", "epochs": 77, "world_size": 3, "final_loss": 5.4321, "initial_knn_acc": 0.1234,
+        "final_knn_acc": 0.8765}))
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
+    assert rows == [{"Backbone": "resnet34", "Epochs": "77", "Processes": "3", "Final loss": "5.4321",
+                     "k-NN at init": "0.1234", "k-NN at the end": "0.8765"}]
