@@ -36,7 +36,7 @@ def test_pair_transforms_keep_image_and_mask_aligned(transform):
         assert isinstance(image, tv_tensors.Image) and isinstance(mask, tv_tensors.Mask)
         image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
         assert image.shape == (3, SIZE, SIZE) and mask.shape == (SIZE, SIZE)
-        assert torch.equal(mask, image[0].long() * SIZE + image[1].long()), "seed {}".format(seed)
+        assert torch.equal(mask, image[0].to(torch.int64) * SIZE + image[1].to(torch.int64)), "seed {}".format(seed)
         seen.add(_dihedral_index(mask))
     expected = set(range(4)) if isinstance(transform, RandomRot90) else set(range(8))
     assert seen == expected
