@@ -8,14 +8,22 @@ from utils.knn import extract_features, knn_accuracy, knn_classify
 from utils.transforms import normalize
 
 
+ANGLE = 0.5  # the whole picture is rotated by this (radians): cosines stay, no coordinate is special
+
+
+def _rotated(points):
+    c, s = math.cos(ANGLE), math.sin(ANGLE)
+    return points @ torch.tensor([[c, s], [-s, c]], dtype=points.dtype)
+
+
 def _at(similarities, scale=1.0):
-    """2-d points whose cosine similarity with the query (1, 0) is each of ``similarities`` (norm ``scale``: the
-    k-NN must not care)."""
+    """2-d points whose cosine similarity with QUERY is each of ``similarities`` (norm ``scale``: the k-NN must
+    not care)."""
     s = torch.tensor(similarities, dtype=torch.float64)
-    return torch.stack([s, (1 - s ** 2).sqrt()], 1) * scale
+    return _rotated(torch.stack([s, (1 - s ** 2).sqrt()], 1) * scale)
 
 
-QUERY = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+QUERY = _rotated(torch.tensor([[2.0, 0.0]], dtype=torch.float64))
 # nearest first: one class-0 point at similarity 1.0, two class-1 points at 0.98, then far class-2 points
 TRAIN = _at([0.98, 1.0, 0.2, 0.98, 0.1, 0.1], scale=3.0)
 LABELS = torch.tensor([1, 0, 2, 1, 2, 2])
@@ -52,9 +60,10 @@ def test_votes_are_exp_similarity_over_temperature():
 
 
 def test_unweighted_votes_count_neighbours_and_similarity_breaks_ties():
-    # temperature None: one vote per neighbour
-    train, labels = _at([1.0, 0.5, 0.5]), torch.tensor([0, 1, 1])
-    assert int(knn_classify(train, labels, QUERY, 2, k=3, temperature=None)[0]) == 1
+    # temperature None: one vote per neighbour, whatever the similarities (two distant votes beat a close one)
+    for far in (0.3, -0.5):
+        train, labels = _at([1.0, far, far]), torch.tensor([0, 1, 1])
+        assert int(knn_classify(train, labels, QUERY, 2, k=3, temperature=None)[0]) == 1
     # one neighbour each: the more similar one wins, whichever label comes first
     for labels in (torch.tensor([0, 1]), torch.tensor([1, 0])):
         pred = knn_classify(_at([0.6, 0.9]), labels, QUERY, 2, k=2, temperature=None)
@@ -77,6 +86,30 @@ def test_chunks_and_leave_one_out():
         assert torch.equal(knn_classify(train, labels, train, 3, k=1, chunk=chunk, leave_one_out=True), expected)
     # without it, a point is its own nearest neighbour
     assert torch.equal(knn_classify(train, labels, train, 3, k=1), labels)
+    # k beyond the others is clipped to N - 1: the point itself never votes, also in one-vote-each mode
+    for temperature in (0.07, None):
+        assert torch.equal(knn_classify(train, labels, train, 3, k=50, temperature=temperature, leave_one_out=True),
+                           knn_classify(train, labels, train, 3, k=6, temperature=temperature, leave_one_out=True))
+
+
+def test_float64_features_are_compared_in_float64():
+    # two neighbours whose similarities differ by ~1e-12: equal in float32 (a tie, won by the lower class), not in
+    # float64, where the nearer one (class 1) wins
+    train = _rotated(torch.tensor([[1.0, 2e-6], [1.0, 1e-6]], dtype=torch.float64))
+    pred = knn_classify(train, torch.tensor([0, 1]), QUERY, 2, k=2)
+    assert int(pred[0]) == 1
+    assert int(knn_classify(train.float(), torch.tensor([0, 1]), QUERY.float(), 2, k=2)[0]) == 0
+
+
+def test_defaults_are_k20_and_t007():
+    torch.manual_seed(0)
+    train, labels, queries = torch.randn(300, 6), torch.randint(0, 5, (300,)), torch.randn(200, 6)
+    dino = knn_classify(train, labels, queries, 5, k=20, temperature=0.07)
+    # this data tells those values apart from their neighbours
+    assert not torch.equal(dino, knn_classify(train, labels, queries, 5, k=21, temperature=0.07))
+    assert not torch.equal(dino, knn_classify(train, labels, queries, 5, k=20, temperature=0.1))
+    assert torch.equal(knn_classify(train, labels, queries, 5), dino)
+    assert knn_accuracy(train, labels, queries, dino, 5) == 1.0
 
 
 def test_knn_accuracy_passes_k_and_temperature_through():
