@@ -96,6 +96,7 @@ def test_one_process_per_mutant_and_a_sample(project, tmp_path):
 def test_the_repository_map_names_existing_modules_and_tests(repo_root):
     for module, tests in mutate.MODULE_TESTS.items():
         assert (repo_root / module).is_file(), module
-        for test in tests:
-            assert (repo_root / test.split("::")[0]).is_file(), test
+        for i, test in enumerate(tests):
+            if not (test.startswith("-") or tests[i - 1] == "-k"):
+                assert (repo_root / test.split("::")[0]).is_file(), test
     assert mutate.read_equivalents(mutate.EQUIVALENTS)  # the repository's file parses

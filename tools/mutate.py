@@ -5,6 +5,7 @@ covering each module notice it.
     python -m tools.mutate --module knn --module optim       # some modules (path or file stem)
     python -m tools.mutate --max-mutants 40 --seed 0 --jobs 2    # a seeded random sample per module, 2 workers
     python -m tools.mutate --module metrics --list           # the mutants, without running anything
+    python -m tools.mutate --json out.json; python -m tools.mutate --rerun out.json   # survivors again, after a fix
 
 Mutants are AST-guided edits of the source text (the rest of the file keeps its bytes): arithmetic, comparison and
 boolean operator swaps (``+``/``-``, ``*``/``/``, ``<``/``<=``, ``==``/``!=``, ``and``/``or``, ...), constant tweaks
@@ -48,11 +49,11 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# module -> the tests that cover it (paths or pytest node ids, relative to the repository root). Only these run
-# against the module's mutants: keep them fast and focused.
+# module -> the tests that cover it (paths or pytest node ids relative to the repository root, or pytest options such
+# as -k EXPR). Only these run against the module's mutants: keep them fast and focused.
 MODULE_TESTS = {
     "utils/metrics.py": ["tests/test_metrics.py"],
-    "utils/masks.py": ["tests/test_metrics.py"],
+    "utils/masks.py": ["tests/test_metrics.py", "-k", "not cli"],  # the CLI tests are utils.metrics' (13 s)
     "utils/transforms.py": ["tests/test_transforms.py"],
     "utils/multicrop.py": ["tests/test_multicrop.py"],
     "utils/gpu_multicrop.py": ["tests/test_gpu_multicrop.py"],
@@ -670,12 +671,20 @@ def main(argv: Optional[Sequence[str]] = None, module_tests: Optional[Dict[str, 
                         help="with fork: modules a worker imports once, comma-separated")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--json", type=Path, default=None, help="also write every result to this file")
+    parser.add_argument("--rerun", type=Path, default=None,
+                        help="only the mutants that survived (or timed out, or errored) in this --json file: check "
+                             "that new tests kill them")
     args = parser.parse_args(argv)
     defaults = [m for m in DEFAULT_MODULES if m in module_tests] if module_tests is MODULE_TESTS \
         else list(module_tests)
     modules = select(args.module, list(module_tests)) if args.module else defaults
     equivalents = read_equivalents(args.equivalents)
     plan = [(m, sample(generate(root / m, root), args.max_mutants, args.seed, m)) for m in modules]
+    if args.rerun is not None:
+        earlier = json.loads(args.rerun.read_text())["modules"]
+        keys = {r["key"] for s in earlier for r in s["results"] if r["outcome"] in ("survived", "timeout", "error")}
+        plan = [(m, [x for x in mutants if x.key in keys]) for m, mutants in plan
+                if m in {s["module"] for s in earlier}]
     if args.list:
         for module, mutants in plan:
             for mutant in mutants:
