@@ -62,7 +62,8 @@ MODULE_TESTS = {
                       "tests/test_p1_dino_run.py::test_prototypes_frozen_for_exactly_the_first_epoch"],
     "utils/optim.py": ["tests/test_optim.py", "tests/test_p1_dino_parts.py"],
     "utils/checkpoint.py": ["tests/test_checkpoint.py"],
-    "utils/predict.py": ["tests/test_p2_inference.py::test_multiscale_output_is_the_average_of_the_per_scale_outputs",
+    "utils/predict.py": ["tests/test_predict.py",
+                         "tests/test_p2_inference.py::test_multiscale_output_is_the_average_of_the_per_scale_outputs",
                          "tests/test_p2_inference.py::test_flip_tta_is_undone_before_averaging",
                          "tests/test_p2_inference.py::test_ensemble_averages_members_and_plain_tta_flag_is_flip",
                          "tests/test_models.py::test_checkpoint_from_before_output_stride_rebuilds_os16"],
@@ -98,9 +99,9 @@ _COMPARES = {ast.Lt: ("<", "<="), ast.LtE: ("<=", "<"), ast.Gt: (">", ">="), ast
              ast.Eq: ("==", "!="), ast.NotEq: ("!=", "=="), ast.Is: ("is", "is not"), ast.IsNot: ("is not", "is"),
              ast.In: ("in", "not in"), ast.NotIn: ("not in", "in")}
 _BOOLOPS = {ast.And: ("and", "or"), ast.Or: ("or", "and")}
-# calls whose first two arguments are not worth swapping (messages, type checks, containers)
-_NO_SWAP = {"print", "isinstance", "issubclass", "getattr", "setattr", "hasattr", "format", "join", "warn",
-            "append", "extend", "get", "setdefault", "pop", "add_argument", "add_flag", "replace", "split",
+# calls whose first two arguments are not worth swapping (symmetric, messages, type checks, containers)
+_NO_SWAP = {"min", "max", "print", "isinstance", "issubclass", "getattr", "setattr", "hasattr", "format", "join",
+            "warn", "append", "extend", "get", "setdefault", "pop", "add_argument", "add_flag", "replace", "split",
             "startswith", "endswith", "write", "zip", "dict", "tuple", "list", "set", "ValueError", "TypeError",
             "RuntimeError", "KeyError", "FileNotFoundError", "SystemExit", "OSError", "Path"}
 
@@ -175,8 +176,10 @@ class _Sites(ast.NodeVisitor):
             self.parents.pop()
 
     def context(self) -> ast.AST:
-        """The innermost expression around the node being visited (itself when it has none)."""
-        return next((p for p in reversed(self.parents[:-1]) if isinstance(p, ast.expr)), self.parents[-1])
+        """The innermost expression around the node being visited that says more than a sign, slice or tuple
+        would (the node itself when there is none)."""
+        return next((p for p in reversed(self.parents[:-1]) if isinstance(p, ast.expr)
+                     and not isinstance(p, (ast.UnaryOp, ast.Slice, ast.Tuple))), self.parents[-1])
 
     def _function(self, node: Any) -> None:
         self.scope.append(node.name)
@@ -326,7 +329,7 @@ class _Sites(ast.NodeVisitor):
     def visit_UnaryOp(self, node: ast.UnaryOp) -> None:
         if isinstance(node.op, (ast.Not, ast.USub)):
             start = self.span(node)[0]
-            self.add(node, start, self.span(node.operand)[0], b"")
+            self.add(self.context(), start, self.span(node.operand)[0], b"")
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
@@ -680,10 +683,11 @@ def main(argv: Optional[Sequence[str]] = None, module_tests: Optional[Dict[str, 
     modules = select(args.module, list(module_tests)) if args.module else defaults
     equivalents = read_equivalents(args.equivalents)
     plan = [(m, sample(generate(root / m, root), args.max_mutants, args.seed, m)) for m in modules]
-    if args.rerun is not None:
+    if args.rerun is not None:  # matched by their diff: the same edit of the same source
         earlier = json.loads(args.rerun.read_text())["modules"]
-        keys = {r["key"] for s in earlier for r in s["results"] if r["outcome"] in ("survived", "timeout", "error")}
-        plan = [(m, [x for x in mutants if x.key in keys]) for m, mutants in plan
+        again = {(s["module"], r["diff"]) for s in earlier for r in s["results"]
+                 if r["outcome"] in ("survived", "timeout", "error")}
+        plan = [(m, [x for x in mutants if (m, diff((root / m).read_bytes(), x)) in again]) for m, mutants in plan
                 if m in {s["module"] for s in earlier}]
     if args.list:
         for module, mutants in plan:
