@@ -36,7 +36,8 @@ def test_make_optimizer_sgd_and_adamw_and_an_unknown_name():
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["lr"] == 0.3 and sgd.param_groups[0]["momentum"] == 0.8
     assert sgd.param_groups[0]["nesterov"] is True
-    assert make_optimizer("sgd", [{"params": params}], lr=0.3).param_groups[0]["momentum"] == 0.9
+    plain = make_optimizer("sgd", [{"params": params}], lr=0.3).param_groups[0]
+    assert plain["momentum"] == 0.9 and plain["nesterov"] is False
     adamw = make_optimizer("adamw", [{"params": params}], lr=0.002)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 0.002
     with pytest.raises(ValueError, match="unknown optimizer"):
@@ -57,6 +58,9 @@ def test_scaled_lr_is_linear_in_the_total_batch():
 
 
 def test_schedule_edges_poly_and_unknown_shape():
+    # the ramp runs from warmup_start to base; by default the decay ends at 0
+    assert schedule(2, 10, 1.0, 0.1, warmup_steps=5, warmup_start=0.2) == pytest.approx(0.6)
+    assert schedule(10, 10, 1.0) == 0.0
     # a single warm-up step gives the start value; after the last step the final value holds
     assert schedule(0, 10, 1.0, 0.1, warmup_steps=1, warmup_start=0.3) == 0.3
     assert schedule(1, 10, 1.0, 0.1, warmup_steps=1, warmup_start=0.3) == 1.0
