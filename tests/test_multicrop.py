@@ -138,6 +138,9 @@ def test_crop_attempt_k_reads_its_own_uniforms():
     # the largest crop at the ratio bound, 8 rows x 10 columns
     thin = ViewSpec(8, (0.003, 0.003), ratio=(4.0 / 3.0, 4.0 / 3.0))
     assert params_from_uniforms(thin, 10, 10, [0.5] * NUM_UNIFORMS)["crop"] == (1, 0, 8, 10)
+    # one row is a crop: 4 px of area at ratio 4 is 1 x 4, placed at int(0.5 * 10) = 5, int(0.5 * 7) = 3
+    strip = ViewSpec(1, (0.04, 0.04), ratio=(4.0, 4.0))
+    assert params_from_uniforms(strip, 10, 10, [0.5] * NUM_UNIFORMS)["crop"] == (5, 3, 1, 4)
     with pytest.raises(ValueError, match="need {} uniforms, got 3".format(NUM_UNIFORMS)):
         params_from_uniforms(spec, 10, 10, [0.5] * 3)
 

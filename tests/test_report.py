@@ -275,3 +275,17 @@ def test_grade_p2_scores_masks_as_graded_with_nan_as_null(tmp_path):
     result = json.loads(out.read_text())
     assert result["num_images"] == 1 and result["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert result["iou"] == [pytest.approx(2 / 3), 0.5, None, None, None, None]
+
+
+def test_missing_values_show_as_a_dash_and_unfinished_runs_are_named(tmp_path):
+    runs = tmp_path / "runs"
+    _json(runs / "p1_dino" / "results.json", {"arch": "resnet18", "epochs": 2, "world_size": 1,
+                                              "final_loss": float("nan"), "final_knn_acc": None})  # no k-NN probe
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
+    assert rows == [{"Backbone": "resnet18", "Epochs": "2", "Processes": "1", "Final loss": "–",
+                     "k-NN at init": "–", "k-NN at the end": "–"}]
+    from tools.report import load_results
+
+    (runs / "p1_A").mkdir()
+    with pytest.raises(FileNotFoundError, match="no results.json in .*p1_A .has the run finished"):
+        load_results([runs / "p1_A"])

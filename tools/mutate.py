@@ -100,7 +100,7 @@ _COMPARES = {ast.Lt: ("<", "<="), ast.LtE: ("<=", "<"), ast.Gt: (">", ">="), ast
              ast.In: ("in", "not in"), ast.NotIn: ("not in", "in")}
 _BOOLOPS = {ast.And: ("and", "or"), ast.Or: ("or", "and")}
 # calls whose first two arguments are not worth swapping (symmetric, messages, type checks, containers)
-_NO_SWAP = {"min", "max", "print", "isinstance", "issubclass", "getattr", "setattr", "hasattr", "format", "join",
+_NO_SWAP = {"min", "max", "minimum", "maximum", "print", "isinstance", "issubclass", "getattr", "setattr", "hasattr", "format", "join",
             "warn", "append", "extend", "get", "setdefault", "pop", "add_argument", "add_flag", "replace", "split",
             "startswith", "endswith", "write", "zip", "dict", "tuple", "list", "set", "ValueError", "TypeError",
             "RuntimeError", "KeyError", "FileNotFoundError", "SystemExit", "OSError", "Path"}
