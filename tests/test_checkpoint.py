@@ -3,6 +3,8 @@ import argparse
 import io
 import os
 import pickle
+import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +264,92 @@ def test_plain_converts_argparse_values():
     torch.save(result, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == result
+
+
+def test_atomic_write_makes_folders_fsyncs_before_the_rename_and_keeps_the_umask(tmp_path, monkeypatch):
+    """The file's bytes are fsynced before the rename and the folder after it; the file gets the usual permissions
+    (0o666 minus the umask, not mkstemp's 0o600); the process umask and open descriptors are as before."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync dir" if stat.S_ISDIR(st.st_mode) else "fsync file", st.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", None))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    old_umask = os.umask(0o022)
+    try:
+        fds = len(os.listdir("/proc/self/fd")) if sys.platform.startswith("linux") else None
+        path = tmp_path / "a" / "b" / "ckpt.pt"  # missing parents are made
+        save_atomic(_sample(), path)
+        text = tmp_path / "log.txt"
+        checkpoint.atomic_write(text, lambda f: f.write("a line\n"), text=True)  # buffered until flushed
+        assert os.umask(0o022) == 0o022  # unchanged by the calls
+        if fds is not None:
+            assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        os.umask(old_umask)
+    assert [kind for kind, _ in events] == ["fsync file", "replace", "fsync dir"] * 2
+    # every byte was written when the file was fsynced
+    assert (events[0][1], events[3][1]) == (path.stat().st_size, len("a line\n"))
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(text.stat().st_mode) == 0o644
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_load_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
+        load_safe(tmp_path / "missing.pt")
+    cases = {"empty.pt": (b"", r"is empty \(0 bytes\)$"),
+             "one_byte.pt": (b"x", r"corrupt, truncated or not a torch file$"),
+             "zeros.pt": (b"\x00" * 64, r"corrupt, truncated or not a torch file$"),
+             "pickle_cut.pt": (b"\x80\x02}q\x00.", r"corrupt or truncated \(\w+: .+\)$")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message) as info:
+            load_safe(tmp_path / name)
+        assert "\n" not in str(info.value), name
+    # code in a torch zip is refused with the first line of torch's reason; in a plain pickle it is not a torch file
+    torch.save({"payload": _WritesMarker(str(tmp_path / "marker"))}, str(tmp_path / "evil.pt"))
+    with pytest.raises(ValueError, match="refusing to load .*details: Weights only load failed") as info:
+        load_safe(tmp_path / "evil.pt")
+    assert "\n" not in str(info.value)
+    with open(str(tmp_path / "evil.pkl"), "wb") as f:
+        pickle.dump({"payload": _WritesMarker(str(tmp_path / "marker"))}, f)
+    with pytest.raises(ValueError, match="corrupt, truncated or not a torch file$"):
+        load_safe(tmp_path / "evil.pkl")
+    assert not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("content", [{"model": {}}, {"format_version": 1}, [1, 2], torch.ones(2)],
+                         ids=["no-version", "no-model", "list", "tensor"])
+def test_what_is_not_our_checkpoint_is_refused(tmp_path, content):
+    torch.save(content, str(tmp_path / "x.pt"))
+    with pytest.raises(ValueError, match="not a checkpoint written by this project"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_format_1_checkpoints_stay_loadable(tmp_path):
+    """Checkpoints already published are format 1: the loader must keep accepting them."""
+    torch.save({"format_version": 1, "kind": "p2_unet", "model_config": {}, "model": {}}, str(tmp_path / "v1.pt"))
+    assert load_checkpoint(tmp_path / "v1.pt", "p2_unet")["format_version"] == 1
+
+
+def test_load_model_rebuilds_from_the_config_alone(tmp_path):
+    torch.manual_seed(0)
+    trained = torch.nn.Linear(3, 2)
+    save_atomic(make_checkpoint("lin", {"arch": "linear", "inputs": 3}, trained.state_dict()), tmp_path / "a.pt")
+    build = lambda config: torch.nn.Linear(config["inputs"], 2)  # noqa: E731
+    model, ckpt = checkpoint.load_model(tmp_path / "a.pt", "lin", build, torch.device("cpu"))
+    assert not model.training and ckpt["model_config"] == {"arch": "linear", "inputs": 3}
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    save_atomic(make_checkpoint("lin", {"arch": "linear", "inputs": 4}, trained.state_dict()), tmp_path / "b.pt")
+    with pytest.raises(ValueError, match=r"b.pt does not fit the model its config describes \(linear\): "
+                                         r"missing \[\], unexpected \[\], other shapes \['weight'\]"):
+        checkpoint.load_model(tmp_path / "b.pt", "lin", build, torch.device("cpu"))

@@ -111,6 +111,38 @@ def test_confusion_matrix_matches_direct_count():
     np.testing.assert_array_equal(mat.numpy(), expected)
 
 
+def test_confusion_matrix_skips_values_outside_the_classes_in_either_tensor():
+    label = torch.tensor([0, 7, 1, -1, 2, 255, 3])
+    pred = torch.tensor([7, 0, -1, 1, 2, 3, 255])
+    expected = torch.zeros(7, 7, dtype=torch.int64)
+    expected[2, 2] = 1  # the one pixel with both values in 0..6
+    assert torch.equal(confusion_matrix(pred, label), expected)
+
+
+def test_accumulated_matrix_is_label_by_prediction():
+    cm = ConfusionMatrix()
+    cm.update(torch.tensor([[1, 1], [2, 6]]), torch.tensor([[0, 1], [2, 2]]))  # update(pred, target)
+    expected = torch.zeros(7, 7, dtype=torch.int64)
+    expected[0, 1] = expected[1, 1] = expected[2, 2] = expected[2, 6] = 1  # [label, pred]
+    assert torch.equal(cm.mat, expected)
+
+
+def test_a_class_of_one_pixel_has_an_iou_and_pixel_accuracy_is_correct_over_all():
+    mat = confusion_matrix(torch.tensor([3, 0, 0, 1, 6]), torch.tensor([3, 0, 1, 1, 6]))
+    result = iou_from_confusion(mat)
+    assert result["iou"][3] == 1.0  # union 1
+    assert result["pixel_acc"] == pytest.approx(4 / 5)
+    assert math.isnan(iou_from_confusion(torch.zeros(7, 7, dtype=torch.int64))["pixel_acc"])
+
+
+def test_reduce_is_a_no_op_outside_distributed_runs():
+    cm = ConfusionMatrix()
+    cm.update(torch.tensor([1, 2]), torch.tensor([1, 1]))
+    before = cm.mat.clone()
+    cm.reduce()
+    assert torch.equal(cm.mat, before)
+
+
 def test_pooled_iou_matches_course_formula_batch_by_batch():
     rng = np.random.default_rng(1)
     pairs = [random_pair(rng, (3, 11, 9)), random_pair(rng, (2, 20, 7)), random_pair(rng, (1, 5, 31))]
@@ -272,6 +304,28 @@ def test_rgb_to_class_matches_threshold_rule_on_a_grid():
     np.testing.assert_array_equal(got, np.array(expected))
 
 
+@pytest.mark.parametrize("shape", [(4, 4), (4, 4, 2), (2, 4, 4, 3)])
+def test_rgb_to_class_refuses_what_is_not_an_rgb_image(shape):
+    with pytest.raises(ValueError, match="RGB mask"):
+        rgb_to_class(np.zeros(shape, dtype=np.uint8))
+
+
+def test_class_to_rgb_takes_any_integer_array_like_and_refuses_floats():
+    np.testing.assert_array_equal(class_to_rgb([[0, 4]]), PALETTE[[[0, 4]]])
+    with pytest.raises(ValueError, match="must be integers"):
+        class_to_rgb(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"must lie in 0\.\.6; got 0\.\.7"):
+        class_to_rgb(np.array([0, 7]))
+
+
+def test_read_mask_names_a_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mask not found: .*0000_mask.png"):
+        read_mask(tmp_path / "0000_mask.png")
+    (tmp_path / "bad_mask.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read mask .*bad_mask.png"):
+        read_mask(tmp_path / "bad_mask.png")
+
+
 def test_write_read_mask_png_round_trip(tmp_path):
     rng = np.random.default_rng(4)
     classes = rng.integers(0, 7, size=(5, 9)).astype(np.uint8)  # non-square: catches H/W swaps
@@ -398,6 +452,32 @@ def cli_runs(tmp_path_factory):
     return results
 
 
+def test_folder_errors_name_the_folder_and_at_most_five_files(tmp_path):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    for i in range(6):
+        _write_colour_mask(gt / "{:04d}_mask.png".format(i), np.zeros((2, 2), dtype=np.uint8))
+        _write_colour_mask(pred / "{:04d}_mask.png".format(i + 10), np.zeros((2, 2), dtype=np.uint8))
+    with pytest.raises(SystemExit, match="not a folder: .*missing"):
+        metrics.evaluate_folders(tmp_path / "missing", pred)
+    for argv in (["-p", str(pred)], ["-g", str(gt)]):  # both folders are required arguments
+        with pytest.raises(SystemExit):
+            metrics.main(argv)
+    with pytest.raises(SystemExit) as info:
+        metrics.evaluate_folders(gt, pred)
+    message = str(info.value)
+    assert "missing from predictions: {}".format(["{:04d}_mask.png".format(i) for i in range(5)]) in message
+    assert "not in labels: {}".format(["{:04d}_mask.png".format(i) for i in range(10, 15)]) in message
+    # sizes are named as width x height
+    for folder, shape in ((gt, (2, 3)), (pred, (3, 2))):
+        for old in folder.iterdir():
+            old.unlink()
+        _write_colour_mask(folder / "0000_mask.png", np.zeros(shape, dtype=np.uint8))
+    with pytest.raises(SystemExit, match=r"size mismatch for 0000_mask.png: label \(3, 2\) vs prediction \(2, 3\)"):
+        metrics.evaluate_folders(gt, pred)
+
+
 def test_cli_text_output(cli_runs):
     rc, out, err = cli_runs["text"]
     assert rc == 0, err
@@ -424,7 +504,8 @@ def test_cli_json_output(cli_runs):
 def test_cli_different_file_names(cli_runs):
     rc, out, err = cli_runs["names"]
     assert rc != 0
-    assert "0002_mask.png" in out + err
+    assert "different .png files (3 vs 3)" in out + err
+    assert "missing from predictions: ['0002_mask.png']; not in labels: ['0009_mask.png']" in out + err
     assert "Traceback" not in err
 
 
@@ -432,8 +513,7 @@ def test_cli_size_mismatch(cli_runs):
     rc, out, err = cli_runs["size"]
     assert rc != 0
     message = out + err
-    assert "0001_mask.png" in message
-    assert "size" in message.lower()
+    assert "size mismatch for 0001_mask.png: label (12, 12) vs prediction (9, 12)" in message  # (W, H)
     assert "Traceback" not in err
 
 

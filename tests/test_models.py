@@ -298,6 +298,7 @@ def test_checkpoint_from_before_output_stride_rebuilds_os16(tmp_path, no_network
         out = model(x)
         assert torch.equal(out["out"], old(x)["out"])
         assert set(out) == {"out"}  # inference drops the training-only auxiliary head
+        assert set(model.backbone(x)) == {"out"}  # and the backbone no longer computes its input
         assert model.backbone(x)["out"].shape == (1, 2048, 4, 4)  # output stride 16
     assert [m[0].dilation[0] for m in model.classifier[0].convs[1:4]] == [6, 12, 18]
 

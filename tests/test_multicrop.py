@@ -111,6 +111,48 @@ def test_pil_and_tensor_inputs_give_the_same_views():
     check_views(MultiCropAugmentation(seed=4)(pil.convert("L")), 128, 64, 6)
 
 
+def test_uniform_layout_gives_every_draw_its_own_slot():
+    """The U_* offsets (shared with utils/gpu_multicrop.py) tile 0..NUM_UNIFORMS-1: no two draws share a uniform."""
+    from utils import multicrop
+
+    sizes = {"U_AREA": multicrop.CROP_ATTEMPTS, "U_LOG_RATIO": multicrop.CROP_ATTEMPTS, "U_TOP": 1, "U_LEFT": 1,
+             "U_FLIP": 1, "U_JITTER": 1, "U_ORDER": 4, "U_FACTORS": 4, "U_GRAY": 1, "U_BLUR": 1, "U_SIGMA": 1,
+             "U_SOLARIZE": 1}
+    starts = {name: getattr(multicrop, name) for name in sizes}
+    slots = sorted(i for name, n in sizes.items() for i in range(starts[name], starts[name] + n))
+    assert slots == list(range(NUM_UNIFORMS)) and multicrop.CROP_ATTEMPTS == 10
+
+
+def test_crop_attempt_k_reads_its_own_uniforms():
+    """Attempt 0 asks for 4/3 of the area (too wide), attempt 1 for half of it at ratio 1: a 7x7 crop placed by
+    the top/left uniforms; every other uniform is 0.999, so reading the wrong slot changes the answer."""
+    from utils import multicrop
+
+    u = [0.999] * NUM_UNIFORMS
+    u[multicrop.U_AREA], u[multicrop.U_LOG_RATIO] = 0.999, 0.999
+    u[multicrop.U_AREA + 1], u[multicrop.U_LOG_RATIO + 1] = 0.0, 0.5
+    u[multicrop.U_TOP], u[multicrop.U_LEFT] = 0.5, 0.99
+    spec = ViewSpec(8, (0.5, 1.0))
+    assert params_from_uniforms(spec, 10, 10, u)["crop"] == (2, 3, 7, 7)
+    # a crop rounding to zero rows is refused (as torchvision does): all attempts fail, the centred fallback is
+    # the largest crop at the ratio bound, 8 rows x 10 columns
+    thin = ViewSpec(8, (0.003, 0.003), ratio=(4.0 / 3.0, 4.0 / 3.0))
+    assert params_from_uniforms(thin, 10, 10, [0.5] * NUM_UNIFORMS)["crop"] == (1, 0, 8, 10)
+    # one row is a crop: 4 px of area at ratio 4 is 1 x 4, placed at int(0.5 * 10) = 5, int(0.5 * 7) = 3
+    strip = ViewSpec(1, (0.04, 0.04), ratio=(4.0, 4.0))
+    assert params_from_uniforms(strip, 10, 10, [0.5] * NUM_UNIFORMS)["crop"] == (5, 3, 1, 4)
+    with pytest.raises(ValueError, match="need {} uniforms, got 3".format(NUM_UNIFORMS)):
+        params_from_uniforms(spec, 10, 10, [0.5] * 3)
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=(0.0, 1.0)), dict(ratio=(2.0, 1.0)), dict(brightness=-0.1),
+                                 dict(brightness=1.5), dict(contrast=1.5), dict(saturation=1.5), dict(hue=0.6),
+                                 dict(blur_sigma=(0.0, 1.0)), dict(size=0), dict(p_solarize=-0.1)])
+def test_view_spec_refuses_recipes_the_sampler_would_mishandle(bad):
+    with pytest.raises(ValueError):
+        ViewSpec(**dict(dict(size=8, scale=(0.1, 1.0)), **bad))
+
+
 def test_bad_inputs_raise():
     aug = MultiCropAugmentation(seed=0)
     with pytest.raises(ValueError):
@@ -352,6 +394,35 @@ def test_jitter_is_torchvisions_ops_in_the_given_order():
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)  # order matters, so it must be honoured
 
 
+def test_neutral_jitter_factors_are_skipped_and_zero_factors_applied():
+    """Factor 1 (0 for hue) leaves the view bit-identical, as torchvision's ColorJitter skips it; factor 0 is not
+    neutral: no brightness is black, no contrast is the mean grey, no saturation is grey."""
+    img = random_image(12, 12, seed=3)
+    spec = ViewSpec(12, (0.1, 1.0))
+    plain = apply_view(img, spec, plain_params(12, 12))
+    neutral = dict(brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0, order=list(JITTER))
+    assert torch.equal(apply_view(img, spec, plain_params(12, 12, jitter=neutral)), plain)
+    x = img.float() / 255.0
+    for op, expected in (("brightness", torch.zeros_like(x)),
+                         ("contrast", F.adjust_contrast(x, 0.0)), ("saturation", F.rgb_to_grayscale(x, 3))):
+        jitter = dict(neutral, order=[op], **{op: 0.0})
+        out = unnormalise(apply_view(img, spec, plain_params(12, 12, jitter=jitter)))
+        assert torch.allclose(out, expected, atol=1e-5), op
+
+
+@pytest.mark.parametrize("crop", [(-1, 0, 4, 4), (0, -1, 4, 4), (0, 0, 0, 4), (0, 0, 4, 0), (7, 0, 4, 4),
+                                  (0, 7, 4, 4)])
+def test_crops_outside_the_image_are_refused(crop):
+    with pytest.raises(ValueError, match="outside a 10x10 image"):
+        apply_view(random_image(10, 10), ViewSpec(4, (0.1, 1.0)), plain_params(10, 10, crop=crop))
+
+
+def test_a_one_pixel_crop_is_a_valid_crop():
+    params = plain_params(10, 10, crop=(9, 9, 1, 1))
+    view = unnormalise(apply_view(random_image(10, 10), ViewSpec(4, (0.1, 1.0)), params))
+    torch.testing.assert_close(view, (random_image(10, 10)[:, 9:, 9:].float() / 255.0).expand(3, 4, 4))
+
+
 def test_adjust_hue_matches_torchvision():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 40, 40, generator=g)
@@ -423,6 +494,16 @@ def test_seeded_transform_differs_per_worker(monkeypatch):
         again = pickle.loads(pickle.dumps(aug))
         assert [again.sample_params(84, 84) for _ in range(2)] == draws[worker_seed]
     assert draws[1000] != draws[1001]
+
+
+def test_any_worker_seed_gives_a_valid_generator(monkeypatch):
+    """DataLoader worker seeds are arbitrary 64-bit numbers; every mix of them with the transform's seed must stay a
+    valid torch seed (below 2**64)."""
+    for seed in (0, 2 ** 62):
+        for worker_seed in range(48):
+            monkeypatch.setattr(torch.utils.data, "get_worker_info",
+                                lambda: SimpleNamespace(id=0, seed=2 ** 63 + worker_seed))
+            MultiCropAugmentation(seed=seed).sample_params(8, 8)
 
 
 class _RepeatImage(torch.utils.data.Dataset):

@@ -130,6 +130,24 @@ def test_ema_update_and_teacher_has_no_gradients():
         assert not t.requires_grad and t.grad is None
 
 
+def test_ema_update_leaves_every_teacher_buffer_alone():
+    """Only parameters follow the EMA: the teacher's BatchNorm running statistics (and batch counts) come from
+    its own forward passes, whatever the student's are."""
+    torch.manual_seed(0)
+    config = dict(_tiny_config(), use_bn_in_head=True)
+    student, teacher = dino.build_dino_net(config), dino.build_dino_net(config)
+    student.train()
+    student([torch.randn(4, 3, 32, 32) * 3 + 1] * 2)  # moves the student's running statistics
+    for name, buf in student.named_buffers():
+        if buf.is_floating_point():
+            buf.add_(torch.rand_like(buf) + 0.5)
+    before = {k: v.clone() for k, v in teacher.named_buffers()}
+    assert before and any(not torch.equal(before[k], v) for k, v in student.named_buffers())
+    dino.ema_update(teacher, student, 0.5)
+    for name, buf in teacher.named_buffers():
+        assert torch.equal(buf, before[name]), name
+
+
 def test_head_prototypes_have_unit_norm_and_output_shape():
     head = dino.DINOHead(64, 100, hidden_dim=32, bottleneck_dim=16)
     assert not head.last_g.requires_grad
@@ -141,11 +159,85 @@ def test_head_prototypes_have_unit_norm_and_output_shape():
     assert dino.DINOHead(64, 10, 32, 16, norm_last_layer=False).last_g.requires_grad
 
 
+def test_head_recipe_defaults_init_and_prototype_normalisation():
+    """DINO's head: MLP in -> 2048 -> 2048 -> 256 (GELU, BatchNorm only on request), Linear weights from a normal of
+    std 0.02 with zero biases, output = L2-normalised bottleneck times row-normalised prototypes."""
+    torch.manual_seed(0)
+    head = dino.DINOHead(512, 64)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 2048), (2048, 2048), (2048, 256)]
+    assert head.last_v.shape == (64, 256)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in dino.DINOHead(8, 4, 16, 8, use_bn=True).mlp) == 2
+    for m in linears:
+        assert float(m.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
+        assert not m.bias.any()
+    x = torch.randn(5, 512)
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(head.mlp(x), dim=1)
+        expected = z @ (head.last_v / head.last_v.norm(dim=1, keepdim=True)).T
+        torch.testing.assert_close(head(x), expected)
+
+
+def test_loss_defaults_student_temperature_and_center_momentum():
+    torch.manual_seed(2)
+    loss_fn = dino.DINOLoss(8, 2, 0.04, 0.04, 1)  # student_temp 0.1, center_momentum 0.9 by default
+    student, teacher = torch.randn(2 * 3, 8), torch.randn(2 * 3, 8)
+    loss = float(loss_fn(student, teacher, 0)["loss"])
+    assert loss == pytest.approx(_reference_loss(student, teacher, torch.zeros(1, 8), 2, 0.04, 0.1), abs=1e-5)
+    torch.testing.assert_close(loss_fn.center, 0.1 * teacher.mean(0, keepdim=True))
+
+
 def test_multicrop_net_groups_resolutions():
     net = dino.build_dino_net(_tiny_config()).eval()
     crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
     res = net(crops)
     assert res["out"].shape == (10, 16) and res["features"].shape == (10, 512)
+
+
+def _step_setup():
+    torch.manual_seed(0)
+    student, teacher = dino.build_dino_net(_tiny_config()), dino.build_dino_net(_tiny_config())
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    crops = [torch.randn(2, 3, 32, 32) for _ in range(2)] + [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=1.0)
+    return student, teacher, crops, optimizer
+
+
+@pytest.mark.parametrize("clip", [0.5, 0.0])
+def test_train_step_clips_steps_and_moves_the_teacher_by_ema(clip):
+    """Plain SGD with lr 1: each parameter moves by its (clipped) gradient; the teacher then follows the EMA."""
+    from utils.precision import make_grad_scaler
+
+    student, teacher, crops, optimizer = _step_setup()
+    before = {k: v.detach().clone() for k, v in student.named_parameters()}
+    teacher_before = {k: v.clone() for k, v in teacher.named_parameters()}
+    loss_fn = dino.DINOLoss(16, 4, 0.04, 0.04, 1)
+    res, features = dino.train_step(student, teacher, loss_fn, optimizer, make_grad_scaler(None), crops, epoch=1,
+                                    momentum=0.75, clip_grad=clip, freeze_last_layer=1)
+    assert features.shape == (2, 512) and torch.isfinite(res["loss"])  # the first global view's batch
+    moves = {k: float((v.detach() - before[k]).norm()) for k, v in student.named_parameters()}
+    assert moves["head.last_v"] > 0  # epoch 1: the prototypes train
+    if clip:
+        assert max(moves.values()) == pytest.approx(0.5, rel=1e-4)  # some gradients were clipped to 0.5
+        assert all(m <= 0.5 * (1 + 1e-4) for m in moves.values())
+    else:
+        assert max(moves.values()) > 1.0  # unclipped
+    for k, t in teacher.named_parameters():
+        torch.testing.assert_close(t, 0.75 * teacher_before[k] + 0.25 * dict(student.named_parameters())[k].detach())
+
+
+def test_embedding_spread_is_one_for_spread_features_and_zero_for_collapse():
+    torch.manual_seed(0)
+    feats = torch.randn(256, 32) * 5 + 1.0
+    x = feats.double().numpy()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    expected = x.std(0, ddof=1).mean() * math.sqrt(32)
+    assert float(dino.embedding_spread(feats)) == pytest.approx(expected, rel=1e-5)
+    assert 0.5 < expected < 1.0
+    assert float(dino.embedding_spread(torch.ones(8, 32) * 3)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_per_parameter_gradient_clipping():
@@ -203,7 +295,8 @@ def test_no_flags_is_the_reports_recipe():
               "optimizer": "sgd", "lr": 0.04, "lr_ref_batch": 256, "batch_size": 32, "min_lr": 1e-6,
               "weight_decay": 1e-4, "warmup_epochs": 10, "epochs": 300, "momentum_teacher": 0.996,
               "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "student_temp": 0.1, "center_momentum": 0.9,
-              "freeze_last_layer": 1, "clip_grad": 3.0}
+              "freeze_last_layer": 1, "clip_grad": 3.0, "warmup_teacher_temp_epochs": 0, "knn_k": 20,
+              "knn_temperature": 0.07, "num_classes": 65}
     assert {k: getattr(args, k) for k in recipe} == recipe
     mini = p1_ssl_pretrain.get_args_parser().parse_args(["--preset", "mini84", "--local-crops-number", "4"])
     assert (mini.global_crop_size, mini.local_crop_size, mini.out_dim, mini.local_crops_number) == (128, 64, 4096, 4)

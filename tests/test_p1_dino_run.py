@@ -52,6 +52,52 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(toy_p1, tmp_path):
         assert torch.equal(a["teacher"][key], b["teacher"][key]), key
 
 
+@pytest.fixture(scope="module")
+def recorded_run(toy_p1, tmp_path_factory):
+    """A 2-epoch tiny run (48 images, batch 16: 3 steps per epoch; 1 warm-up epoch; prototypes frozen in epoch 1;
+    --lr 0.3 given for a batch of 64) in which every step records, as it starts, the rate of each optimizer group
+    and the student's prototypes and first MLP weight."""
+    from utils.distributed import unwrap
+
+    steps = []
+    original = dino.train_step
+
+    def recording(student, teacher, loss_fn, optimizer, *args, **kwargs):
+        head = unwrap(student).head
+        steps.append({"lr": [group["lr"] for group in optimizer.param_groups],
+                      "last_v": head.last_v.detach().clone(), "mlp": head.mlp[0].weight.detach().clone()})
+        return original(student, teacher, loss_fn, optimizer, *args, **kwargs)
+
+    out = tmp_path_factory.mktemp("recorded") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dino, "train_step", recording)
+        _run(toy_p1, out, "--epochs", "2", "--lr", "0.3", "--lr-ref-batch", "64", "--freeze-last-layer", "1")
+    return out, steps
+
+
+def test_the_optimizer_uses_the_batch_scaled_lr(recorded_run):
+    """The linear scaling rule, as used and logged: peak = 0.3 x 16 / 64 = 0.075, reached at the warm-up's last
+    step (linspace 0 -> peak over 3 steps), then the cosine starts from it."""
+    out, steps = recorded_run
+    peak = 0.3 * 16 / 64
+    assert len(steps) == 6
+    for step, expected in enumerate([0.0, peak / 2, peak, peak]):
+        assert steps[step]["lr"] == [pytest.approx(expected, abs=1e-12)] * 2, step
+    assert 0 < steps[5]["lr"][0] < peak
+    log = [r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert log[0]["epoch"] == 1 and log[0]["lr"] == pytest.approx(peak, abs=1e-12)
+
+
+def test_prototypes_frozen_for_exactly_the_first_epoch(recorded_run):
+    out, steps = recorded_run
+    initial = steps[0]["last_v"]
+    epoch1 = load_checkpoint(out / "checkpoint_epoch001.pth", "p1_dino")["student"]
+    epoch2 = load_checkpoint(out / "checkpoint_epoch002.pth", "p1_dino")["student"]
+    assert torch.equal(epoch1["head.last_v"], initial) and torch.equal(steps[3]["last_v"], initial)
+    assert not torch.equal(epoch1["head.mlp.0.weight"], steps[0]["mlp"])  # the rest of the student trained
+    assert not torch.equal(epoch2["head.last_v"], epoch1["head.last_v"])
+
+
 def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
     out = tmp_path / "r50"
     result = run_main(dino, ["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet50",

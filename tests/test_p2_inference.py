@@ -288,6 +288,22 @@ def test_multiscale_output_is_the_average_of_the_per_scale_outputs(flip):
     assert not torch.allclose(per_scale, predict_probs(model, images, config, tta=flip), atol=1e-3)
 
 
+@pytest.mark.parametrize("scales", [(1.0,), (0.75, 1.0)])
+def test_flip_tta_is_undone_before_averaging(scales):
+    """With flip TTA the prediction is flip-equivariant: an image's probabilities are the flipped probabilities of
+    its mirror image, although the model itself is not (checked first)."""
+    from utils.predict import predict_probs
+
+    model = _TinySegmenter().eval()
+    config = {"arch": "deeplabv3"}  # input multiple 1: no padding, which would break the symmetry
+    images = torch.randint(0, 256, (2, 3, 20, 28), dtype=torch.uint8)
+    mirror = images.flip(-1)
+    plain = predict_probs(model, images, config, scales=scales)
+    assert not torch.allclose(plain, predict_probs(model, mirror, config, scales=scales).flip(-1), atol=1e-2)
+    probs = predict_probs(model, images, config, tta=True, scales=scales)
+    assert torch.allclose(probs, predict_probs(model, mirror, config, tta=True, scales=scales).flip(-1), atol=1e-6)
+
+
 def test_ensemble_averages_members_and_plain_tta_flag_is_flip():
     import p2_inference
     from utils.predict import predict_ensemble, predict_probs

@@ -76,13 +76,15 @@ COVERAGE = [
     (r"^python -m tools\.presubmit --help$", "tests/test_readme.py", "\"tools.presubmit\""),
     (r"^python -m tools\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
     (r"^python -m tools\.benchmark( |$)", "tests/test_benchmark.py", "tools.benchmark"),
+    (r"^python -m tools\.mutate( |$)", "tests/test_mutate.py", "def test_obvious_bug_killed_equivalent_survives"),
     (r"^python \S+\.py --help$", "tests/test_readme.py", "def test_every_script_explains_its_flags"),
     (r"^python -m tools\.X --help$", "tests/test_readme.py", "for script in SCRIPTS + TOOLS"),
 ]
 
 SCRIPTS = ["p1_ssl_pretrain.py", "p1_finetune.py", "p1_tsne.py", "p1_inference.py", "p2_unet.py", "p2_deeplab.py",
            "p2_inference.py", "p2_sam.py"]
-TOOLS = ["tools.benchmark", "tools.download", "tools.toydata", "tools.report", "tools.publish", "tools.presubmit"]
+TOOLS = ["tools.benchmark", "tools.download", "tools.toydata", "tools.report", "tools.publish", "tools.presubmit",
+         "tools.mutate"]
 
 
 def readme_commands(text: str):

@@ -1,7 +1,14 @@
-"""tools/report.py names each segmentation model and its options from the run's saved config."""
+"""tools/report.py: REPORT.md's every table read back against the runs' own files, the models' names, the grading
+helpers and the command lines."""
 import json
+import re
+import sys
 
-from tools.report import describe_model, write_report
+import numpy as np
+import pytest
+
+from tools.report import GENERATED_NOTE, REAL_NOTE, describe_model, grade_p1, write_report
+from tools.report import main as report_main
 
 
 def test_describe_model_names_architecture_encoder_and_initialisation():
@@ -66,3 +73,238 @@ def test_a_results_json_that_is_a_list_is_a_one_line_error_naming_it(tmp_path, r
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr == "error: {} holds a JSON list, not the object (dict) a run writes\n".format(
         runs / "p1_A" / "results.json")
+
+
+def _table(text, first_header):
+    """The markdown table whose header row starts with ``first_header``: a list of {column: cell} rows."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| " + first_header + " |"))
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header, rows = cells(lines[start]), []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, cells(line))))
+    return rows
+
+
+def test_dino_row_matches_its_results_json_column_by_column(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "p1_dino").mkdir(parents=True)
+    (runs / "p1_dino" / "results.json").write_text(json.dumps({
+        "arch": "resnet34", "epochs": 77, "world_size": 3, "final_loss": 5.4321, "initial_knn_acc": 0.1234,
+        "final_knn_acc": 0.8765}))
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
+    assert rows == [{"Backbone": "resnet34", "Epochs": "77", "Processes": "3", "Final loss": "5.4321",
+                     "k-NN at init": "0.1234", "k-NN at the end": "0.8765"}]
+
+
+def _json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _section(text, title):
+    """The text under ``### title`` up to the next heading."""
+    body = text.split("### " + title + "\n", 1)[1]
+    return re.split(r"\n##+ ", body, 1)[0]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Every run folder the report reads, hand-made with distinct values; generated data (the toydata marker) for
+    DINO, t-SNE, the U-Net and the graded outputs, "real" data for settings A-E."""
+    from tools.toydata import GENERATED_MARKER
+
+    toy, real, runs = tmp_path / "toy", tmp_path / "real", tmp_path / "runs"
+    (toy / "p2_data" / "validation").mkdir(parents=True)
+    (toy / GENERATED_MARKER).write_text("generated")
+    (real / "office").mkdir(parents=True)
+    (real / "office" / "val.csv").write_text("id,filename,label\n" + "".join(
+        "{},{}.jpg,{}\n".format(i, i, label) for i, label in enumerate([2, 2, 2, 0, 1])))  # chance 3/5
+    (toy / "p1.csv").write_text("id,filename,label\n0,a.jpg,1\n")
+    # validation masks: 6 urban + 2 agriculture pixels (and 2 red, ignored): best constant = all urban,
+    # IoU urban 6/8 and agriculture 0, so mIoU 0.375
+    from utils.masks import write_mask
+    from PIL import Image
+    write_mask(toy / "p2_data" / "validation" / "0000_mask.png", np.zeros((2, 2), dtype=np.uint8))
+    Image.fromarray(np.array([[[0, 255, 255], [0, 255, 255], [255, 255, 0]], [[255, 255, 0], [255, 0, 0],
+                                                                          [255, 0, 0]]], dtype=np.uint8)).save(
+        str(toy / "p2_data" / "validation" / "0001_mask.png"))
+    for name in ("0000_sat.jpg", "0001_sat.jpg"):
+        (toy / "p2_data" / "validation" / name).write_bytes(b"")
+    _json(runs / "p1_dino" / "results.json", {"arch": "resnet50", "epochs": 300, "world_size": 4,
+                                              "final_loss": 2.3456, "initial_knn_acc": 0.1212, "final_knn_acc": 0.4848})
+    _json(runs / "p1_dino" / "args.json", {"data_dir": str(toy / "p1_data" / "mini" / "train")})
+    for setting, best, last in (("C", 0.5345, 0.5001), ("A", 0.1872, 0.1500)):
+        _json(runs / ("p1_" + setting) / "results.json", {"setting": setting, "pretraining": "pre " + setting,
+                                                          "finetuning": "fine " + setting, "best_val_acc": best,
+                                                          "last_val_acc": last})
+        _json(runs / ("p1_" + setting) / "args.json", {"data_dir": str(real / "office")})
+    _json(runs / "p1_tsne" / "tsne_metrics.json", {"csv": str(toy / "p1.csv"), "num_images": 12, "checkpoints": [
+        {"name": "first", "setting": "C", "epoch": 1, "silhouette": 0.0123, "silhouette_2d": 0.0456, "knn_acc": 1},
+        {"name": "last", "silhouette": 0.3123, "silhouette_2d": 0.3456, "knn_acc": 0.8}]})
+    unet = {"arch": "unet", "base_width": 8, "depth": 3, "drop_skip": []}
+    _json(runs / "p2_unet" / "results.json", {"best_miou": 0.6101, "best_epoch": 7, "model_config": unet,
+                                              "best_iou": [0.61, 0.62, 0.63, 0.64, 0.65, 0.5306]})
+    _json(runs / "p2_unet" / "args.json", {"data_dir": str(toy / "p2_data")})
+    _json(runs / "p2_unet_drop_skip" / "results.json", {"best_miou": 0.2101, "best_epoch": 5,
+                                                     "model_config": dict(unet, drop_skip=[0]),
+                                                     "last_iou": [0.21, 0.22, 0.23]})
+    _json(runs / "p2_deeplab" / "results.json", {"best_miou": 0.7336, "best_epoch": 9, "best_iou": [0.7] * 6,
+                                                 "model_config": {"arch": "deeplabv3", "encoder": "resnet101",
+                                                                  "output_stride": 8, "backbone_weights": "coco"}})
+    _json(runs / "p2_unet_r34" / "results.json", {"best_miou": 0.6970, "best_epoch": 4, "best_iou": [0.69] * 6,
+                                                  "model_config": {"arch": "unet", "encoder": "resnet34"}})
+    for figure in ("p1_dino/curves.png", "p1_A/curves.png", "p1_tsne/tsne.png", "p2_unet/snapshots.png",
+                   "p2_unet/curves.png", "p2_deeplab/curves.png", "p2_sam/val0018_sam.png"):
+        (runs / figure).parent.mkdir(parents=True, exist_ok=True)
+        (runs / figure).write_bytes(figure.encode())
+    _json(runs / "grading_p1.json", {"pred": "pred.csv", "labels": str(toy / "p1.csv"), "accuracy": 0.75,
+                                     "num_images": 4})
+    _json(runs / "grading_p2.json", {"pred": "masks", "labels": "elsewhere", "miou": 0.5, "num_images": 3})
+    return runs
+
+
+def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
+    report_dir = tmp_path / "report"
+    (report_dir / "figures").mkdir(parents=True)
+    (report_dir / "figures" / "stale.png").write_bytes(b"an earlier report's")
+    text = write_report(str(runs), str(report_dir), note="seed 0, one GPU").read_text()
+    assert text.startswith("# HW1 report\n\nBuilt by `python -m tools.report {}`".format(runs))
+    assert "\nseed 0, one GPU\n" in text
+
+    dino = _section(text, "DINO pre-training")
+    assert _table(dino, "Backbone") == [{"Backbone": "resnet50", "Epochs": "300", "Processes": "4",
+                                         "Final loss": "2.3456", "k-NN at init": "0.1212",
+                                         "k-NN at the end": "0.4848"}]
+    assert GENERATED_NOTE in dino and "![DINO: loss" in dino
+
+    settings = _section(text, "Settings A–E")
+    assert _table(settings, "Setting") == [
+        {"Setting": "A", "Pre-training": "pre A", "Fine-tuning": "fine A", "Validation accuracy (best)": "0.1872",
+         "last epoch": "0.1500"},
+        {"Setting": "C", "Pre-training": "pre C", "Fine-tuning": "fine C", "Validation accuracy (best)": "0.5345",
+         "last epoch": "0.5001"}]
+    assert REAL_NOTE in settings and GENERATED_NOTE not in settings
+    assert "Chance level (always the most frequent validation class): 0.6000." in settings
+    assert "Not run yet: p1_B, p1_D, p1_E." in settings
+    assert "(figures/p1_A_curves.png)" in settings and "_(figure not found: {})_".format(
+        runs / "p1_C" / "curves.png") in settings
+
+    tsne = _section(text, "t-SNE of the learned features")
+    assert _table(tsne, "Checkpoint") == [
+        {"Checkpoint": "first", "Setting": "C", "Epoch": "1", "Silhouette (features)": "0.0123",
+         "Silhouette (2-D)": "0.0456", "k-NN (features)": "1"},
+        {"Checkpoint": "last", "Setting": "–", "Epoch": "–", "Silhouette (features)": "0.3123",
+         "Silhouette (2-D)": "0.3456", "k-NN (features)": "0.8000"}]
+    assert "12 images of {}. {}".format(runs.parent / "toy" / "p1.csv", GENERATED_NOTE) in tsne
+
+    iou = ["0.6100", "0.6200", "0.6300", "0.6400", "0.6500", "0.5306"]
+    unet_row = dict(zip(["Model", "val mIoU (best)", "best epoch", "urban", "agriculture", "rangeland", "forest",
+                         "water", "barren"], ["Model A: U-Net (from scratch, width 8, depth 3)", "0.6101", "7"] + iou))
+    ablation = _section(text, "U-Net and the skip-connection ablation (one skip dropped)")
+    assert _table(ablation, "Model") == [unet_row, dict(zip(unet_row, [
+        "Model A, one skip dropped: U-Net (from scratch, width 8, depth 3, skip 0 (shallowest) dropped) (per-class IoU of the last epoch)",
+        "0.2101", "5", "0.2100", "0.2200", "0.2300", "–", "–", "–"]))]
+    chance = "Chance level (the best constant prediction, graded the same way): 0.3750."
+    assert chance in ablation and GENERATED_NOTE in ablation and "Not run yet" not in ablation
+    versus = _section(text, "U-Net vs DeepLabV3")
+    assert [r["Model"] for r in _table(versus, "Model")] == [
+        unet_row["Model"], "Model B: DeepLabV3-ResNet101 (COCO init, output stride 8)"]
+    further = _section(text, "Further models (README: Beating the baselines)")
+    assert _table(further, "Model")[0]["Model"] == "p2_unet_r34: U-Net (ResNet-34 encoder, random init)"
+    assert "![SAM masks: val0018](figures/p2_sam_val0018_sam.png)" in _section(text, "Segment Anything")
+
+    grading = text.split("## The grading scripts\n", 1)[1]
+    assert _table(grading, "Script") == [
+        {"Script": "hw1_1.sh", "Output": "pred.csv", "Score": "accuracy 0.7500 (4 images)"},
+        {"Script": "hw1_2.sh", "Output": "masks", "Score": "mIoU 0.5000 (3 masks)"}]
+    assert GENERATED_NOTE in grading
+    # every figure found is copied under its report name, and nothing else is left in the folder
+    assert sorted(p.name for p in (report_dir / "figures").iterdir()) == sorted([
+        "p1_dino_curves.png", "p1_A_curves.png", "p1_tsne.png", "p2_unet_snapshots.png", "p2_unet_curves.png",
+        "p2_deeplab_curves.png", "p2_sam_val0018_sam.png"])
+    assert (report_dir / "figures" / "p2_unet_snapshots.png").read_bytes() == b"p2_unet/snapshots.png"
+    # a report folder that does not exist yet, two levels down
+    fresh = write_report(runs, tmp_path / "new" / "report").parent
+    assert sorted(p.name for p in (fresh / "figures").iterdir()) == sorted(p.name for p in
+                                                                          (report_dir / "figures").iterdir())
+
+
+def test_chance_level_needs_the_runs_validation_csv(runs, tmp_path):
+    from tools.report import p1_chance
+
+    assert p1_chance(runs / "p1_A") == pytest.approx(0.6)
+    _json(runs / "p1_A" / "args.json", {"val_csv": str(tmp_path / "missing.csv")})
+    assert p1_chance(runs / "p1_A") is None
+    assert p1_chance(tmp_path / "no_run") is None
+
+
+def test_missing_runs_are_listed_as_not_run(tmp_path):
+    (tmp_path / "runs").mkdir()
+    text = write_report(tmp_path / "runs", tmp_path / "report").read_text()
+    for line in ("_not run (no {}/results.json)_".format(tmp_path / "runs" / "p1_dino"),
+                 "_not run (no p1_A ... p1_E results)_",
+                 "_not run (no {}/tsne_metrics.json)_".format(tmp_path / "runs" / "p1_tsne"),
+                 "_not run (p2_unet, p2_unet_drop_skip)_", "_not run (p2_unet, p2_deeplab)_",
+                 "_not run (no {}/*_sam.png)_".format(tmp_path / "runs" / "p2_sam")):
+        assert line in text
+    assert "## The grading scripts" not in text and "Further models" not in text
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "nowhere", tmp_path / "report")
+    (tmp_path / "runs" / "p1_dino").mkdir()
+    (tmp_path / "runs" / "p1_dino" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="results.json is not valid JSON"):
+        write_report(tmp_path / "runs", tmp_path / "report")
+
+
+def test_grade_p1_and_the_command_lines(tmp_path, capsys, monkeypatch):
+    labels, pred = tmp_path / "val.csv", tmp_path / "pred.csv"
+    labels.write_text("id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n2,c.jpg,3\n3,d.jpg,3\n")
+    pred.write_text("id,filename,label\n9,d.jpg,3\n8,c.jpg,0\n7,b.jpg,2\n6,a.jpg,1\n")  # matched by name
+    out = tmp_path / "runs" / "grading_p1.json"
+    result = report_main(["grade-p1", "--pred", str(pred), "--labels", str(labels), "-o", str(out)])
+    assert result == {"pred": str(pred), "labels": str(labels), "num_images": 4, "accuracy": 0.75}
+    assert json.loads(out.read_text()) == result and json.loads(capsys.readouterr().out) == result
+    pred.write_text("id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n")
+    with pytest.raises(ValueError, match="no prediction for 2 image.s. of .*, e.g. c.jpg"):
+        grade_p1(pred, labels)
+    for argv in ([], ["grade-p1", "--pred", str(pred), "-o", str(out)], ["grade-p2", "--labels", "x", "-o", "y"]):
+        with pytest.raises(SystemExit):
+            report_main(argv)
+    # the report: -o, or by default the runs folder's sibling "report"
+    assert report_main([str(tmp_path / "runs"), "-o", str(tmp_path / "here")]) == tmp_path / "here" / "REPORT.md"
+    assert report_main([str(tmp_path / "runs")]) == tmp_path / "report" / "REPORT.md"
+    assert "report: {}".format(tmp_path / "report" / "REPORT.md") in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["tools/report.py", str(tmp_path / "runs"), "-o", str(tmp_path / "argv")])
+    assert report_main() == tmp_path / "argv" / "REPORT.md"  # the command line itself
+
+
+def test_grade_p2_scores_masks_as_graded_with_nan_as_null(tmp_path):
+    from utils.masks import write_mask
+
+    labels, pred = tmp_path / "labels", tmp_path / "pred"
+    labels.mkdir()
+    pred.mkdir()
+    write_mask(labels / "0000_mask.png", np.array([[0, 0], [1, 1]], dtype=np.uint8))
+    write_mask(pred / "0000_mask.png", np.array([[0, 0], [0, 1]], dtype=np.uint8))
+    out = tmp_path / "grading_p2.json"
+    report_main(["grade-p2", "--pred", str(pred), "--labels", str(labels), "-o", str(out)])
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 1 and result["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert result["iou"] == [pytest.approx(2 / 3), 0.5, None, None, None, None]
+
+
+def test_missing_values_show_as_a_dash_and_unfinished_runs_are_named(tmp_path):
+    runs = tmp_path / "runs"
+    _json(runs / "p1_dino" / "results.json", {"arch": "resnet18", "epochs": 2, "world_size": 1,
+                                              "final_loss": float("nan"), "final_knn_acc": None})  # no k-NN probe
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
+    assert rows == [{"Backbone": "resnet18", "Epochs": "2", "Processes": "1", "Final loss": "–",
+                     "k-NN at init": "–", "k-NN at the end": "–"}]
+    from tools.report import load_results
+
+    (runs / "p1_A").mkdir()
+    with pytest.raises(FileNotFoundError, match="no results.json in .*p1_A .has the run finished"):
+        load_results([runs / "p1_A"])
