@@ -162,8 +162,8 @@ class _Figures:
 
 # The DINO runs of the report's table: (folder in the runs folder, what the run stands for). The second is the
 # demo's stand-in for the TAs' backbone of settings B/D (on the course's data that backbone is a provided file).
-DINO_RUNS = (("p1_dino", "ours, on the unlabeled mini set (settings C, E)"),
-             ("p1_dino_standin", "stand-in for {} (settings B, D)"))
+DINO_RUNS = (("p1_dino", "ours, on the unlabeled mini set; settings C, E"),
+             ("p1_dino_standin", "stand-in for {}; settings B, D"))
 
 
 def _dino_table(runs: Path, figs: "_Figures") -> List[str]:
@@ -178,7 +178,7 @@ def _dino_table(runs: Path, figs: "_Figures") -> List[str]:
         log = read_jsonl(dino_dir / "log.jsonl") if (dino_dir / "log.jsonl").is_file() else []
         entropy = [r["teacher_entropy"] for r in log if "teacher_entropy" in r]
         out_dim = (_read_json(dino_dir / "args.json") or {}).get("out_dim")
-        rows.append("| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        rows.append("| {}: {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             name, role.format(TAS_BACKBONE), dino.get("arch"), dino.get("epochs"), dino.get("world_size"),
             _fmt(dino.get("final_loss")), _fmt(dino.get("initial_knn_acc")), _fmt(dino.get("final_knn_acc")),
             _fmt(entropy[-1] if entropy else None, 3), _fmt(math.log(out_dim) if out_dim else None, 3)))
