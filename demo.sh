@@ -1,63 +1,85 @@
 #!/usr/bin/env bash
 # The demo: installs the requirements, generates a toy dataset in the real layout and runs the pipeline on it
-# on the CPU (no GPU, no download): problem 1 (DINO, the stand-in labeled backbone, settings A-E, t-SNE,
+# on the CPU (no GPU, no download): problem 1 (DINO, a DINO stand-in for the TAs' backbone, settings A-E, t-SNE,
 # hw1_1.sh) and problem 2 (U-Net, its skip ablation, DeepLabV3, hw1_2.sh, graded mIoU). Toy sizes throughout. Usage: bash demo.sh [OUTPUT_DIR]   (default: demo/)
-# DEMO_SKIP_INSTALL=1 skips the pip step; DEMO_EPOCHS sets the training length (default 8).
+# DEMO_SKIP_INSTALL=1 skips the pip step; DEMO_EPOCHS sets the training length (default 8) but DINO's, which is
+# DEMO_DINO_EPOCHS (default 4: its recipe, measured to learn); DEMO_SEED (default 0) seeds the data and every run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 mkdir -p "${1:-demo}"
 out=$(cd "${1:-demo}" && pwd)
 epochs=${DEMO_EPOCHS:-8}
+dino_epochs=${DEMO_DINO_EPOCHS:-4}
+seed=${DEMO_SEED:-0}
 py=${PYTHON:-python3}
 start=$(date +%s)
 if [ "${DEMO_SKIP_INSTALL:-0}" != 1 ]; then
   "$py" -m pip install -q -r requirements.txt
 fi
 export TQDM_DISABLE=${TQDM_DISABLE:-0}
-echo "== 1/10 generated data (the real hw1_data layout) in $out/hw1_data"
-"$py" -m tools.toydata --out "$out/hw1_data" --size 64 --num 48 --num-val 12
+step() { echo "== $* [$(( $(date +%s) - start )) s]"; }  # a step's header, with the seconds spent so far
+step "1/10 generated data (the real hw1_data layout) in $out/hw1_data; problem 1 of kind 'shapes'"
+# Problem 1 of kind 'shapes' (upright light shapes on a dark ground, 7 classes, in mini and office): the kind on
+# which a short DINO run learns; the default kind keys its classes to colour, which DINO learns to ignore.
+p1_shapes=(--p1-kind shapes --p1-classes 7 --p1-mini-size 32)
+"$py" -m tools.toydata --out "$out/hw1_data" --seed "$seed" --size 64 --num 48 --num-val 12 "${p1_shapes[@]}" \
+  --p1-mini-per-class 72 --p1-office-per-class 16 --p1-office-val-per-class 20
+# the stand-in's own unlabeled set, twice the size (ImageNet-1k to Mini-ImageNet, in miniature)
+"$py" -m tools.toydata --out "$out/standin_data" --seed "$(( seed + 1000 ))" --parts p1 "${p1_shapes[@]}" \
+  --p1-mini-per-class 144 --p1-office-per-class 0 --p1-office-val-per-class 0
 p1="$out/hw1_data/p1_data"
-p1_common=(--arch resnet18 --workers 0 --num-classes 8)
+p1_common=(--arch resnet18 --workers 0 --num-classes 7 --seed "$seed")
+# Every DINO flag the demo relies on, given explicitly (the defaults are the report's GPU recipe): the sanity
+# recipe of tests/test_p1_dino_run.py (32/16 px crops, 4 local crops, out_dim 256, BN head, teacher
+# temperature 0.01, momentum 0.99) at 4 epochs with 1 of warm-up, the teacher's k-NN on office every 2 epochs
+# (epoch 0 = random init).
+dino=("${p1_common[@]}" --epochs "$dino_epochs" --warmup-epochs 1 --batch-size 32
+      --lr 0.05 --lr-ref-batch 32 --optimizer sgd --weight-decay 1e-4 --min-lr 1e-6 --clip-grad 3.0
+      --global-crop-size 32 --local-crop-size 16 --local-crops-number 4 --global-crops-scale 0.14 1.0
+      --local-crops-scale 0.05 0.14 --out-dim 256 --hidden-dim 256 --bottleneck-dim 64 --use-bn-in-head
+      --momentum-teacher 0.99 --warmup-teacher-temp 0.01 --teacher-temp 0.01 --warmup-teacher-temp-epochs 0
+      --student-temp 0.1 --center-momentum 0.9 --freeze-last-layer 1 --save-every 0 --knn-size 32 --knn-k 20
+      --knn-temperature 0.07 --knn-every 2 --knn-train-csv "$p1/office/train.csv" --knn-val-csv "$p1/office/val.csv")
 ft_common=("${p1_common[@]}" --data-dir "$p1/office" --epochs "$epochs" --batch-size 16 --image-size 48 --lr 0.05
            --hidden-dim 128 --warmup-epochs 1)
-echo "== 2/10 DINO pre-training on the unlabeled mini images (resnet18, 48/24 px crops), k-NN on office"
-"$py" p1_ssl_pretrain.py "${p1_common[@]}" --data-dir "$p1/mini/train" --output-dir "$out/runs/p1_dino" \
-  --epochs "$(( epochs / 2 > 1 ? epochs / 2 : 2 ))" --batch-size 32 --global-crop-size 48 --local-crop-size 24 \
-  --local-crops-number 2 --out-dim 256 --hidden-dim 256 --bottleneck-dim 64 --warmup-epochs 1 --knn-size 48 \
-  --knn-train-csv "$p1/office/train.csv" --knn-val-csv "$p1/office/val.csv"
-echo "== 3/10 STAND-IN for the course's labeled backbone: supervised on the generated mini images' hidden labels"
-"$py" p1_finetune.py "${ft_common[@]}" --setting A --output-dir "$out/runs/standin_SL" \
-  --train-csv "$p1/standin_mini_labels.csv" --train-dir "$p1/mini/train" --save-epochs
-echo "== 4/10 settings A-E on office (B/D: the stand-in; C/E: our DINO backbone)"
+step "2/10 DINO pre-training on the unlabeled mini images (resnet18, 32/16 px crops), k-NN on office"
+"$py" p1_ssl_pretrain.py "${dino[@]}" --data-dir "$p1/mini/train" --output-dir "$out/runs/p1_dino"
+step "3/10 STAND-IN for DINO on ImageNet-1k (TAs provided): the same DINO on a generated set twice the size," \
+  "exported as the TAs' file is: a plain torchvision state_dict without fc (runs/p1_dino_standin/backbone.pth)"
+"$py" p1_ssl_pretrain.py "${dino[@]}" --data-dir "$out/standin_data/p1_data/mini/train" \
+  --output-dir "$out/runs/p1_dino_standin"
+step "4/10 settings A-E on office (B/D: the stand-in for DINO on ImageNet-1k (TAs provided); C/E: our DINO)"
 for s in A B C D E; do
-  case $s in A) bb=none ;; B|D) bb="$out/runs/standin_SL/best.pth" ;; C|E) bb="$out/runs/p1_dino/backbone.pth" ;; esac
-  "$py" p1_finetune.py "${ft_common[@]}" --setting $s --backbone "$bb" --output-dir "$out/runs/p1_$s"
+  case $s in A) bb=none ;; B|D) bb="$out/runs/p1_dino_standin/backbone.pth" ;; C|E) bb="$out/runs/p1_dino/backbone.pth" ;; esac
+  "$py" p1_finetune.py "${ft_common[@]}" --setting $s --backbone "$bb" --output-dir "$out/runs/p1_$s" \
+    --save-epochs 1 -1
 done
-echo "== 5/10 t-SNE of setting C at its first and last epoch"
+step "5/10 t-SNE of setting C at its first and last epoch"
 "$py" p1_tsne.py --checkpoints "$out/runs/p1_C/epoch_001.pth" "$out/runs/p1_C/epoch_$(printf %03d "$epochs").pth" \
   --titles "epoch 1" "epoch $epochs" --csv "$p1/office/train.csv" --output-dir "$out/runs/p1_tsne" --workers 0 \
   --perplexity 10
-echo "== 6/10 grading script hw1_1.sh with setting C on the office val csv"
+step "6/10 grading script hw1_1.sh with setting C on the office val csv"
 HW1_P1_CHECKPOINT="$out/runs/p1_C/best.pth" bash hw1_1.sh "$p1/office/val.csv" "$p1/office/val" "$out/pred_p1.csv"
 "$py" -m tools.report grade-p1 --pred "$out/pred_p1.csv" --labels "$p1/office/val.csv" -o "$out/runs/grading_p1.json"
 common=(--data-dir "$out/hw1_data/p2_data" --epochs "$epochs" --batch-size 8 --crop-size 64 --workers 0
         --snapshot-epochs 1 $(( (epochs + 1) / 2 )) "$epochs" --snapshot-images 0000_sat.jpg 0001_sat.jpg 0002_sat.jpg)
-echo "== 7/10 U-Net (model A) and the report's ablation: one skip connection (0, the shallowest) dropped"
+step "7/10 U-Net (model A) and the report's ablation: one skip connection (0, the shallowest) dropped"
 "$py" p2_unet.py "${common[@]}" --output-dir "$out/runs/p2_unet" --base-width 16 --depth 3 --lr 3e-3
 "$py" p2_unet.py "${common[@]}" --output-dir "$out/runs/p2_unet_drop_skip" --base-width 16 --depth 3 --lr 3e-3 \
   --drop-skip 0
-echo "== 8/10 DeepLabV3 (model B) shrunk for the CPU: ResNet-50 at output stride 16, random weights (no download)"
+step "8/10 DeepLabV3 (model B) shrunk for the CPU: ResNet-50 at output stride 16, random weights (no download)"
 # model B is ResNet-101 at output stride 8 from COCO weights: ~6x this step's CPU time and a 233 MB download;
 # toy recipe: a random ResNet-50 on 64 px tiles learns faster with AdamW and without the auxiliary head
 "$py" p2_deeplab.py "${common[@]}" --output-dir "$out/runs/p2_deeplab" --weights none --encoder resnet50 \
   --output-stride 16 --optimizer adamw --lr 3e-3 --no-aux
-echo "== 9/10 grading script hw1_2.sh with the U-Net checkpoint, and the mIoU of its masks as graded"
+step "9/10 grading script hw1_2.sh with the U-Net checkpoint, and the mIoU of its masks as graded"
 HW1_P2_CHECKPOINT="$out/runs/p2_unet/best.pth" bash hw1_2.sh "$out/hw1_data/p2_data/validation" "$out/pred_masks"
 "$py" -m utils.metrics -g "$out/hw1_data/p2_data/validation" -p "$out/pred_masks"
 "$py" -m tools.report grade-p2 --pred "$out/pred_masks" --labels "$out/hw1_data/p2_data/validation" \
   -o "$out/runs/grading_p2.json"
-echo "== 10/10 the report: tables and figures from the runs above"
-"$py" -m tools.report "$out/runs" -o "$out/report" --note "Demo on a CPU: toy sizes, $epochs epochs. B/D use a \
-STAND-IN for the course's labeled backbone (a short supervised run on the generated mini images' hidden labels)."
+step "10/10 the report: tables and figures from the runs above"
+"$py" -m tools.report "$out/runs" -o "$out/report" --note "Demo on a CPU: toy sizes, $epochs epochs (DINO \
+$dino_epochs), seed $seed. B/D use a STAND-IN for DINO on ImageNet-1k (TAs provided): our DINO recipe run on a \
+generated unlabeled set twice the size of the mini set, its backbone.pth a plain torchvision state_dict as the TAs' file."
 echo "demo finished in $(( $(date +%s) - start )) s. Report: $out/report/REPORT.md (figures in $out/report/figures)"

@@ -1,31 +1,79 @@
-"""The README's main command, `bash demo.sh`, in the reduced form CI runs: 2 epochs, no pip step."""
+"""The README's main command, `bash demo.sh`, in the reduced form CI runs: 2 epochs, DINO as in the full demo."""
 import json
+import math
 import os
 import re
 import subprocess
 
 import pytest
 
+# The reduced demo: fine-tuning and problem 2 at 2 epochs; DINO (and its stand-in) at the full demo's 4, so the
+# DINO facts checked here are the full demo's own: the teacher's k-NN rises above random init (measured, seeds
+# 0 / 1: 0.42 -> 0.50 / 0.46 -> 0.59) and its entropy stays far below ln(out_dim) (1.3 / 1.4 against 5.5). C > A
+# is not asserted here: 2 fine-tuning epochs (one of them warm-up) leave every setting at chance (0.14; measured),
+# while at the full demo's 8, C beats A (README).
+REDUCED = {"DEMO_EPOCHS": "2", "DEMO_SKIP_INSTALL": "1", "TQDM_DISABLE": "1"}
+
+
+def _dino(run):
+    """(k-NN per evaluated epoch, teacher entropy of the last epoch, out_dim, results.json) of a DINO run folder."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    knn = {r["epoch"]: r["knn_acc"] for r in records if "knn_acc" in r}
+    entropy = [r["teacher_entropy"] for r in records if "teacher_entropy" in r][-1]
+    out_dim = json.loads((run / "args.json").read_text())["out_dim"]
+    return knn, entropy, out_dim, json.loads((run / "results.json").read_text())
+
 
 @pytest.mark.slow
 def test_reduced_demo_writes_the_report(tmp_path, repo_root):
+    import torch
+    import torchvision
+
     out = tmp_path / "demo"
-    env = dict(os.environ, DEMO_EPOCHS="2", DEMO_SKIP_INSTALL="1", TQDM_DISABLE="1")
+    env = dict(os.environ, **REDUCED)
     proc = subprocess.run(["bash", "demo.sh", str(out)], cwd=str(repo_root), env=env, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = (out / "report" / "REPORT.md").read_text()
-    for name in ("p1_dino_curves.png", "p1_tsne.png", "p2_unet_snapshots.png", "p2_deeplab_snapshots.png",
-                 "p2_unet_drop_skip_snapshots.png"):
+    for name in ("p1_dino_curves.png", "p1_dino_standin_curves.png", "p1_tsne.png", "p2_unet_snapshots.png",
+                 "p2_deeplab_snapshots.png", "p2_unet_drop_skip_snapshots.png"):
         assert (out / "report" / "figures" / name).is_file(), name
         assert "figures/" + name in report
+    # DINO learns, from the run's own files: the teacher's k-NN rises above random init (epoch 0) and the teacher
+    # is far from uniform (entropy ln(out_dim)); the report's DINO table shows these numbers
+    dino_table = report.split("### DINO pre-training")[1].split("###")[0]
+    for name in ("p1_dino", "p1_dino_standin"):
+        knn, entropy, out_dim, res = _dino(out / "runs" / name)
+        assert res["epochs"] == 4 and sorted(knn) == [0, 2, 4], knn
+        assert res["initial_knn_acc"] == knn[0] and res["final_knn_acc"] == knn[4]
+        assert entropy < 0.9 * math.log(out_dim), (name, entropy, out_dim)
+        row = [line for line in dino_table.splitlines() if line.startswith("| {}: ".format(name))][0]
+        assert "| {:.4f} | {:.4f} | {:.3f} | {:.3f} |".format(knn[0], knn[4], entropy, math.log(out_dim)) in row
+    knn, _, _, _ = _dino(out / "runs" / "p1_dino")
+    assert knn[4] > knn[0] + 0.04, knn
+    # B/D: the stand-in for DINO on ImageNet-1k (TAs provided), a DINO run loaded as the TAs' file is loaded: a
+    # plain torchvision state_dict without fc, given to p1_finetune.py --backbone
+    standin = out / "runs" / "p1_dino_standin" / "backbone.pth"
+    state = torch.load(str(standin), map_location="cpu")
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(state, strict=True)
+    assert not any(k.startswith("fc.") for k in state)
+    assert "STAND-IN for DINO on ImageNet-1k (TAs provided)" in proc.stdout
+    for s in "ABCDE":
+        res = json.loads((out / "runs" / "p1_{}".format(s) / "results.json").read_text())
+        assert res["backbone"] == {"A": "none", "B": str(standin), "D": str(standin)}.get(
+            s, str(out / "runs" / "p1_dino" / "backbone.pth"))
+        row = [line for line in report.splitlines() if line.startswith("| {} |".format(s))][0]
+        assert "{:.4f}".format(res["best_val_acc"]) in row
+        if s in "BD":
+            assert "| stand-in for DINO on ImageNet-1k (TAs provided): DINO on generated data (p1_dino_standin) |" \
+                in row
+    assert "STAND-IN for DINO on ImageNet-1k (TAs provided)" in report  # the report's note
     # the numbers are the runs' own, and the graded mIoU is the one utils.metrics printed
     graded = json.loads((out / "runs" / "grading_p2.json").read_text())
     printed = float(re.search(r"mean_iou: ([0-9.]+)", proc.stdout).group(1))
     assert abs(graded["miou"] - printed) < 1e-6 and "mIoU {:.4f}".format(graded["miou"]) in report
-    for s in "ABCDE":
-        acc = json.loads((out / "runs" / "p1_{}".format(s) / "results.json").read_text())["best_val_acc"]
-        assert "| {} |".format(s) in report and "{:.4f}".format(acc) in report
     chance = float(re.search(r"best constant prediction, graded the same way\): ([0-9]+\.[0-9]+)", report).group(1))
     unet = json.loads((out / "runs" / "p2_unet" / "results.json").read_text())["best_miou"]
     assert unet > 2 * chance  # the U-Net learns even in 2 epochs

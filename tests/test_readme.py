@@ -39,8 +39,6 @@ COVERAGE = [
     (r"^python p1_finetune\.py --setting C --output-dir \S+ --linear-probe-epochs \d+$", "tests/test_p1_finetune.py",
      "def test_linear_probe_then_fine_tune_unfreezes_at_the_right_epoch"),
     (r"^python p1_ssl_pretrain\.py --preset mini84 ", "tests/test_p1_dino_parts.py", "def test_no_flags_is_the_reports_recipe"),
-    (r"^python p1_finetune\.py --setting A --data-dir toy/p1_data/office --train-csv", "demo.sh",
-     "standin_mini_labels.csv"),
     (r"^python -m tools\.report( runs| RUNS \[-o REPORT_DIR\] \[--note TEXT\])?$", "demo.sh", "-m tools.report \"$out/runs\""),
     (r"^python -m tools\.report grade-p1 ", "demo.sh", "tools.report grade-p1"),
     (r"^python p1_tsne\.py ", "tests/test_p1_tsne.py", "def test_random_vs_trained_outputs_and_separability"),

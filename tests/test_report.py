@@ -94,9 +94,13 @@ def test_dino_row_matches_its_results_json_column_by_column(tmp_path):
     (runs / "p1_dino" / "results.json").write_text(json.dumps({
         "arch": "resnet34", "epochs": 77, "world_size": 3, "final_loss": 5.4321, "initial_knn_acc": 0.1234,
         "final_knn_acc": 0.8765}))
-    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
-    assert rows == [{"Backbone": "resnet34", "Epochs": "77", "Processes": "3", "Final loss": "5.4321",
-                     "k-NN at init": "0.1234", "k-NN at the end": "0.8765"}]
+    # the teacher's entropy of the last epoch (not the first) beside ln(out_dim), ln(1000) = 6.908
+    (runs / "p1_dino" / "args.json").write_text(json.dumps({"out_dim": 1000}))
+    (runs / "p1_dino" / "log.jsonl").write_text(json.dumps({"epoch": 1, "teacher_entropy": 5.5}) + "\n"
+                                               + json.dumps({"epoch": 2, "teacher_entropy": 3.21}) + "\n")
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Run")
+    assert rows == [{"Run": "p1_dino: ours, on the unlabeled mini set; settings C, E", "Backbone": "resnet34", "Epochs": "77", "Processes": "3", "Final loss": "5.4321",
+                     "k-NN at init": "0.1234", "k-NN at the end": "0.8765", "Teacher entropy at the end": "3.210", "ln(out_dim)": "6.908"}]
 
 
 def _json(path, obj):
@@ -175,10 +179,10 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     assert "\nseed 0, one GPU\n" in text
 
     dino = _section(text, "DINO pre-training")
-    assert _table(dino, "Backbone") == [{"Backbone": "resnet50", "Epochs": "300", "Processes": "4",
+    assert _table(dino, "Run") == [{"Run": "p1_dino: ours, on the unlabeled mini set; settings C, E", "Backbone": "resnet50", "Epochs": "300", "Processes": "4",
                                          "Final loss": "2.3456", "k-NN at init": "0.1212",
-                                         "k-NN at the end": "0.4848"}]
-    assert GENERATED_NOTE in dino and "![DINO: loss" in dino
+                                         "k-NN at the end": "0.4848", "Teacher entropy at the end": "–", "ln(out_dim)": "–"}]
+    assert GENERATED_NOTE in dino and "![DINO (p1_dino): loss" in dino
 
     settings = _section(text, "Settings A–E")
     assert _table(settings, "Setting") == [
@@ -300,11 +304,66 @@ def test_missing_values_show_as_a_dash_and_unfinished_runs_are_named(tmp_path):
     runs = tmp_path / "runs"
     _json(runs / "p1_dino" / "results.json", {"arch": "resnet18", "epochs": 2, "world_size": 1,
                                               "final_loss": float("nan"), "final_knn_acc": None})  # no k-NN probe
-    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Backbone")
-    assert rows == [{"Backbone": "resnet18", "Epochs": "2", "Processes": "1", "Final loss": "–",
-                     "k-NN at init": "–", "k-NN at the end": "–"}]
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Run")
+    assert rows == [{"Run": "p1_dino: ours, on the unlabeled mini set; settings C, E", "Backbone": "resnet18", "Epochs": "2", "Processes": "1", "Final loss": "–",
+                     "k-NN at init": "–", "k-NN at the end": "–", "Teacher entropy at the end": "–", "ln(out_dim)": "–"}]
     from tools.report import load_results
 
     (runs / "p1_A").mkdir()
     with pytest.raises(FileNotFoundError, match="no results.json in .*p1_A .has the run finished"):
         load_results([runs / "p1_A"])
+
+
+def _dino_run(folder, data_dir, knn, entropy, out_dim):
+    """A finished DINO run folder as p1_ssl_pretrain.py leaves it (results.json, args.json, log.jsonl)."""
+    folder.mkdir(parents=True)
+    folder.joinpath("args.json").write_text(json.dumps({"data_dir": str(data_dir), "out_dim": out_dim,
+                                                        "teacher_temp": 0.01}))
+    folder.joinpath("log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"epoch": 0, "knn_acc": knn[0]}] + [{"epoch": e + 1, "loss": 5.0, "teacher_entropy": h}
+                                           for e, h in enumerate(entropy)] + [{"epoch": len(entropy), "knn_acc": knn[1]}]))
+    folder.joinpath("results.json").write_text(json.dumps({
+        "arch": "resnet18", "epochs": len(entropy), "world_size": 1, "final_loss": 5.0, "initial_knn_acc": knn[0],
+        "final_knn_acc": knn[1], "backbone": str(folder / "backbone.pth")}))
+    return folder / "backbone.pth"
+
+
+def test_dino_table_shows_knn_entropy_and_the_stand_in_and_b_d_name_the_tas_backbone(tmp_path):
+    from tools.toydata import make_p1_data
+
+    data = make_p1_data(tmp_path / "data", num_classes=2, mini_per_class=1, office_train_per_class=1,
+                        office_val_per_class=1)
+    runs = tmp_path / "runs"
+    ours = _dino_run(runs / "p1_dino", data / "mini" / "train", (0.4214, 0.5571), [4.1, 2.2, 1.2345], 256)
+    standin = _dino_run(runs / "p1_dino_standin", data / "mini" / "train", (0.43, 0.6), [1.0, 0.5], 256)
+    real = tmp_path / "official_dino_model.pth"  # the TAs' file: not a run on generated data
+    for setting, backbone in (("A", "none"), ("B", standin), ("C", ours), ("D", real)):
+        folder = runs / "p1_{}".format(setting)
+        folder.mkdir()
+        folder.joinpath("results.json").write_text(json.dumps({
+            "setting": setting, "backbone": str(backbone), "pretraining": "from the script", "finetuning": "full",
+            "best_val_acc": 0.5, "last_val_acc": 0.5}))
+    text = write_report(runs, tmp_path / "report").read_text()
+    dino = text.split("### DINO pre-training")[1].split("###")[0]
+    assert "| p1_dino: ours, on the unlabeled mini set; settings C, E | resnet18 | 3 | 1 | 5.0000 | 0.4214 | " \
+           "0.5571 | 1.234 | 5.545 |" in dino  # entropy of the last epoch, ln(256)
+    assert "| p1_dino_standin: stand-in for DINO on ImageNet-1k (TAs provided); settings B, D | resnet18 | 2 |" \
+        in dino and "| 0.4300 | 0.6000 | 0.500 | 5.545 |" in dino
+    assert "Source: data generated by `tools.toydata`" in dino and "not run" not in dino
+    assert "figures/p1_dino_curves.png" not in dino  # no curves.png in these folders: named as not found
+    table = text.split("### Settings A–E")[1]
+    assert "| A | from the script |" in table and "| C | from the script |" in table
+    assert "| B | stand-in for DINO on ImageNet-1k (TAs provided): DINO on generated data (p1_dino_standin) |" \
+        in table
+    assert "| D | DINO on ImageNet-1k (TAs provided) |" in table
+
+
+def test_dino_table_without_our_run_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
+    assert "_not run (no {}/results.json)_".format(runs / "p1_dino") in dino and "| Run |" not in dino
+    _dino_run(runs / "p1_dino_standin", tmp_path / "somewhere", (0.43, 0.6), [1.0, 0.5], 4096)
+    dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
+    assert "_not run (no {}/results.json)_".format(runs / "p1_dino") in dino
+    assert "| 0.4300 | 0.6000 | 0.500 | 8.318 |" in dino and "Source: the course's data" in dino
