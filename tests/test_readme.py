@@ -22,6 +22,7 @@ COVERAGE = [
     (r"^bash demo\.sh$", "tests/test_demo.py", "def test_reduced_demo_writes_the_report"),
     (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
+    (r"^python -m pytest$", ".ci/run", "python3 -m pytest -q\n"),
     (r"^python -m pytest -m slow$", ".ci/run", "pytest -q -m slow"),
     (r"^bash \.ci/grading_env\.sh$", ".ci/run", "OPTIONAL=1 bash .ci/grading_env.sh"),
     (r"^pip install -r requirements-sam\.txt$", "requirements-dev.txt", "-r requirements-sam.txt"),  # CI installs it

@@ -318,39 +318,33 @@ def _verdict(value: Optional[float], baselines: Sequence[Tuple[str, float]]) -> 
     return "above {}".format(passed[-1]) if passed else "below every baseline"
 
 
-def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[str, Any]]:
-    """Every check in order; returns the summary rows and the scores (None where not scored)."""
-    from tools.report import grade_p1, grade_p2
-    from tools.toydata import is_generated
-
-    repo = args.repo.resolve()
-    data = (args.data if args.data is not None else repo / "data_2025").resolve()
-    checks = []  # type: List[Check]
-    scores = {"p1": None, "p2": None, "generated": is_generated(data)}  # type: Dict[str, Any]
+def _repo_checks(args: argparse.Namespace, repo: Path) -> Tuple[List[Check], bool]:
+    """A git repository whose work is committed (and pushed): the checks, and whether to go on."""
     if _git(repo, "rev-parse", "--is-inside-work-tree").returncode != 0:
-        return [Check("git repository", "FAIL", "{} is not a git repository".format(repo))], scores
+        return [Check("git repository", "FAIL", "{} is not a git repository".format(repo))], False
+    checks = []  # type: List[Check]
     changes = uncommitted_changes(repo)
     if changes:
         detail = "{} uncommitted change(s) a clone would not see: {}".format(
             len(changes), "; ".join(c.strip() for c in changes[:4]) + (" ..." if len(changes) > 4 else ""))
         if not args.allow_dirty:
-            return [Check("committed working tree", "FAIL", detail + " (commit them, or --allow-dirty)")], scores
+            return [Check("committed working tree", "FAIL", detail + " (commit them, or --allow-dirty)")], False
         checks.append(Check("committed working tree", "WARN", detail))
     else:
         checks.append(Check("committed working tree", "PASS"))
     note = unpushed_note(repo)
     checks.append(Check("pushed", "WARN", note) if note else Check("pushed", "PASS"))
-    checks += _data_checks(data, args.problems)
-    if checks[-1].status == "FAIL":
-        return checks, scores
+    return checks, True
 
-    clone = work / "clone"
+
+def _clone_checks(repo: Path, clone: Path) -> Tuple[List[Check], bool]:
+    """Clone the repository; no tracked file over 50 MB; the graded scripts obey the script rules."""
     t0 = time.time()
     cloned = subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
     if cloned.returncode != 0:
-        return checks + [Check("git clone", "FAIL", cloned.stdout.strip()[-300:])], scores
-    checks.append(Check("git clone", "PASS", str(clone), time.time() - t0))
+        return [Check("git clone", "FAIL", cloned.stdout.strip()[-300:])], False
+    checks = [Check("git clone", "PASS", str(clone), time.time() - t0)]
     large = large_tracked_files(clone)
     checks.append(Check("tracked files <= 50 MB", "FAIL" if large else "PASS", "; ".join(
         "{} ({:.1f} MB): upload it and list it in checkpoints/manifest.csv instead".format(n, s / 2 ** 20)
@@ -363,63 +357,100 @@ def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[s
         bad = script_violations(path.read_text())
         checks.append(Check("rules of " + script, "FAIL" if bad else "PASS",
                             "uses {}".format(", ".join(bad)) if bad else "no forbidden command"))
+    return checks, True
+
+
+class _TimedRunner:
+    """Runs a graded script of the clone under the time limit and appends its check."""
+
+    def __init__(self, clone: Path, env: Dict[str, str], time_limit: float, logs: Path, checks: List[Check]):
+        self.clone, self.env, self.time_limit, self.logs, self.checks = clone, env, time_limit, logs, checks
+
+    def __call__(self, name: str, command: List[str]) -> Optional[Run]:
+        if not (self.clone / command[1]).is_file():
+            return None
+        run = run_timed(command, self.clone, self.env, self.time_limit, self.logs / (command[1] + ".log"))
+        if run.returncode is None:
+            self.checks.append(Check(name, "FAIL", "killed after {:.0f} s: over the {:g} s limit".format(
+                run.seconds, self.time_limit) + "\n" + _tail(run.output), run.seconds))
+        elif run.returncode != 0:
+            self.checks.append(Check(name, "FAIL", "exit status {}\n{}".format(run.returncode, _tail(run.output)),
+                                     run.seconds))
+        else:
+            self.checks.append(Check(name, "PASS", "within the {:g} s limit".format(self.time_limit), run.seconds))
+        return run
+
+
+def _grade_p1(timed: _TimedRunner, data: Path, work: Path, checks: List[Check]) -> Optional[float]:
+    """hw1_1.sh on the office val csv with its labels replaced by None; its output checked and scored."""
+    from tools.report import grade_p1
+
+    office = data / "p1_data" / "office"
+    test_csv = work / "inputs" / "p1_test.csv"
+    rows = write_unlabeled_csv(office / "val.csv", test_csv)
+    pred = work / "outputs" / "p1_pred.csv"
+    run = timed("bash hw1_1.sh", ["bash", "hw1_1.sh", str(test_csv), str(office / "val"), str(pred)])
+    problems = check_p1_output(pred, test_csv)
+    checks.append(Check("hw1_1.sh output contract", "FAIL" if problems else "PASS",
+                        "; ".join(problems[:5]) if problems else "{} rows, id,filename,label".format(rows)))
+    return grade_p1(pred, office / "val.csv")["accuracy"] if not problems and run is not None else None
+
+
+def _grade_p2(timed: _TimedRunner, data: Path, work: Path, checks: List[Check], generated: bool) -> Optional[float]:
+    """hw1_2.sh on a folder of the validation tiles alone; its masks checked against the contract and scored."""
+    from tools.report import grade_p2
+
+    validation = data / "p2_data" / "validation"
+    tiles = work / "inputs" / "p2_tiles"
+    tiles.mkdir()
+    for image in sorted(validation.glob("*_sat.jpg")):  # the hidden folder holds only the images
+        shutil.copyfile(str(image), str(tiles / image.name))
+    masks = work / "outputs" / "p2_masks"
+    run = timed("bash hw1_2.sh", ["bash", "hw1_2.sh", str(tiles), str(masks)])
+    exact = None if generated else MASK_SIZE
+    problems = check_p2_output(masks, tiles, exact)
+    checks.append(Check("hw1_2.sh output contract", "FAIL" if problems else "PASS",
+                        "; ".join(problems[:5]) if problems else "{} masks, RGB, {}, palette only".format(
+                            len(list(tiles.iterdir())), "512x512" if exact else "the inputs' sizes")))
+    return grade_p2(masks, validation)["miou"] if not problems and run is not None else None
+
+
+def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[str, Any]]:
+    """Every check in order; returns the summary rows and the scores (None where not scored)."""
+    from tools.toydata import is_generated
+
+    repo = args.repo.resolve()
+    data = (args.data if args.data is not None else repo / "data_2025").resolve()
+    scores = {"p1": None, "p2": None, "generated": is_generated(data)}  # type: Dict[str, Any]
+    checks, go_on = _repo_checks(args, repo)
+    if not go_on:
+        return checks, scores
+    checks += _data_checks(data, args.problems)
+    if checks[-1].status == "FAIL":
+        return checks, scores
+    clone = work / "clone"
+    more, go_on = _clone_checks(repo, clone)
+    checks += more
+    if not go_on:
+        return checks, scores
 
     env = script_env(python_bin(args.python, work) if args.python else [])
     version = subprocess.run(["python3", "-c", "import sys; print('Python', sys.version.split()[0], sys.executable)"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     checks.append(Check("python3 of the scripts", "PASS" if version.returncode == 0 else "FAIL",
                         version.stdout.strip()[-300:]))
-    logs = work / "logs"
-    logs.mkdir()
-
-    def timed(name: str, command: List[str]) -> Optional[Run]:
-        if not (clone / command[1]).is_file():
-            return None
-        run = run_timed(command, clone, env, args.time_limit, logs / (command[1] + ".log"))
-        if run.returncode is None:
-            checks.append(Check(name, "FAIL", "killed after {:.0f} s: over the {:g} s limit".format(
-                run.seconds, args.time_limit) + "\n" + _tail(run.output), run.seconds))
-        elif run.returncode != 0:
-            checks.append(Check(name, "FAIL", "exit status {}\n{}".format(run.returncode, _tail(run.output)),
-                                run.seconds))
-        else:
-            checks.append(Check(name, "PASS", "within the {:g} s limit".format(args.time_limit), run.seconds))
-        return run
-
+    (work / "logs").mkdir()
+    timed = _TimedRunner(clone, env, args.time_limit, work / "logs", checks)
     fetched = timed("bash hw1_download_ckpt.sh", ["bash", "hw1_download_ckpt.sh"])
     if fetched is None or fetched.returncode != 0:
         checks.append(Check("grading scripts", "SKIP", "no checkpoints: hw1_download_ckpt.sh failed"))
         return checks, scores
-
-    inputs, outputs = work / "inputs", work / "outputs"
-    inputs.mkdir()
-    outputs.mkdir()
+    (work / "inputs").mkdir()
+    (work / "outputs").mkdir()
     if "1" in args.problems:
-        office = data / "p1_data" / "office"
-        test_csv = inputs / "p1_test.csv"
-        rows = write_unlabeled_csv(office / "val.csv", test_csv)
-        pred = outputs / "p1_pred.csv"
-        run = timed("bash hw1_1.sh", ["bash", "hw1_1.sh", str(test_csv), str(office / "val"), str(pred)])
-        problems = check_p1_output(pred, test_csv)
-        checks.append(Check("hw1_1.sh output contract", "FAIL" if problems else "PASS",
-                            "; ".join(problems[:5]) if problems else "{} rows, id,filename,label".format(rows)))
-        if not problems and run is not None:
-            scores["p1"] = grade_p1(pred, office / "val.csv")["accuracy"]
+        scores["p1"] = _grade_p1(timed, data, work, checks)
     if "2" in args.problems:
-        validation = data / "p2_data" / "validation"
-        tiles = inputs / "p2_tiles"
-        tiles.mkdir()
-        for image in sorted(validation.glob("*_sat.jpg")):  # the hidden folder holds only the images
-            shutil.copyfile(str(image), str(tiles / image.name))
-        masks = outputs / "p2_masks"
-        run = timed("bash hw1_2.sh", ["bash", "hw1_2.sh", str(tiles), str(masks)])
-        exact = None if scores["generated"] else MASK_SIZE
-        problems = check_p2_output(masks, tiles, exact)
-        checks.append(Check("hw1_2.sh output contract", "FAIL" if problems else "PASS",
-                            "; ".join(problems[:5]) if problems else "{} masks, RGB, {}, palette only".format(
-                                len(list(tiles.iterdir())), "512x512" if exact else "the inputs' sizes")))
-        if not problems and run is not None:
-            scores["p2"] = grade_p2(masks, validation)["miou"]
+        scores["p2"] = _grade_p2(timed, data, work, checks, scores["generated"])
     return checks, scores
 
 
