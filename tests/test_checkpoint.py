@@ -353,3 +353,30 @@ def test_load_model_rebuilds_from_the_config_alone(tmp_path):
     with pytest.raises(ValueError, match=r"b.pt does not fit the model its config describes \(linear\): "
                                          r"missing \[\], unexpected \[\], other shapes \['weight'\]"):
         checkpoint.load_model(tmp_path / "b.pt", "lin", build, torch.device("cpu"))
+
+
+def test_a_model_entry_holding_a_non_tensor_is_refused(tmp_path):
+    """A 'model' dict whose values are not all tensors (here one list) is not a state_dict."""
+    ckpt = make_checkpoint("lin", {"arch": "linear"}, {"weight": torch.zeros(2), "bias": [0.0, 1.0]})
+    save_atomic(ckpt, tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list.pt: its 'model' entry is not a state_dict \(names -> tensors\)"):
+        load_checkpoint(tmp_path / "list.pt")
+
+
+def test_errors_name_at_most_three_tensors_and_the_first_line_of_the_cause(tmp_path):
+    """Five NaN tensors or five unexpected keys: the message names the first three (sorted) and counts them all; a
+    config the builder cannot use is named with the first line of the builder's error."""
+    nan = {"t{}".format(i): torch.full((2,), float("nan")) for i in range(5)}
+    with pytest.raises(ValueError, match=r"in 5 tensor\(s\), e\.g\. t0, t1, t2: the run"):
+        checkpoint.check_finite(nan, tmp_path / "x.pt")
+    weights = dict(torch.nn.Linear(3, 2).state_dict(), **{"extra{}".format(i): torch.zeros(1) for i in range(5)})
+    save_atomic(make_checkpoint("lin", {"arch": "linear"}, weights), tmp_path / "extra.pt")
+    build = lambda config: torch.nn.Linear(3, 2)  # noqa: E731
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['extra0', 'extra1', 'extra2'\], other shapes"):
+        checkpoint.load_model(tmp_path / "extra.pt", "lin", build, torch.device("cpu"))
+
+    def refuse(config):
+        raise ValueError("no such architecture: linear\nsecond line")
+
+    with pytest.raises(ValueError, match=r"does not describe a model: no such architecture: linear$"):
+        checkpoint.load_model(tmp_path / "extra.pt", "lin", refuse, torch.device("cpu"))

@@ -524,3 +524,17 @@ def test_cli_empty_folder(cli_runs):
     assert str(cli_runs["folders"]["empty"]) in message
     assert ".png" in message
     assert "Traceback" not in err
+
+
+def test_class_index_detection_needs_every_pixel_grey_and_values_1_to_6(tmp_path):
+    """Grey masks whose largest value is 1 (two classes) are class indices too, and the error gives the range;
+    dark masks that are not grey (any one channel differs) are colours: they decode by the threshold rule."""
+    path = tmp_path / "0000_mask.png"
+    Image.fromarray(np.repeat(np.array([[0, 1], [1, 0]], dtype=np.uint8)[..., None], 3, axis=2)).save(str(path))
+    with pytest.raises(ValueError, match=r"holds class indices \(grey levels 0\.\.6\)"):
+        read_mask(path)
+    for pixel in ((5, 0, 0), (0, 0, 5), (0, 5, 5)):
+        rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+        rgb[0, 0] = pixel
+        Image.fromarray(rgb).save(str(path))
+        assert (read_mask(path) == 6).all(), pixel  # every channel < 128: black, "unknown"

@@ -533,3 +533,8 @@ def test_dataloader_workers_are_reproducible_and_distinct(seed):
     # items 0 and 1 come from different workers: same image, different augmentations
     assert not torch.equal(first[0][0], first[1][0])
     assert len({tuple(item[0].flatten()[:8].tolist()) for item in first}) == 4
+
+
+def test_a_negative_seed_is_refused():
+    with pytest.raises(ValueError, match="seed must be >= 0 or None, got -1"):
+        MultiCropAugmentation(seed=-1)

@@ -367,3 +367,13 @@ def test_dino_table_without_our_run_says_so(tmp_path):
     dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
     assert "_not run (no {}/results.json)_".format(runs / "p1_dino") in dino
     assert "| 0.4300 | 0.6000 | 0.500 | 8.318 |" in dino and "Source: the course's data" in dino
+
+
+def test_b_and_d_rows_without_a_backbone_path_keep_their_own_pretraining_text(tmp_path):
+    """A results.json written before runs recorded their backbone (no "backbone" key, or "none")."""
+    runs = tmp_path / "runs"
+    for setting, extra in (("B", {}), ("D", {"backbone": "none"})):
+        _json(runs / ("p1_" + setting) / "results.json", dict(extra, setting=setting, pretraining="as recorded",
+                                                              finetuning="full", best_val_acc=0.5, last_val_acc=0.5))
+    rows = _table(write_report(runs, tmp_path / "report").read_text(), "Setting")
+    assert [(r["Setting"], r["Pre-training"]) for r in rows] == [("B", "as recorded"), ("D", "as recorded")]

@@ -152,7 +152,6 @@ class _Figures:
     def __init__(self, report_dir: Path) -> None:
         self.report_dir = report_dir
         self.folder = report_dir / "figures"
-        self.copied = []  # type: List[Path]
 
     def link(self, source: Path, name: str, caption: str) -> str:
         if not source.is_file():
@@ -160,7 +159,6 @@ class _Figures:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / name
         shutil.copyfile(str(source), str(target))
-        self.copied.append(target)
         return "![{}](figures/{})\n\n*{}*".format(caption, name, caption)
 
 
