@@ -380,3 +380,27 @@ def test_errors_name_at_most_three_tensors_and_the_first_line_of_the_cause(tmp_p
 
     with pytest.raises(ValueError, match=r"does not describe a model: no such architecture: linear$"):
         checkpoint.load_model(tmp_path / "extra.pt", "lin", refuse, torch.device("cpu"))
+
+
+def test_a_runtime_error_that_is_not_a_full_disk_stays_itself(tmp_path, monkeypatch):
+    """Only torch.save's full-disk messages become 'cannot write ... (disk full?)'; any other RuntimeError of the
+    writer propagates unchanged, and the previous file is kept."""
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"w": torch.ones(1)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        raise RuntimeError("a bug in the object being saved")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="^a bug in the object being saved$"):
+        save_atomic({"w": torch.zeros(1)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_safe(path)["w"], torch.ones(1)) and os.listdir(str(tmp_path)) == ["ckpt.pt"]
+
+
+def test_six_tensors_of_other_shapes_are_named_three(tmp_path):
+    build = lambda config: torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(3)])  # noqa: E731
+    wrong = {k: torch.zeros(1) for k in build({}).state_dict()}
+    save_atomic(make_checkpoint("seq", {"arch": "seq"}, wrong), tmp_path / "shapes.pt")
+    with pytest.raises(ValueError, match=r"other shapes \['0\.bias', '0\.weight', '1\.bias'\]$"):
+        checkpoint.load_model(tmp_path / "shapes.pt", "seq", build, torch.device("cpu"))

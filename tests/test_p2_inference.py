@@ -421,7 +421,7 @@ def test_tile_starts_cover_the_length_with_the_overlap():
         assert starts[0] == 0 and starts[-1] + tile == length and starts == sorted(set(starts))
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
         assert len(starts) == max(1, -(-(length - tile) // (tile - overlap)) + 1)  # the fewest that do
-    with pytest.raises(ValueError, match="overlap"):
+    with pytest.raises(ValueError, match=r"^tile overlap must lie in 0\.\.99 for tiles of 100, got 100$"):
         tile_starts(300, 100, 100)
 
 
@@ -435,9 +435,9 @@ def test_tiled_prediction_averages_the_windows_and_one_window_is_the_whole_image
     torch.manual_seed(1)
     image = torch.randint(0, 256, (1, 3, 45, 70), dtype=torch.uint8)
     whole = predict_ensemble(members, image, tta=True).argmax(1)[0].to(torch.uint8)
-    assert torch.equal(predict_tiled(members, image, tta=True, tile=70, overlap=8), whole)
-    assert torch.equal(predict_tiled(members, image, tta=True, tile=500, overlap=8), whole)
-    tiled = predict_tiled(members, image, tta=True, tile=24, overlap=6)
+    assert torch.equal(predict_tiled(members, image, None, True, (1.0,), tile=70, overlap=8), whole)
+    assert torch.equal(predict_tiled(members, image, None, True, (1.0,), tile=500, overlap=8), whole)
+    tiled = predict_tiled(members, image, None, True, (1.0,), tile=24, overlap=6)
     assert tiled.shape == (45, 70) and tiled.dtype == torch.uint8
     total, count = torch.zeros(7, 45, 70), torch.zeros(45, 70)
     for y in tile_starts(45, 24, 6):
@@ -472,3 +472,24 @@ def test_p2_inference_tiles_large_images_to_their_exact_size(toy_p2, random_unet
     assert outputs["tiles"]["0009_mask.png"] != outputs["whole"]["0009_mask.png"]  # the tiled path really ran
     with pytest.raises(SystemExit, match="--tile-overlap"):
         run_main(p2_inference, base + ["--output-dir", tmp_path / "bad", "--tile-size", "64", "--tile-overlap", "64"])
+
+
+def test_tiled_prediction_holds_one_band_of_window_rows_at_a_time(monkeypatch):
+    """Memory stays that of one band: before each window, the summed probabilities held cover at most ``tile`` rows
+    (rows no later window reaches are finished into the class map at once). A tall image, 10 window rows."""
+    import sys
+
+    import utils.predict as predict
+
+    held = []
+
+    def fake_ensemble(members, crop, *args):
+        count = sys._getframe(1).f_locals["count"]  # predict_tiled's rows in hand
+        held.append(0 if count is None else count.shape[0])
+        return torch.rand(1, 7, *crop.shape[-2:])
+
+    monkeypatch.setattr(predict, "predict_ensemble", fake_ensemble)
+    out = predict.predict_tiled([], torch.zeros(1, 3, 300, 40, dtype=torch.uint8), None, False, (1.0,), tile=32,
+                                overlap=4)
+    assert out.shape == (300, 40) and len(held) == len(predict.tile_starts(300, 32, 4)) * 2
+    assert 0 < max(held) <= 32, held

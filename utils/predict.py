@@ -112,8 +112,8 @@ def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
 
 @torch.no_grad()
 def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], image: torch.Tensor,
-                  amp_dtype: Optional[torch.dtype] = None, tta: bool = False, scales: Sequence[float] = (1.0,),
-                  tile: int = 1024, overlap: int = 128) -> torch.Tensor:
+                  amp_dtype: Optional[torch.dtype], tta: bool, scales: Sequence[float], tile: int,
+                  overlap: int) -> torch.Tensor:
     """uint8 (1, 3, H, W) -> uint8 class map (H, W), on the image's device, from overlapping windows of at most
     ``tile`` x ``tile`` (``tile_starts``): each window is one ``predict_ensemble`` call, and where windows overlap
     their class probabilities are averaged before the argmax.
