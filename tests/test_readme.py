@@ -24,6 +24,8 @@ COVERAGE = [
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest$", ".ci/run", "python3 -m pytest -q\n"),
     (r"^python -m pytest -m slow$", ".ci/run", "pytest -q -m slow"),
+    (r"^vermin -t=3\.8- --violations \.$", ".ci/run", "vermin -q --no-tips -t=3.8- --violations"),
+    (r"^python -m tools\.toydata --p1-kind shapes$", "tests/test_toydata.py", "def test_p1_shapes_kind_from_the_cli"),
     (r"^bash \.ci/grading_env\.sh$", ".ci/run", "OPTIONAL=1 bash .ci/grading_env.sh"),
     (r"^pip install -r requirements-sam\.txt$", "requirements-dev.txt", "-r requirements-sam.txt"),  # CI installs it
     (r"^(NGPUS=\d+ )?bash scripts/(p1_dino|p1_settings|p1_tsne|p2_unet|p2_deeplab|report)\.sh( --epochs \d+)?$",
