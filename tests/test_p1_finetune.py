@@ -125,6 +125,7 @@ def test_frozen_random_backbone_is_refused_and_report_table(office, tmp_path, ba
     assert "{:.4f}".format(acc) in lines[2]
 
 
+@pytest.mark.slow  # in CI's slow step: it keeps the default suite under ~15 minutes
 def test_labeled_standin_backbone_beats_random_init(tmp_path):
     """Settings B and D with the STAND-IN of the course's labeled backbone (a short supervised run on the
     generated mini images' hidden labels) beat setting A at equal epochs. Measured (seed 0): stand-in 0.93 on

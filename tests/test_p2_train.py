@@ -180,6 +180,7 @@ def test_resnet34_unet_learns(toy_p2, tmp_path, offline):
     assert result["best_miou"] > 0.15 and result["best_miou"] > before + 0.1, (before, result["best_miou"])
 
 
+@pytest.mark.slow  # in CI's slow step: it keeps the default suite under ~15 minutes
 def test_resnet34_unet_one_skip_ablation_learns(toy_p2, tmp_path, offline):
     result = run_main(p2_unet, ["--data-dir", str(toy_p2), "--output-dir", str(tmp_path / "r34s")] + R34_UNET
                          + ["--drop-skip", "0"])
@@ -190,6 +191,7 @@ def test_resnet34_unet_one_skip_ablation_learns(toy_p2, tmp_path, offline):
     assert result["best_miou"] > 0.1 and result["best_miou"] > before + 0.08, (before, result["best_miou"])
 
 
+@pytest.mark.slow  # in CI's slow step: it keeps the default suite under ~15 minutes
 def test_deeplabv3plus_learns(toy_p2, tmp_path, offline):
     result = run_main(p2_deeplab, ["--data-dir", str(toy_p2), "--output-dir", str(tmp_path / "v3p"), "--arch",
                              "deeplabv3plus", "--encoder", "resnet50", "--weights", "none", "--epochs", "4",

@@ -188,6 +188,7 @@ def test_all_sh_runs_every_step_in_order(tmp_path, repo_root):
     assert "skipping SAM" in proc.stdout
 
 
+@pytest.mark.slow  # in CI's slow step: it keeps the default suite under ~15 minutes
 def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, repo_root):
     """scripts/gpu_check.sh is the one prepared run for a session that gets a GPU; here its wiring runs on the
     CPU at SCALE=tiny so that the GPU session spends its minutes measuring, not debugging."""
