@@ -308,7 +308,10 @@ def test_load_errors_say_what_is_wrong(tmp_path):
     cases = {"empty.pt": (b"", r"is empty \(0 bytes\)$"),
              "one_byte.pt": (b"x", r"corrupt, truncated or not a torch file$"),
              "zeros.pt": (b"\x00" * 64, r"corrupt, truncated or not a torch file$"),
-             "pickle_cut.pt": (b"\x80\x02}q\x00.", r"corrupt or truncated \(\w+: .+\)$")}
+             # a cut plain pickle: torch 2.4's weights-only unpickler raises UnpicklingError (not a zip: "not a torch
+             # file"), newer torch another error whose type and first line are given
+             "pickle_cut.pt": (b"\x80\x02}q\x00.", r"(corrupt or truncated \(\w+: .+\)|corrupt, truncated or not a "
+                                                   r"torch file)$")}
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message) as info:
