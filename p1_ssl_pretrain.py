@@ -70,6 +70,11 @@ PRESETS = {
 }
 
 
+def _flag_text(dest: str, value: object) -> str:
+    """How a preset's value reads on the command line: ``--out-dim 256``, a switch alone (``--use-bn-in-head``)."""
+    return "--" + dest.replace("_", "-") + ("" if value is True else " {}".format(value))
+
+
 class PresetParser(argparse.ArgumentParser):
     """An ArgumentParser where ``--preset NAME`` sets defaults before the other flags are read."""
 
@@ -91,8 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.set_defaults(save_every=50)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a named set of defaults, explicit flags still win: " + "; ".join(
-                            "{}: {}".format(k, ", ".join("--{}".format(f.replace("_", "-")) + ("" if v is True else " {}".format(v))
-                                                         for f, v in d.items())) for k, d in sorted(PRESETS.items()))
+                            "{}: {}".format(k, ", ".join(_flag_text(f, v) for f, v in d.items()))
+                            for k, d in sorted(PRESETS.items()))
                         + " (README, Problem 1, part I: why and what each costs)")
     g = parser.add_argument_group("model")
     add_flag(g, "--arch", "resnet50", "the torchvision ResNet backbone (fc replaced by identity); resnet18 for "

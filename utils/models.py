@@ -703,12 +703,13 @@ def build_seg_model(config: Mapping[str, Any]) -> nn.Module:
             bilinear=bool(config.get("bilinear", False)),
         )
     if arch in ("deeplabv3", "deeplabv3plus"):
+        config = canonical_seg_config(config)  # configs written before "encoder" / "output_stride" existed
         return build_deeplabv3(
-            encoder=config.get("encoder", config.get("backbone", "resnet50")),
+            encoder=config["encoder"],
             num_classes=num_classes,
             aux_loss=bool(config.get("aux_loss", True)),
             weights=weights,
-            output_stride=int(config.get("output_stride", 16)),
+            output_stride=int(config["output_stride"]),
             plus=arch == "deeplabv3plus",
         )
     return build_fcn32s(num_classes=num_classes, backbone_weights=weights)
