@@ -1,6 +1,6 @@
-"""DINO multi-crop augmentation (facebookresearch/dino ``DataAugmentationDINO``) at this project's sizes.
+"""DINO multi-crop augmentation (facebookresearch/dino ``DataAugmentationDINO``), sizes as arguments.
 
-Two global views (128 px, area 14-100 %) and ``num_local`` local views (64 px, area 5-14 %) of each image, each
+Two global views (area 14-100 %) and ``num_local`` local views (area 5-14 %) of each image, each
 with flip, colour jitter, grayscale, Gaussian blur and (second global view only) solarization, then ImageNet
 normalisation. The work is split in two steps so the random distributions can be tested, and reused by a batched
 GPU path later:
@@ -18,7 +18,8 @@ DataLoader worker it is re-seeded from ``(seed, worker seed)`` so workers and ep
 
 Usage::
 
-    aug = MultiCropAugmentation()            # 2 x (3, 128, 128) + 6 x (3, 64, 64) float32 views
+    aug = MultiCropAugmentation()            # 2 x (3, 128, 128) + 6 x (3, 64, 64) float32 views (--preset mini84's
+                                             # sizes; the trainer passes its flags: 224 / 96 / 8 by default)
     views = aug(pil_image_or_uint8_chw)
 """
 import math
