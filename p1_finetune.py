@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 
 from utils import distributed as dist_utils
 from utils.classify import CLASSIFIER_KIND, build_classifier
-from utils.cli import add_common_train_args, add_flag, run_cli
+from utils.cli import add_common_train_args, add_flag, nonnegative_float, nonnegative_int, run_cli, unit_float
 from utils.datasets import CsvImages
 from utils.distributed import unwrap
 from utils.lifecycle import Run, checkpoint_state
@@ -97,12 +97,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      "checkpoint")
     add_flag(g, "--min-scale", 0.25, "RandomResizedCrop")
     add_flag(g, "--color-jitter", 0.3, "brightness/contrast/saturation (hue a third of it)")
-    g.add_argument("--randaugment", type=int, default=0,
+    g.add_argument("--randaugment", type=nonnegative_int, default=0,
                    help="RandAugment with this many ops (0 = off); stronger regularisation for long runs")
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
+    g.add_argument("--mixup", type=nonnegative_float, default=0.0, help="mixup alpha (0 = off)")
+    g.add_argument("--label-smoothing", type=unit_float, default=0.1, help="label smoothing of the cross-entropy")
     add_flag(g, "--optimizer", "sgd", "SGD is Nesterov here")
-    g.add_argument("--backbone-lr-mult", type=float, default=None,
+    g.add_argument("--backbone-lr-mult", type=nonnegative_float, default=None,
                    help="backbone lr = lr x this; default 1.0 for a random backbone (A), 0.1 for a pretrained one")
     add_flag(g, "--weight-decay", 5e-4)
     add_flag(g, "--warmup-epochs", 5.0, "then cosine to 0")

@@ -91,6 +91,9 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError("output {} is a folder; give a csv file path".format(args.output))
     if args.output.resolve() == args.csv.resolve():
         raise ValueError("output {} is the input csv; it would be overwritten: give another path".format(args.output))
+    if args.output.resolve() in {(args.image_dir / r.filename).resolve() for r in rows}:
+        raise ValueError("output {} is an input image listed in {}; it would be overwritten: give another path".format(
+            args.output, args.csv))
     try:  # early: a bad output path fails before the work
         args.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission

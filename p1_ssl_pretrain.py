@@ -36,7 +36,8 @@ import torch.nn as nn
 
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, save_atomic
-from utils.cli import add_common_train_args, add_flag, run_cli
+from utils.cli import (add_common_train_args, add_flag, nonnegative_float, nonnegative_int, positive_float,
+                       positive_int, run_cli, unit_float)
 from utils.datasets import CsvImages, InMemoryImages, UnlabeledImages
 from utils.dino import DINO_KIND, DINOLoss, build_dino_net, embedding_spread, train_step
 from utils.gpu_multicrop import BatchedMultiCrop
@@ -112,24 +113,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-norm-last-layer", dest="norm_last_layer", action="store_false",
                    help="let the norm of the prototype layer train (DINO fixes it at 1 for stability)")
     g = parser.add_argument_group("DINO")
-    g.add_argument("--momentum-teacher", type=float, default=0.996,
+    g.add_argument("--momentum-teacher", type=unit_float, default=0.996,
                    help="EMA momentum at the start; it rises to 1 on a cosine. Use 0.9995+ for small batches")
-    g.add_argument("--warmup-teacher-temp", type=float, default=0.04, help="teacher temperature at epoch 0")
-    g.add_argument("--teacher-temp", type=float, default=0.04,
+    g.add_argument("--warmup-teacher-temp", type=positive_float, default=0.04, help="teacher temperature at epoch 0")
+    g.add_argument("--teacher-temp", type=positive_float, default=0.04,
                    help="teacher temperature after the warm-up; above 0.07 tends to collapse")
-    g.add_argument("--warmup-teacher-temp-epochs", type=int, default=0,
+    g.add_argument("--warmup-teacher-temp-epochs", type=nonnegative_int, default=0,
                    help="epochs of linear teacher-temperature warm-up (DINO: 30 for ViTs with 0.04 -> 0.07; its "
                         "ResNet-50 recipe keeps 0.04 throughout)")
-    g.add_argument("--student-temp", type=float, default=0.1, help="student temperature")
-    g.add_argument("--center-momentum", type=float, default=0.9, help="EMA rate of the teacher-output center")
-    g.add_argument("--freeze-last-layer", type=int, default=1,
+    g.add_argument("--student-temp", type=positive_float, default=0.1, help="student temperature")
+    g.add_argument("--center-momentum", type=unit_float, default=0.9, help="EMA rate of the teacher-output center")
+    g.add_argument("--freeze-last-layer", type=nonnegative_int, default=1,
                    help="epochs during which the prototype layer gets no updates (stabilises the start)")
     g = parser.add_argument_group("optimisation")
     add_flag(g, "--optimizer", "sgd")
-    g.add_argument("--min-lr", type=float, default=1e-6, help="learning rate at the end of the cosine decay")
+    g.add_argument("--min-lr", type=nonnegative_float, default=1e-6,
+                   help="learning rate at the end of the cosine decay")
     add_flag(g, "--warmup-epochs", 10.0)
     add_flag(g, "--weight-decay", 1e-4, "constant over the run")
-    g.add_argument("--clip-grad", type=float, default=3.0,
+    g.add_argument("--clip-grad", type=nonnegative_float, default=3.0,
                    help="clip each parameter's gradient norm to this (DINO's per-parameter rule); 0 disables")
     g = parser.add_argument_group("multi-crop")
     add_flag(g, "--global-crop-size", 224, "DINO's and the report's size")
@@ -155,10 +157,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--knn-train-dir", type=Path, default=None, help="image folder of --knn-train-csv")
     g.add_argument("--knn-val-csv", type=Path, default=None, help="probe queries (e.g. Office-Home val.csv)")
     g.add_argument("--knn-val-dir", type=Path, default=None, help="image folder of --knn-val-csv")
-    g.add_argument("--knn-every", type=int, default=1, help="epochs between k-NN evaluations")
+    g.add_argument("--knn-every", type=positive_int, default=1, help="epochs between k-NN evaluations")
     add_flag(g, "--knn-k", 20)
-    g.add_argument("--knn-temperature", type=float, default=0.07, help="temperature of the vote weights")
-    g.add_argument("--knn-size", type=int, default=224,
+    g.add_argument("--knn-temperature", type=positive_float, default=0.07, help="temperature of the vote weights")
+    g.add_argument("--knn-size", type=positive_int, default=224,
                    help="probe images: short side resized to this (bilinear, antialiased) and centre-cropped square, "
                         "as fine-tuning validates; DINO's eval_knn.py resizes to 256 bicubic and crops 224, so "
                         "the numbers compare across this project's runs, not to DINO's tables")

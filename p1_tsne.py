@@ -43,7 +43,7 @@ import torch
 from utils.classify import eval_transform_for, load_classifier, penultimate_features
 from utils.datasets import CsvImages
 from utils.distributed import resolve_device
-from utils.cli import add_flag, run_cli
+from utils.cli import add_flag, nonnegative_int, positive_float, run_cli
 from utils.knn import knn_classify
 from utils.precision import amp_dtype
 from utils.runlog import RunLog, progress
@@ -68,10 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--image-dir", None, "default: the csv's folder / the csv's name without .csv, e.g. "
                                           "office/train for office/train.csv")
     add_flag(parser, "--output-dir", Path("runs/p1_tsne"), "tsne.png, tsne_metrics.json and tsne_coords.npz")
-    parser.add_argument("--perplexity", type=float, default=30.0,
+    parser.add_argument("--perplexity", type=positive_float, default=30.0,
                         help="t-SNE perplexity (~ neighbours per point); capped at (N-1)/3. 30 suits ~60 images "
                              "per class; lower it for a few images per class (default: %(default)s)")
-    parser.add_argument("--pca-dim", type=int, default=50,
+    parser.add_argument("--pca-dim", type=nonnegative_int, default=50,
                         help="PCA dimensions before t-SNE and for the silhouette (capped at N and the feature size; "
                              "0 = no PCA). PCA to ~50 removes noise directions and speeds t-SNE up "
                              "(default: %(default)s)")

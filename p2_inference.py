@@ -10,13 +10,16 @@
 Input: every .jpg/.jpeg/.png of the folder that is not a ``*_mask.png`` (the grader's are ``xxxx_sat.jpg``); two
 images that would write one mask (``a.jpg`` and ``a.png``) are an error before any work.
 Output: ``xxxx_mask.png`` per input, RGB, the input's exact size, only the seven class colours (never red),
-and nothing else in the output folder. Each checkpoint alone rebuilds its model (U-Net, DeepLabV3(+) or
-FCN32s); several are averaged in probability space. An image with a side over --tile-threshold is predicted in
-overlapping --tile-size tiles (probabilities averaged where they overlap), so memory stays bounded. An
-unreadable image is reported by name, every other mask is still written, and the exit code is 1.
+and nothing else in the output folder (a .png there that this run would not write, e.g. a stale mask of other
+images, is an error before any work: the grader pairs every .png by sorted name). Each checkpoint alone rebuilds
+its model (U-Net, DeepLabV3(+) or FCN32s); several are averaged in probability space. An image with a side over
+--tile-threshold is predicted in overlapping --tile-size tiles (probabilities averaged where they overlap), so
+memory stays bounded. An unreadable image is reported by name, every other mask is still written, and the exit
+code is 1.
 """
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +90,36 @@ def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
     return groups
 
 
+# the temp file of an interrupted atomic mask write (utils.checkpoint.atomic_write: "." + name + ".XXXXXXXX.tmp")
+_MASK_TEMP = re.compile(r"\..+_mask\.png\.[^.]+\.tmp")
+
+
+def check_output_folder(folder: Path, mask_names: List[str]) -> None:
+    """The grader reads every .png of the output folder, paired with the labels by sorted name: a .png this run
+    will not write (a stale mask of other images) is an error naming it, before any work; other files are named in
+    a warning; temp files of an earlier, killed run's mask writes are removed."""
+    if not folder.is_dir():
+        return
+    ours = set(mask_names)
+    stray, other, temps = [], [], []  # type: List[str], List[str], List[Path]
+    for path in sorted(folder.iterdir()):
+        if path.name in ours:
+            continue
+        if _MASK_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            temps.append(path)
+        else:
+            (stray if path.name.lower().endswith(".png") else other).append(path.name)
+    if stray:
+        raise SystemExit("error: the output folder {} holds {} .png file(s) this run does not write: {}{}; the grader "
+                         "reads every .png there, so they would misalign the masks: remove them or give another "
+                         "folder".format(folder, len(stray), ", ".join(stray[:5]), " ..." if len(stray) > 5 else ""))
+    if other:
+        print("warning: the output folder {} also holds {} file(s) that are not masks: {}{}".format(
+            folder, len(other), ", ".join(other[:5]), " ..." if len(other) > 5 else ""), file=sys.stderr)
+    for path in temps:
+        path.unlink()
+
+
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     t0 = time.time()
     device = resolve_device(args.device)
@@ -111,6 +144,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if args.output_dir.resolve() == args.input_dir.resolve():
         raise SystemExit("error: the output folder {} is the input folder: masks would mix with (and could "
                          "overwrite) the inputs; give another folder".format(args.output_dir))
+    check_output_folder(args.output_dir, mask_names)
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     loader = torch.utils.data.DataLoader(InferenceImages(files), batch_size=args.batch_size,

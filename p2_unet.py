@@ -88,6 +88,9 @@ def model_config(args: argparse.Namespace) -> Dict[str, Any]:
         if args.encoder_weights != "none":
             raise SystemExit("error: --encoder-weights needs a ResNet --encoder (the classic U-Net trains from "
                              "scratch)")
+        if args.depth >= 1 and args.crop_size % 2 ** args.depth:  # before a model of 2^depth widths is built
+            raise SystemExit("error: --crop-size {} is not a multiple of 2^--depth = {}: the U-Net halves it {} "
+                             "times".format(args.crop_size, 2 ** args.depth, args.depth))
         # exactly the keys of checkpoints written before --encoder existed, so their runs resume
         return dict({"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
                      "drop_skip": skips, "bilinear": args.bilinear}, **note)

@@ -72,3 +72,33 @@ def test_validating_types_refuse_nonsense():
             parser.parse_args(argv)
     args = parser.parse_args(["--epochs", "2", "--device", "cuda:1", "--lr", "1e-3"])
     assert (args.epochs, args.device, args.lr) == (2, "cuda:1", 1e-3)
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("p1_finetune", ["--label-smoothing", "5"]),  # before: a RuntimeError traceback after the data were loaded
+    ("p1_finetune", ["--label-smoothing", "-1"]),  # before: trained on, silently
+    ("p1_finetune", ["--mixup", "-1"]),
+    ("p1_finetune", ["--randaugment", "-1"]),
+    ("p1_finetune", ["--backbone-lr-mult", "-1"]),  # before: gradient ascent on the backbone, silently
+    ("p2_unet", ["--val-batch-size", "0"]),  # before: 'error: batch_size should be a positive integer value'
+    ("p2_deeplab", ["--aux-weight", "-1"]),
+    ("p1_ssl_pretrain", ["--knn-every", "0"]),  # before: ZeroDivisionError traceback at the first k-NN epoch
+    ("p1_ssl_pretrain", ["--momentum-teacher", "2"]),  # before: a diverging teacher, silently
+    ("p1_ssl_pretrain", ["--teacher-temp", "0"]),  # before: 'the DINO loss became nan ... Lower --lr'
+    ("p1_ssl_pretrain", ["--warmup-teacher-temp", "0"]),
+    ("p1_ssl_pretrain", ["--student-temp", "0"]),
+    ("p1_ssl_pretrain", ["--center-momentum", "2"]),
+    ("p1_ssl_pretrain", ["--min-lr", "-1"]),  # before: a negative learning rate at the end, silently
+    ("p1_ssl_pretrain", ["--clip-grad", "-1"]),
+    ("p1_ssl_pretrain", ["--freeze-last-layer", "-1"]),
+    ("p1_ssl_pretrain", ["--warmup-teacher-temp-epochs", "-1"]),
+    ("p1_ssl_pretrain", ["--knn-size", "0"]),
+    ("p1_tsne", ["--pca-dim", "-1"]),
+    ("p1_tsne", ["--perplexity", "0"]),  # before: scikit-learn's message after the features were computed
+])
+def test_script_specific_nonsense_flags_are_usage_errors_naming_the_flag(script, argv, capsys):
+    parser = importlib.import_module(script).get_args_parser()
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(argv)
+    assert info.value.code == 2
+    assert "argument {}".format(argv[0]) in capsys.readouterr().err

@@ -2,6 +2,7 @@
 import csv
 import os
 import random
+import shutil
 import subprocess
 
 import pytest
@@ -309,3 +310,36 @@ def test_eval_transform_resizes_in_float_so_scores_do_not_depend_on_the_torchvis
     left = int(round((42 - 32) / 2.0))
     torch.testing.assert_close(out, ref[:, :, left:left + 32], rtol=0, atol=1e-3)
     assert (out != out.round()).float().mean() > 0.5  # not rounded to grey levels
+
+
+def test_an_output_csv_that_is_one_of_the_input_images_is_refused_and_the_image_kept(p1, tmp_path, repo_root):
+    """Before: `hw1_1.sh val.csv val val/0_4.jpg` replaced the input image 0_4.jpg with the csv (exit 0), though
+    the input csv itself is refused as output. Now an image the csv lists is refused too, before any work."""
+    val_csv, image_dir, checkpoint = p1
+    images = tmp_path / "images"
+    shutil.copytree(str(image_dir), str(images))
+    name = _val_rows(val_csv)[0]["filename"]
+    before = (images / name).read_bytes()
+    proc = _hw1_1(repo_root, val_csv, images, images / name, checkpoint)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: output ") and name in proc.stderr and "input image" in proc.stderr
+    assert (images / name).read_bytes() == before
+
+
+def test_rows_with_every_field_empty_are_skipped_not_an_error(p1, tmp_path, repo_root):
+    """Before: a csv whose last lines are ',,' (a spreadsheet's empty rows) or spaces stopped the whole grading run:
+    'error: csv ... line 4: empty filename' (exit 2, no predictions). Such rows are no rows: skipped; a row with an
+    id or label but no filename stays an error naming its line."""
+    val_csv, image_dir, checkpoint = p1
+    rows = _val_rows(val_csv)[:2]
+    in_csv = tmp_path / "in.csv"
+    in_csv.write_text("id,filename,label\n" + "".join("{},{},None\n".format(r["id"], r["filename"]) for r in rows)
+                      + ",,\n  \n , ,\n")
+    out_csv = tmp_path / "pred.csv"
+    proc = _hw1_1(repo_root, in_csv, image_dir, out_csv, checkpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, out = _read_output(out_csv)
+    assert [(o[0], o[1]) for o in out] == [(r["id"], r["filename"]) for r in rows]
+    in_csv.write_text("id,filename,label\n0,{},None\n7,,None\n".format(rows[0]["filename"]))
+    proc = _hw1_1(repo_root, in_csv, image_dir, tmp_path / "pred2.csv", checkpoint)
+    assert proc.returncode == 2 and "line 3: empty filename" in proc.stderr

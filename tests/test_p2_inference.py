@@ -138,6 +138,31 @@ def test_a_symlink_in_the_output_folder_is_replaced_not_written_through(toy_p2, 
     assert not mask.is_symlink() and Image.open(mask).mode == "RGB" and Image.open(mask).size == (64, 64)
 
 
+def test_an_output_folder_holding_pngs_this_run_does_not_write_is_refused_before_any_work(toy_p2, random_unet,
+                                                                                           tmp_path, repo_root):
+    """Before: an output folder holding a stale 9999_mask.png (a run on other images) got the new masks beside it,
+    exit 0, no word: the grader pairs every .png of the folder by sorted name, so every mask was misaligned. Now
+    such PNGs are an error naming them before any work (exit 2, nothing written or deleted); other files are
+    named in a warning; a temp file an earlier killed run left (.0000_mask.png.XXXX.tmp, ours) is removed."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "9999_mask.png").write_bytes(b"stale")
+    (out_dir / "notes.txt").write_text("mine")
+    (out_dir / ".0000_mask.png.abc123.tmp").write_bytes(b"half a mask")
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "9999_mask.png" in proc.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == [".0000_mask.png.abc123.tmp", "9999_mask.png", "notes.txt"]
+    (out_dir / "9999_mask.png").unlink()
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: " in proc.stderr and "notes.txt" in proc.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0000_mask.png", "0001_mask.png", "notes.txt"]
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)  # a rerun into its own masks: no complaint about them
+    assert proc.returncode == 0 and "mask.png" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_every_image_gets_a_mask_a_png_beside_the_sat_jpgs_too(toy_p2, random_unet, tmp_path, repo_root):
     """Before: a folder of *_sat.jpg files and one 0102_sat.png (RGBA) got no mask for the PNG, exit 0."""
     in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)

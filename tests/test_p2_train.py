@@ -269,3 +269,15 @@ def test_drop_skip_random_is_drawn_with_the_seed_and_recorded():
     with pytest.raises(SystemExit):
         p2_unet.get_args_parser().parse_args(["--drop-skip", "first"])
     assert build_seg_model(dict(first, base_width=8)).drop_skip == tuple(first["drop_skip"])
+
+
+def test_a_crop_size_the_unet_depth_cannot_divide_is_refused_before_the_model_is_built(capsys):
+    """Before: `p2_unet.py --crop-size 64 --base-width 8 --depth 12` built a 32,768-channel U-Net and was killed by
+    the kernel's out-of-memory killer (exit 137, no message); `--crop-size 36 --depth 3` failed only at the first
+    training step, after the data check, leaving an args.json behind. Now both are one line naming the flags."""
+    for argv in (["--crop-size", "64", "--base-width", "8", "--depth", "12"], ["--crop-size", "36", "--depth", "3"]):
+        args = p2_unet.get_args_parser().parse_args(argv)
+        with pytest.raises(SystemExit) as info:
+            p2_unet.model_config(args)
+        assert str(info.value).startswith("error: --crop-size") and "--depth" in str(info.value)
+    assert p2_unet.model_config(p2_unet.get_args_parser().parse_args(["--crop-size", "64", "--depth", "6"]))

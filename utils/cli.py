@@ -46,6 +46,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must lie in [0, 1], got {}".format(text))
+    return value
+
+
 def device_name(text: str) -> str:
     """argparse type: 'auto', 'cpu', 'cuda' or 'cuda:N'."""
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):

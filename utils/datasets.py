@@ -305,7 +305,7 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
     outside 0..num_classes-1 is a ValueError naming the file and line (``bad_labels="error"``, for training) or a
     warning naming the lines (``"warn"``: inference still predicts the row; its label becomes None, not scored).
     A repeated id or filename is a ValueError naming both lines (``duplicates="error"``, for training) or a warning
-    (``"warn"``: inference answers every row).
+    (``"warn"``: inference answers every row). Rows whose fields are all empty (``,,``, spaces) are skipped.
     """
     import csv
 
@@ -318,8 +318,11 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
         fields = {name.strip().lower(): name for name in reader.fieldnames if name is not None}
         if "filename" not in fields:
             raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
-        for i, record in enumerate(reader):
+        for record in reader:
             line = reader.line_num  # the physical line (blank lines and quoted newlines counted)
+            if not any(value.strip() for value in record.values() if isinstance(value, str)):
+                continue  # every field empty (',,', spaces: a spreadsheet's empty rows): no row
+            i = len(rows)
             filename = (record.get(fields["filename"]) or "").strip()
             if not filename:
                 raise ValueError("csv {} line {}: empty filename".format(path, line))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import distributed as dist_utils
-from utils.cli import add_common_train_args, add_flag
+from utils.cli import add_common_train_args, add_flag, nonnegative_float, positive_int
 from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.distributed import unwrap
 from utils.lifecycle import Run, checkpoint_state
@@ -48,9 +48,9 @@ def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size:
     g.add_argument("--loss", choices=("ce", "focal", "ce+dice"), default="ce",
                    help="cross-entropy; focal (gamma 2) for class imbalance; or CE plus soft Dice "
                         "(default: %(default)s)")
-    g.add_argument("--aux-weight", type=float, default=0.5,
+    g.add_argument("--aux-weight", type=nonnegative_float, default=0.5,
                    help="weight of the auxiliary head's loss, for models that have one (default: %(default)s)")
-    g.add_argument("--val-batch-size", type=int, default=4,
+    g.add_argument("--val-batch-size", type=positive_int, default=4,
                    help="validation images per process per step, at full tile size (default: %(default)s)")
     g.add_argument("--snapshot-epochs", type=int, nargs="*", default=[1, 50, 100],
                    help="epochs (1-based) whose model is kept as snapshot_epochNNN.pth and whose predictions "
