@@ -36,7 +36,8 @@ from torchvision.transforms import v2
 
 from utils import distributed as dist_utils
 from utils.classify import CLASSIFIER_KIND, build_classifier
-from utils.cli import add_common_train_args, add_flag, nonnegative_float, nonnegative_int, run_cli, unit_float
+from utils.cli import (add_common_train_args, add_flag, nonnegative_float, nonnegative_int, nonzero_int, run_cli,
+                       unit_float)
 from utils.datasets import CsvImages
 from utils.distributed import unwrap
 from utils.lifecycle import Run, checkpoint_state
@@ -106,7 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="backbone lr = lr x this; default 1.0 for a random backbone (A), 0.1 for a pretrained one")
     add_flag(g, "--weight-decay", 5e-4)
     add_flag(g, "--warmup-epochs", 5.0, "then cosine to 0")
-    g.add_argument("--save-epochs", type=int, nargs="*", default=[1, -1],
+    g.add_argument("--save-epochs", type=nonzero_int, nargs="*", default=[1, -1],
                    help="also keep epoch_NNN.pth at these epochs (-1 = the last); the t-SNE uses the first "
                         "and the last")
     g.add_argument("--linear-probe-epochs", type=int, default=0,

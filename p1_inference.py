@@ -25,7 +25,7 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.cli import add_flag, run_cli
+from utils.cli import add_flag, file_path, run_cli
 from utils.fileio import write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flag(parser, "--csv", more="a 'filename' column is enough; the hidden test csv has label 'None'", required=True)
     add_flag(parser, "--image-dir", required=True)
-    parser.add_argument("--output", type=Path, required=True,
+    parser.add_argument("--output", type=file_path, required=True,
                         help="predictions csv (id,filename,label); its folder is created if missing. Rows whose "
                              "image cannot be read get label {}".format(FAILED_LABEL))
     add_flag(parser, "--checkpoint", Path("checkpoints/p1_best.pth"), "a p1_classifier (setting C is the graded "

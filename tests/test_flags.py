@@ -95,6 +95,10 @@ def test_validating_types_refuse_nonsense():
     ("p1_ssl_pretrain", ["--knn-size", "0"]),
     ("p1_tsne", ["--pca-dim", "-1"]),
     ("p1_tsne", ["--perplexity", "0"]),  # before: scikit-learn's message after the features were computed
+    ("p2_unet", ["--snapshot-epochs", "0"]),  # before: accepted; epochs are 1-based, so no snapshot, silently
+    ("p2_deeplab", ["--snapshot-epochs", "-5"]),
+    ("p1_finetune", ["--save-epochs", "0"]),  # before: accepted; 0 is no epoch (1 is the first, -1 the last)
+    ("p1_inference", ["--output", "out/newdir/"]),  # before: a file named 'newdir' written, exit 0
 ])
 def test_script_specific_nonsense_flags_are_usage_errors_naming_the_flag(script, argv, capsys):
     parser = importlib.import_module(script).get_args_parser()

@@ -14,44 +14,36 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer, got {}".format(text))
-    return value
+def _checked(name: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, then refuse a value that breaks ``ok`` with 'must <rule>'. Its
+    ``__name__`` is what argparse names when ``convert`` itself fails ("invalid positive_int value: 'x'")."""
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError("must {}, got {}".format(rule, text))
+        return value
+    parse.__name__ = name
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more, got {}".format(text))
-    return value
+def _finite(value: float) -> bool:
+    return abs(value) != float("inf") and value == value
 
 
-def nonnegative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a finite number >= 0, got {}".format(text))
-    return value
+positive_int = _checked("positive_int", int, lambda v: v >= 1, "be a positive integer")
+nonnegative_int = _checked("nonnegative_int", int, lambda v: v >= 0, "be 0 or more")
+nonzero_int = _checked("nonzero_int", int, lambda v: v != 0, "not be 0 (1 is the first epoch, -1 the last)")
+nonnegative_float = _checked("nonnegative_float", float, lambda v: _finite(v) and v >= 0, "be a finite number >= 0")
+positive_float = _checked("positive_float", float, lambda v: _finite(v) and v > 0, "be a finite number > 0")
+unit_float = _checked("unit_float", float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
-    value = nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0, got {}".format(text))
-    return value
-
-
-def unit_float(text: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError("must lie in [0, 1], got {}".format(text))
-    return value
+def file_path(text: str) -> Path:
+    """argparse type: the path of a file; a trailing separator (a folder's spelling) is refused, since Path drops
+    it and a file of the folder's name would be written."""
+    if not text or text.endswith(("/", "\\")):
+        raise argparse.ArgumentTypeError("{!r} names a folder; give a file path".format(text))
+    return Path(text)
 
 
 def device_name(text: str) -> str:

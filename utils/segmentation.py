@@ -52,7 +52,7 @@ def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size:
                    help="weight of the auxiliary head's loss, for models that have one (default: %(default)s)")
     g.add_argument("--val-batch-size", type=positive_int, default=4,
                    help="validation images per process per step, at full tile size (default: %(default)s)")
-    g.add_argument("--snapshot-epochs", type=int, nargs="*", default=[1, 50, 100],
+    g.add_argument("--snapshot-epochs", type=positive_int, nargs="*", default=[1, 50, 100],
                    help="epochs (1-based) whose model is kept as snapshot_epochNNN.pth and whose predictions "
                         "on --snapshot-images go into snapshots.png (default: %(default)s)")
     g.add_argument("--snapshot-images", nargs="*", default=SNAPSHOT_IMAGES,
