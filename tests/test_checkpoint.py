@@ -305,6 +305,9 @@ def test_atomic_write_makes_folders_fsyncs_before_the_rename_and_keeps_the_umask
 def test_load_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
         load_safe(tmp_path / "missing.pt")
+    (tmp_path / "run").mkdir()  # before: 'checkpoint not found: .../run' for a folder that is there
+    with pytest.raises(IsADirectoryError, match=r"checkpoint .*run is a folder, not a file: give the \.pth inside"):
+        load_safe(tmp_path / "run")
     cases = {"empty.pt": (b"", r"is empty \(0 bytes\)$"),
              "one_byte.pt": (b"x", r"corrupt, truncated or not a torch file$"),
              "zeros.pt": (b"\x00" * 64, r"corrupt, truncated or not a torch file$"),

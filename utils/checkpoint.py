@@ -62,6 +62,9 @@ def save_atomic(obj: Any, path: PathLike) -> None:
 def load_safe(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
     """torch.load with ``weights_only=True`` and one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError("checkpoint {} is a folder, not a file: give the .pth inside it (a run's best.pth, "
+                                "checkpoint.pth or backbone.pth)".format(path))
     if not path.is_file():
         raise FileNotFoundError("checkpoint not found: {}".format(path))
     if path.stat().st_size == 0:
