@@ -269,7 +269,7 @@ def test_prototype_init_is_nn_linears():
     reference = torch.nn.Linear(256, 4096, bias=False).weight.detach().norm(dim=1)
     assert abs(float(ours.mean()) - float(reference.mean())) < 0.005 and abs(float(ours.mean()) - 3 ** -0.5) < 0.01
     assert abs(float(ours.std()) - float(reference.std())) < 0.005
-    assert float(head.last_v.abs().max()) <= 256 ** -0.5  # the uniform bound 1/sqrt(fan_in)
+    assert float(head.last_v.detach().abs().max()) <= 256 ** -0.5  # the uniform bound 1/sqrt(fan_in)
     # the MLP keeps DINO's trunc-normal(0.02) init and zero biases
     first = head.mlp[0]
     assert abs(float(first.weight.std()) - 0.02) < 0.002 and float(first.bias.abs().max()) == 0.0
