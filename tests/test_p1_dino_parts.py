@@ -272,7 +272,7 @@ def test_prototype_init_is_nn_linears():
     assert float(head.last_v.detach().abs().max()) <= 256 ** -0.5  # the uniform bound 1/sqrt(fan_in)
     # the MLP keeps DINO's trunc-normal(0.02) init and zero biases
     first = head.mlp[0]
-    assert abs(float(first.weight.std()) - 0.02) < 0.002 and float(first.bias.abs().max()) == 0.0
+    assert abs(float(first.weight.detach().std()) - 0.02) < 0.002 and float(first.bias.detach().abs().max()) == 0.0
 
 
 def test_lr_rule_is_per_256_images():
