@@ -24,7 +24,7 @@ import random
 from typing import Any, Dict, List, Tuple, Union
 
 from utils.cli import add_flag, run_cli
-from utils.models import RESNET_UNET_SKIPS, UNET_ENCODERS
+from utils.models import RESNET_UNET_SKIPS, UNET_ENCODERS, input_multiple
 from utils.segmentation import add_seg_train_args, fit
 
 
@@ -88,14 +88,19 @@ def model_config(args: argparse.Namespace) -> Dict[str, Any]:
         if args.encoder_weights != "none":
             raise SystemExit("error: --encoder-weights needs a ResNet --encoder (the classic U-Net trains from "
                              "scratch)")
-        if args.depth >= 1 and args.crop_size % 2 ** args.depth:  # before a model of 2^depth widths is built
-            raise SystemExit("error: --crop-size {} is not a multiple of 2^--depth = {}: the U-Net halves it {} "
-                             "times".format(args.crop_size, 2 ** args.depth, args.depth))
         # exactly the keys of checkpoints written before --encoder existed, so their runs resume
-        return dict({"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
-                     "drop_skip": skips, "bilinear": args.bilinear}, **note)
-    return dict({"arch": "unet", "num_classes": 7, "encoder": args.encoder, "drop_skip": skips,
-                 "backbone_weights": args.encoder_weights}, **note)
+        config = {"arch": "unet", "num_classes": 7, "base_width": args.base_width, "depth": args.depth,
+                  "drop_skip": skips, "bilinear": args.bilinear}
+        rule = "2^--depth"
+    else:
+        config = {"arch": "unet", "num_classes": 7, "encoder": args.encoder, "drop_skip": skips,
+                  "backbone_weights": args.encoder_weights}
+        rule = "the ResNet encoder's stride"
+    multiple = input_multiple(config)
+    if args.crop_size % multiple:  # here, before a model of 2^depth widths is built (--depth 12: the OOM killer)
+        raise SystemExit("error: --crop-size {} is not a multiple of {} = {}: the U-Net halves it that often".format(
+            args.crop_size, rule, multiple))
+    return dict(config, **note)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:

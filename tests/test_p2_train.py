@@ -281,3 +281,6 @@ def test_a_crop_size_the_unet_depth_cannot_divide_is_refused_before_the_model_is
             p2_unet.model_config(args)
         assert str(info.value).startswith("error: --crop-size") and "--depth" in str(info.value)
     assert p2_unet.model_config(p2_unet.get_args_parser().parse_args(["--crop-size", "64", "--depth", "6"]))
+    # the ResNet-encoder U-Net (stride 32) likewise; before: a ValueError at the first training step
+    with pytest.raises(SystemExit, match=r"^error: --crop-size 48 is not a multiple of the ResNet encoder's stride"):
+        p2_unet.model_config(p2_unet.get_args_parser().parse_args(["--crop-size", "48", "--encoder", "resnet18"]))
