@@ -19,7 +19,6 @@ code is 1.
 """
 import argparse
 import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from utils.checkpoint import atomic_temp_target
 from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
@@ -90,10 +90,6 @@ def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
     return groups
 
 
-# the temp file of an interrupted atomic mask write (utils.checkpoint.atomic_write: "." + name + ".XXXXXXXX.tmp")
-_MASK_TEMP = re.compile(r"\..+_mask\.png\.[^.]+\.tmp")
-
-
 def check_output_folder(folder: Path, mask_names: List[str]) -> None:
     """The grader reads every .png of the output folder, paired with the labels by sorted name: a .png this run
     will not write (a stale mask of other images) is an error naming it, before any work; other files are named in
@@ -105,7 +101,7 @@ def check_output_folder(folder: Path, mask_names: List[str]) -> None:
     for path in sorted(folder.iterdir()):
         if path.name in ours:
             continue
-        if _MASK_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+        if (atomic_temp_target(path.name) or "").endswith("_mask.png") and path.is_file() and not path.is_symlink():
             temps.append(path)
         else:
             (stray if path.name.lower().endswith(".png") else other).append(path.name)

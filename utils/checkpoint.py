@@ -8,6 +8,7 @@ leaves the previous checkpoint intact.
 import argparse
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,6 +18,16 @@ import torch
 
 FORMAT_VERSION = 1
 PathLike = Union[str, Path]
+
+
+_TEMP_NAME = re.compile(r"\.(.+)\.[^.]+\.tmp")  # atomic_write's temp files: "." + target name + ".XXXXXXXX.tmp"
+
+
+def atomic_temp_target(name: str) -> Optional[str]:
+    """The name of the file that ``atomic_write``'s temp file ``name`` was for (left behind by a killed run), or
+    None when ``name`` is not such a temp file: '.0000_mask.png.k3j9x_2a.tmp' -> '0000_mask.png'."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def atomic_write(path: PathLike, write: Callable[[Any], None], text: bool = False) -> None:
