@@ -208,36 +208,36 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
             "step": step, "interrupted": interrupted, "batches": batches, "lr": lr_at(max(step - 1, 0))}
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, dtype: Optional[torch.dtype]) -> Dict[str, float]:
     """Top-1 accuracy over the whole validation set (all ranks)."""
-    model.eval()
-    sums = torch.zeros(2, device=device)
-    for images, labels in progress(loader, desc="validate", leave=False):
-        x = normalize(images.to(device, non_blocking=True))
-        if fast_layout(device, dtype):
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            pred = model(x).argmax(1)
-        labels = labels.to(device, non_blocking=True)
-        sums += torch.stack([(pred == labels).sum().float(), torch.ones((), device=device) * labels.shape[0]])
-    dist_utils.all_reduce_sum(sums)
-    return {"val_acc": float(sums[0] / sums[1])}
+    with torch.no_grad():
+        model.eval()
+        sums = torch.zeros(2, device=device)
+        for images, labels in progress(loader, desc="validate", leave=False):
+            x = normalize(images.to(device, non_blocking=True))
+            if fast_layout(device, dtype):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                pred = model(x).argmax(1)
+            labels = labels.to(device, non_blocking=True)
+            sums += torch.stack([(pred == labels).sum().float(), torch.ones((), device=device) * labels.shape[0]])
+        dist_utils.all_reduce_sum(sums)
+        return {"val_acc": float(sums[0] / sums[1])}
 
 
-@torch.no_grad()
 def cache_backbone_features(model: nn.Module, dataset, args: argparse.Namespace, device: torch.device,
                             dtype: Optional[torch.dtype]) -> torch.utils.data.TensorDataset:
     """Frozen backbone features of every (un-augmented) image, computed once."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size * 2, num_workers=args.workers)
-    feats, labels = [], []
-    model.backbone.eval()
-    for images, y in progress(loader, desc="caching features", leave=False):
-        x = normalize(images.to(device))
-        with autocast(device, dtype):
-            feats.append(model.backbone(x).float().cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels))
+    with torch.no_grad():
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size * 2, num_workers=args.workers)
+        feats, labels = [], []
+        model.backbone.eval()
+        for images, y in progress(loader, desc="caching features", leave=False):
+            x = normalize(images.to(device))
+            with autocast(device, dtype):
+                feats.append(model.backbone(x).float().cpu())
+            labels.append(torch.as_tensor(y))
+        return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
 def build_model(run: Run, setting: Dict[str, Any]) -> nn.Module:

@@ -113,24 +113,24 @@ def class_marker(label: int, num_classes: int) -> str:
     return "o" if num_classes <= 20 else MARKERS[(label // 20) % len(MARKERS)]
 
 
-@torch.no_grad()
 def extract(path: Path, dataset_kwargs: Dict[str, Any], indices: Optional[np.ndarray], device: torch.device,
             args: argparse.Namespace) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """Penultimate features (N, D) float32 and labels (N,) of one checkpoint on the csv's images."""
-    model, ckpt = load_classifier(path, device)
-    dataset = CsvImages(transform=eval_transform_for(ckpt), num_classes=int(ckpt["model_config"]["num_classes"]),
-                        **dataset_kwargs)
-    if indices is not None:
-        dataset = torch.utils.data.Subset(dataset, indices.tolist())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda")
-    dtype = amp_dtype(device, args.amp)
-    feats, labels = [], []
-    for images, target in progress(loader, desc="features {}".format(path.name), unit="batch"):
-        feats.append(penultimate_features(model, images.to(device, non_blocking=True), ckpt, dtype).cpu())
-        labels.append(torch.as_tensor(target))
-    del model
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64), ckpt
+    with torch.no_grad():
+        model, ckpt = load_classifier(path, device)
+        dataset = CsvImages(transform=eval_transform_for(ckpt), num_classes=int(ckpt["model_config"]["num_classes"]),
+                            **dataset_kwargs)
+        if indices is not None:
+            dataset = torch.utils.data.Subset(dataset, indices.tolist())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                             pin_memory=device.type == "cuda")
+        dtype = amp_dtype(device, args.amp)
+        feats, labels = [], []
+        for images, target in progress(loader, desc="features {}".format(path.name), unit="batch"):
+            feats.append(penultimate_features(model, images.to(device, non_blocking=True), ckpt, dtype).cpu())
+            labels.append(torch.as_tensor(target))
+        del model
+        return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64), ckpt
 
 
 def loo_knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:

@@ -66,24 +66,24 @@ def slim_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     return {key: ckpt[key] for key in KEPT_KEYS[ckpt["kind"]] if key in ckpt}
 
 
-@torch.no_grad()
 def same_predictions(original: Path, published: Path, kind: str) -> bool:
     """Load both files through the grading loaders and compare their outputs on one fixed random input."""
-    device = torch.device("cpu")
-    generator = torch.Generator().manual_seed(0)
-    outputs = []
-    for path in (original, published):
-        if kind == CLASSIFIER_KIND:
-            model, ckpt = load_classifier(path, device)
-            size = int(ckpt.get("image_size", 128))
-            images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
-            outputs.append(classify(model, images, ckpt))
-        else:
-            model, ckpt = load_segmenter(path, device)
-            images = torch.randint(0, 256, (1, 3, 64, 64), generator=generator, dtype=torch.uint8)
-            outputs.append(predict_probs(model, images, ckpt["model_config"]))
-        generator.manual_seed(0)
-    return torch.equal(outputs[0], outputs[1])
+    with torch.no_grad():
+        device = torch.device("cpu")
+        generator = torch.Generator().manual_seed(0)
+        outputs = []
+        for path in (original, published):
+            if kind == CLASSIFIER_KIND:
+                model, ckpt = load_classifier(path, device)
+                size = int(ckpt.get("image_size", 128))
+                images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
+                outputs.append(classify(model, images, ckpt))
+            else:
+                model, ckpt = load_segmenter(path, device)
+                images = torch.randint(0, 256, (1, 3, 64, 64), generator=generator, dtype=torch.uint8)
+                outputs.append(predict_probs(model, images, ckpt["model_config"]))
+            generator.manual_seed(0)
+        return torch.equal(outputs[0], outputs[1])
 
 
 def publish(args: argparse.Namespace) -> Dict[str, Any]:

@@ -85,17 +85,17 @@ def _prepare(images: torch.Tensor, ckpt: Optional[Dict[str, Any]]) -> torch.Tens
     return x
 
 
-@torch.no_grad()
 def classify(model: ImageClassifier, images: torch.Tensor, ckpt: Optional[Dict[str, Any]] = None,
              amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Images (B, 3, S, S) in [0, 255] (uint8 or float) on the model's device -> float32 logits (B, num_classes)."""
-    with autocast(images.device, amp_dtype):
-        return model(_prepare(images, ckpt)).float()
+    with torch.no_grad():
+        with autocast(images.device, amp_dtype):
+            return model(_prepare(images, ckpt)).float()
 
 
-@torch.no_grad()
 def penultimate_features(model: ImageClassifier, images: torch.Tensor, ckpt: Optional[Dict[str, Any]] = None,
                          amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Images (B, 3, S, S) in [0, 255] -> float32 inputs of the final linear layer (the t-SNE features)."""
-    with autocast(images.device, amp_dtype):
-        return model.penultimate(_prepare(images, ckpt)).float()
+    with torch.no_grad():
+        with autocast(images.device, amp_dtype):
+            return model.penultimate(_prepare(images, ckpt)).float()

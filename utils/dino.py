@@ -116,23 +116,23 @@ class DINOLoss(nn.Module):
         # loss = mean over pairs of H(teacher, student) = H(teacher) + KL(teacher || student)
         return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss - entropy).detach()}
 
-    @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
         """center <- m * center + (1 - m) * mean teacher output over the global batch of all processes."""
-        batch_center = teacher_output.sum(dim=0, keepdim=True)
-        dist_utils.all_reduce_sum(batch_center)
-        batch_center = batch_center / (teacher_output.shape[0] * dist_utils.get_world_size())
-        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
+        with torch.no_grad():
+            batch_center = teacher_output.sum(dim=0, keepdim=True)
+            dist_utils.all_reduce_sum(batch_center)
+            batch_center = batch_center / (teacher_output.shape[0] * dist_utils.get_world_size())
+            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
 
 
-@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher = m * teacher + (1 - m) * student for every parameter (not the BatchNorm buffers), in two fused
     foreach calls."""
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    with torch.no_grad():
+        t_params = [p for p in teacher.parameters()]
+        s_params = [p.detach() for p in student.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
 def clip_gradients(model: nn.Module, clip: float) -> None:

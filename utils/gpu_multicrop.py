@@ -548,28 +548,28 @@ class BatchedMultiCrop:
             out.append(batched_params_from_uniforms(spec, height, width, u))
         return out
 
-    @torch.no_grad()
     def apply(self, images: torch.Tensor, params: Sequence[Dict[str, Any]]) -> List[torch.Tensor]:
         """Views of ``images`` for given per-view parameters (e.g. from ``sample_params``)."""
-        images = _check_batch(images)
-        if len(params) != len(self.specs):
-            raise ValueError("need parameters for {} views, got {}".format(len(self.specs), len(params)))
-        batch = images.shape[0]
-        params_np = [_params_as_numpy(p) for p in params]
-        for p in params_np:
-            if p["crop"].shape != (batch, 4):
-                raise ValueError("crop parameters of shape {} for a batch of {}".format(p["crop"].shape, batch))
-        out = [None] * len(self.specs)  # type: List[Optional[torch.Tensor]]
-        by_size = {}  # type: Dict[int, List[int]]
-        for index, spec in enumerate(self.specs):
-            by_size.setdefault(spec.size, []).append(index)
-        for size, indices in by_size.items():  # e.g. the 2 global views together, the 6 local views together
-            # float32 whatever the caller's autocast (bf16 matmuls would cost the resize ~3 significant digits)
-            with torch.autocast(device_type=images.device.type, enabled=False):
-                views = _apply_group(images, size, [params_np[i] for i in indices], self._workspace)
-            for index, view in zip(indices, views.view(len(indices), batch, 3, size, size).unbind(0)):
-                out[index] = view
-        return out  # type: ignore[return-value]
+        with torch.no_grad():
+            images = _check_batch(images)
+            if len(params) != len(self.specs):
+                raise ValueError("need parameters for {} views, got {}".format(len(self.specs), len(params)))
+            batch = images.shape[0]
+            params_np = [_params_as_numpy(p) for p in params]
+            for p in params_np:
+                if p["crop"].shape != (batch, 4):
+                    raise ValueError("crop parameters of shape {} for a batch of {}".format(p["crop"].shape, batch))
+            out = [None] * len(self.specs)  # type: List[Optional[torch.Tensor]]
+            by_size = {}  # type: Dict[int, List[int]]
+            for index, spec in enumerate(self.specs):
+                by_size.setdefault(spec.size, []).append(index)
+            for size, indices in by_size.items():  # e.g. the 2 global views together, the 6 local views together
+                # float32 whatever the caller's autocast (bf16 matmuls would cost the resize ~3 significant digits)
+                with torch.autocast(device_type=images.device.type, enabled=False):
+                    views = _apply_group(images, size, [params_np[i] for i in indices], self._workspace)
+                for index, view in zip(indices, views.view(len(indices), batch, 3, size, size).unbind(0)):
+                    out[index] = view
+            return out  # type: ignore[return-value]
 
     def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
         """uint8 (B, 3, H, W) on any device -> [global1, global2, local1, ...] float32 (B, 3, size, size)."""

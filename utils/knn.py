@@ -13,26 +13,25 @@ from utils.runlog import progress
 from utils.transforms import normalize
 
 
-@torch.no_grad()
 def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
                      amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` in eval mode over a loader of (images in [0, 255], labels); return (N, D) float features, labels."""
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    for images, target in progress(loader, desc="features", leave=False):
-        x = normalize(images.to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            out = model(x)
-        feats.append(out.float())
-        labels.append(torch.as_tensor(target).to(device))
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        feats, labels = [], []
+        for images, target in progress(loader, desc="features", leave=False):
+            x = normalize(images.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                out = model(x)
+            feats.append(out.float())
+            labels.append(torch.as_tensor(target).to(device))
+        model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)
 
 
-@torch.no_grad()
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  num_classes: int, k: int = 20, temperature: Optional[float] = 0.07, chunk: int = 1024,
                  leave_one_out: bool = False) -> torch.Tensor:
@@ -40,22 +39,23 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     votes exp(similarity / temperature) (DINO's rule), or with ``temperature=None`` one vote each, the summed
     similarity breaking ties. ``leave_one_out``: the test features are the training features, and each point's
     own vote is left out. float64 inputs stay float64."""
-    dtype = torch.float64 if train_features.dtype == torch.float64 else torch.float32
-    train = F.normalize(train_features.to(dtype), dim=1)
-    test = F.normalize(test_features.to(dtype), dim=1)
-    k = min(k, train.shape[0] - (1 if leave_one_out else 0))
-    preds = []
-    for start in range(0, test.shape[0], chunk):
-        sim = test[start:start + chunk] @ train.T  # (b, N)
-        if leave_one_out:
-            rows = torch.arange(sim.shape[0], device=sim.device)
-            sim[rows, rows + start] = -float("inf")
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp() if temperature else 1.0 + top_sim / (2.0 * k)
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_idx].to(torch.int64), weights)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds)
+    with torch.no_grad():
+        dtype = torch.float64 if train_features.dtype == torch.float64 else torch.float32
+        train = F.normalize(train_features.to(dtype), dim=1)
+        test = F.normalize(test_features.to(dtype), dim=1)
+        k = min(k, train.shape[0] - (1 if leave_one_out else 0))
+        preds = []
+        for start in range(0, test.shape[0], chunk):
+            sim = test[start:start + chunk] @ train.T  # (b, N)
+            if leave_one_out:
+                rows = torch.arange(sim.shape[0], device=sim.device)
+                sim[rows, rows + start] = -float("inf")
+            top_sim, top_idx = sim.topk(k, dim=1)
+            weights = (top_sim / temperature).exp() if temperature else 1.0 + top_sim / (2.0 * k)
+            votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=weights.dtype)
+            votes.scatter_add_(1, train_labels[top_idx].to(torch.int64), weights)
+            preds.append(votes.argmax(1))
+        return torch.cat(preds)
 
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,

@@ -59,7 +59,6 @@ def _forward_probs(model: torch.nn.Module, x: torch.Tensor, config: Mapping[str,
     return logits.float().softmax(1)[..., :h, :w]
 
 
-@torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, config: Mapping[str, Any],
                   amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
                   scales: Sequence[float] = (1.0,)) -> torch.Tensor:
@@ -69,34 +68,35 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, config: Mapping[
     image resized bilinearly to ``scaled_size``, its probabilities resized back to H x W) and, with ``tta``,
     each scale's horizontal flip too. The default (no flip, scale 1) is a single plain forward pass.
     """
-    if not scales:
-        raise ValueError("scales must name at least one test-time scale")
-    h, w = images.shape[-2:]
-    x = normalize(images)
-    flips = (False, True) if tta else (False,)
-    total = None  # type: Optional[torch.Tensor]
-    for scale in scales:
-        xs = resize_bilinear(x, scaled_size(h, w, scale))
-        for flip in flips:
-            probs = _forward_probs(model, xs.flip(-1) if flip else xs, config, amp_dtype)
-            probs = resize_bilinear(probs.flip(-1) if flip else probs, (h, w))
-            total = probs if total is None else total + probs
-    return total / (len(scales) * len(flips))
+    with torch.no_grad():
+        if not scales:
+            raise ValueError("scales must name at least one test-time scale")
+        h, w = images.shape[-2:]
+        x = normalize(images)
+        flips = (False, True) if tta else (False,)
+        total = None  # type: Optional[torch.Tensor]
+        for scale in scales:
+            xs = resize_bilinear(x, scaled_size(h, w, scale))
+            for flip in flips:
+                probs = _forward_probs(model, xs.flip(-1) if flip else xs, config, amp_dtype)
+                probs = resize_bilinear(probs.flip(-1) if flip else probs, (h, w))
+                total = probs if total is None else total + probs
+        return total / (len(scales) * len(flips))
 
 
-@torch.no_grad()
 def predict_ensemble(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], images: torch.Tensor,
                      amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
                      scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Mean of ``predict_probs`` over several (model, config) pairs: a checkpoint ensemble, (B, C, H, W)."""
-    total = None  # type: Optional[torch.Tensor]
-    for model, config in members:
-        probs = predict_probs(model, images, config, amp_dtype, tta, scales)
-        if total is not None and probs.shape != total.shape:
-            raise ValueError("ensemble members disagree on the number of classes: {} vs {}".format(
-                probs.shape[1], total.shape[1]))
-        total = probs if total is None else total + probs
-    return total / len(members)
+    with torch.no_grad():
+        total = None  # type: Optional[torch.Tensor]
+        for model, config in members:
+            probs = predict_probs(model, images, config, amp_dtype, tta, scales)
+            if total is not None and probs.shape != total.shape:
+                raise ValueError("ensemble members disagree on the number of classes: {} vs {}".format(
+                    probs.shape[1], total.shape[1]))
+            total = probs if total is None else total + probs
+        return total / len(members)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
@@ -110,7 +110,6 @@ def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
     return [(i * (length - tile) + (count - 1) // 2) // (count - 1) for i in range(count)]
 
 
-@torch.no_grad()
 def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], image: torch.Tensor,
                   amp_dtype: Optional[torch.dtype], tta: bool, scales: Sequence[float], tile: int,
                   overlap: int) -> torch.Tensor:
@@ -122,35 +121,36 @@ def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], 
     window rows (classes x ``tile`` x W), finished into the class map as soon as no further window reaches them.
     A ``tile`` at least as large as the image is one window: exactly ``predict_ensemble(...).argmax(1)``.
     """
-    if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError("predict_tiled takes one image (1, 3, H, W), got shape {}".format(tuple(image.shape)))
-    h, w = image.shape[-2:]
-    out = torch.empty((h, w), dtype=torch.uint8, device=image.device)
-    top, total, count = 0, None, None  # rows [top, top + len(count)): summed probabilities, windows per pixel
+    with torch.no_grad():
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError("predict_tiled takes one image (1, 3, H, W), got shape {}".format(tuple(image.shape)))
+        h, w = image.shape[-2:]
+        out = torch.empty((h, w), dtype=torch.uint8, device=image.device)
+        top, total, count = 0, None, None  # rows [top, top + len(count)): summed probabilities, windows per pixel
 
-    def finish(rows: int) -> None:
-        nonlocal top, total, count
-        if total is not None and rows > 0:
-            out[top:top + rows] = (total[:, :rows] / count[:rows]).argmax(0).to(torch.uint8)
-            total, count, top = total[:, rows:], count[rows:], top + rows
+        def finish(rows: int) -> None:
+            nonlocal top, total, count
+            if total is not None and rows > 0:
+                out[top:top + rows] = (total[:, :rows] / count[:rows]).argmax(0).to(torch.uint8)
+                total, count, top = total[:, rows:], count[rows:], top + rows
 
-    for y in tile_starts(h, tile, overlap):
-        finish(y - top)  # no later window reaches above y
-        bottom = min(y + tile, h)
-        for x in tile_starts(w, tile, overlap):
-            right = min(x + tile, w)
-            probs = predict_ensemble(members, image[..., y:bottom, x:right], amp_dtype, tta, scales)[0]
-            if total is None:
-                total = probs.new_zeros((probs.shape[0], 0, w))
-                count = probs.new_zeros((0, w))
-            grow = bottom - (top + count.shape[0])
-            if grow > 0:
-                total = torch.cat([total, total.new_zeros((total.shape[0], grow, w))], dim=1)
-                count = torch.cat([count, count.new_zeros((grow, w))], dim=0)
-            total[:, y - top:bottom - top, x:right] += probs
-            count[y - top:bottom - top, x:right] += 1
-    finish(h - top)
-    return out
+        for y in tile_starts(h, tile, overlap):
+            finish(y - top)  # no later window reaches above y
+            bottom = min(y + tile, h)
+            for x in tile_starts(w, tile, overlap):
+                right = min(x + tile, w)
+                probs = predict_ensemble(members, image[..., y:bottom, x:right], amp_dtype, tta, scales)[0]
+                if total is None:
+                    total = probs.new_zeros((probs.shape[0], 0, w))
+                    count = probs.new_zeros((0, w))
+                grow = bottom - (top + count.shape[0])
+                if grow > 0:
+                    total = torch.cat([total, total.new_zeros((total.shape[0], grow, w))], dim=1)
+                    count = torch.cat([count, count.new_zeros((grow, w))], dim=0)
+                total[:, y - top:bottom - top, x:right] += probs
+                count[y - top:bottom - top, x:right] += 1
+        finish(h - top)
+        return out
 
 
 def predict_classes(model: torch.nn.Module, images: torch.Tensor, config: Mapping[str, Any],

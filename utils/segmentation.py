@@ -124,18 +124,18 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
             "batches": count, "train_seconds": time.time() - t0, "lr": lr_at(max(step - 1, 0))}
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
              dtype: Optional[torch.dtype], config: Dict[str, Any]) -> Dict[str, Any]:
     """Pooled 7x7 confusion matrix over the whole validation set (all ranks), then IoU as graded."""
-    model.eval()
-    cm = ConfusionMatrix(NUM_CLASSES, device=device)
-    for images, masks in progress(loader, desc="validate", leave=False):
-        pred = predict_classes(model, images.to(device, non_blocking=True), config, dtype)
-        cm.update(pred, masks.to(device, non_blocking=True))
-    cm.reduce()
-    result = cm.compute()
-    return {"val_miou": result["miou"], "val_iou": result["iou"], "val_pixel_acc": result["pixel_acc"]}
+    with torch.no_grad():
+        model.eval()
+        cm = ConfusionMatrix(NUM_CLASSES, device=device)
+        for images, masks in progress(loader, desc="validate", leave=False):
+            pred = predict_classes(model, images.to(device, non_blocking=True), config, dtype)
+            cm.update(pred, masks.to(device, non_blocking=True))
+        cm.reduce()
+        result = cm.compute()
+        return {"val_miou": result["miou"], "val_iou": result["iou"], "val_pixel_acc": result["pixel_acc"]}
 
 
 def snapshot(model: torch.nn.Module, run: Run, epoch: int) -> None:
