@@ -1,0 +1,211 @@
+"""Mutation testing: does the default test suite notice a planted bug? Two sets of mutants, neither in CI.
+
+    python -m tools.mutation semantic                    # the hand-written bugs of tools/mutants/*.patch
+    python -m tools.mutation semantic --only p2- --jobs 2    # those whose name starts with p2-, two at a time
+    python -m tools.mutation library                     # mutmut's operator mutants (setup.cfg [mutmut]), then the table
+    python -m tools.mutation library "utils.knn*"        # only some (mutmut's mutant-name globs)
+    python -m tools.mutation table                       # the per-module table of mutmut's last results, no run
+
+``library``: mutmut plants operator, constant and argument mutants in every function of the modules that setup.cfg
+names and runs, for each, the default-suite tests that reach that function. This tool only runs it with one thread
+per test process (torch's thread pool does not survive mutmut's fork: with more, equivalent mutants hang into
+timeouts), and reads its results into a kill rate per module, leaving out the equivalent mutants listed with their
+reasons in ``tools/mutants/equivalent.txt``.
+
+``semantic``: the bugs a person writes and an operator swap cannot (a setting that loads the wrong backbone, a loss
+term dropped, a seed that ignores the sample index). mutmut has no format for hand-written mutants, so each is a
+patch, ``tools/mutants/AREA-NAME.patch``: a ``Bug:`` line, a ``Tests:`` line (the pytest ids that must notice it),
+a blank line, then ``git diff`` output. Each is applied in a scratch copy of the working tree (never in it), the
+named tests run, and the patch is taken back out.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = ROOT / "tools" / "mutants"
+EQUIVALENT = MUTANTS / "equivalent.txt"
+# mutmut's statuses: those that count as noticed; 'not checked' and 'skipped' were not run and stay out of the rate
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+NOT_RUN = {"not checked", "skipped", "check was interrupted by user"}
+
+
+class Patch(NamedTuple):
+    name: str
+    bug: str
+    tests: List[str]
+    path: Path
+
+
+def read_patch(path: Path) -> Patch:
+    """The header of one semantic mutant; a patch without ``Bug:``/``Tests:`` or a diff is an error naming it."""
+    head = path.read_text(encoding="utf-8").split("\ndiff --git ", 1)
+    fields = dict(re.findall(r"^(Bug|Tests):[ \t]*(.*)$", head[0], re.M))
+    if len(head) < 2 or not fields.get("Bug") or not fields.get("Tests"):
+        raise SystemExit("error: {} needs a 'Bug:' line, a 'Tests:' line and a git diff".format(path))
+    return Patch(path.stem, fields["Bug"], fields["Tests"].split(), path)
+
+
+def semantic_patches(only: Sequence[str] = ()) -> List[Patch]:
+    """Every ``tools/mutants/*.patch`` (or those whose name starts with one of ``only``), sorted by name."""
+    return [read_patch(p) for p in sorted(MUTANTS.glob("*.patch")) if not only or p.stem.startswith(tuple(only))]
+
+
+def scratch_copy(dest: Path) -> Path:
+    """The working tree's tracked and unignored files, copied to ``dest`` (the patches apply to it as to the tree)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=str(ROOT), check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(str(src), str(dest / name))
+    return dest
+
+
+def git_apply(patch: Path, where: Path, reverse: bool = False) -> None:
+    """Apply (or take back out) one patch in ``where``; a patch that no longer applies is an error naming it."""
+    proc = subprocess.run(["git", "apply"] + (["-R"] if reverse else []) + [str(patch)], cwd=str(where),
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit("error: {} does not apply to the tree any more: {}".format(patch, proc.stderr.strip()))
+
+
+def run_semantic(patch: Patch, where: Path, timeout: float) -> str:
+    """'killed', 'timeout' or 'survived': the patch's tests run against the tree with the patch applied."""
+    git_apply(patch.path, where)
+    try:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"] + patch.tests
+        env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        proc = subprocess.run(cmd, cwd=str(where), env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode in (4, 5):  # usage error, or no test collected: the header names tests that do not exist
+            raise SystemExit("error: {}'s tests did not run: {}".format(patch.path, proc.stdout[-500:]))
+        return "killed" if proc.returncode else "survived"
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    finally:
+        git_apply(patch.path, where, reverse=True)
+
+
+def semantic(args: argparse.Namespace) -> Dict[str, str]:
+    """Run every selected patch (``--jobs`` scratch copies at once); print the table and each survivor."""
+    patches = semantic_patches(args.only)
+    with tempfile.TemporaryDirectory(prefix="hw1-mutation.") as tmp:
+        copies = [scratch_copy(Path(tmp) / str(i)) for i in range(max(1, min(args.jobs, len(patches))))]
+        free = list(copies)
+
+        def one(patch: Patch) -> str:
+            where = free.pop()
+            try:
+                status = run_semantic(patch, where, args.timeout)
+            finally:
+                free.append(where)
+            print("{:9} {}".format(status, patch.name), flush=True)
+            return status
+
+        with ThreadPoolExecutor(len(copies)) as pool:
+            outcome = dict(zip([p.name for p in patches], pool.map(one, patches)))
+    by_area = defaultdict(Counter)
+    for name, status in outcome.items():
+        by_area[name.split("-", 1)[0]][status] += 1
+    print_table(by_area)
+    for patch in patches:
+        if outcome[patch.name] == "survived":
+            print("SURVIVED {}: {} (tests: {})".format(patch.name, patch.bug, " ".join(patch.tests)))
+    return outcome
+
+
+def equivalents() -> Dict[str, str]:
+    """mutmut names listed as equivalent: ``NAME  # reason`` lines of tools/mutants/equivalent.txt."""
+    out = {}
+    for line in EQUIVALENT.read_text(encoding="utf-8").splitlines() if EQUIVALENT.exists() else []:
+        name, _, reason = line.partition("#")
+        if name.strip():
+            out[name.strip()] = reason.strip()
+    return out
+
+
+def module_of(mutant: str) -> str:
+    """``utils.knn.x_knn_classify__mutmut_3`` / ``utils.dino.xǁDINOLossǁforward__mutmut_1`` -> ``utils.knn``."""
+    return re.split(r"\.x[_ǁ]", mutant, 1)[0]
+
+
+def library_table(results: str) -> Dict[str, Counter]:
+    """Per-module counts from the lines of ``mutmut results --all true``; print the table and the survivors."""
+    known = equivalents()
+    by_module = defaultdict(Counter)
+    survivors = []
+    for name, status in re.findall(r"^\s*(\S+): (.+?)\s*$", results, re.M):
+        status = "equivalent" if name in known else ("killed" if status in KILLED else status)
+        if status not in NOT_RUN:
+            by_module[module_of(name)][status] += 1
+        if status in ("survived", "no tests", "suspicious"):
+            survivors.append("{}: {}".format(name, status))
+    print_table(by_module)
+    print("\n".join(["", "Not killed (`mutmut show NAME` shows the diff):"] + survivors if survivors else []))
+    return by_module
+
+
+def print_table(rows: Dict[str, Counter]) -> None:
+    """One line per group: counts and kill rate = killed / (all - equivalent)."""
+    print("\n{:28} {:>6} {:>7} {:>9} {:>11} {:>7}".format("", "all", "killed", "survived", "equivalent", "rate"))
+    for group in sorted(rows):
+        c = rows[group]
+        total = sum(c.values())
+        killed = c["killed"] + c["timeout"]
+        counted = total - c["equivalent"]
+        rate = "{:.1%}".format(killed / counted) if counted else "-"
+        print("{:28} {:>6} {:>7} {:>9} {:>11} {:>7}".format(group, total, killed, counted - killed, c["equivalent"],
+                                                           rate))
+
+
+def library(args: argparse.Namespace) -> None:
+    """``mutmut run`` (one thread per test process), then the per-module table of all its results."""
+    if shutil.which("mutmut") is None:
+        raise SystemExit("error: mutmut is not installed: pip install -r requirements-dev.txt")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    if not args.table_only:
+        subprocess.run(["mutmut", "run", "--max-children", str(args.jobs)] + list(args.names), cwd=str(ROOT),
+                       env=env, check=True)
+    results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=str(ROOT), env=env, check=True,
+                             capture_output=True, text=True).stdout
+    library_table(results)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Mutation testing: do the default tests notice a planted bug? "
+                                     "(README, Development)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sem = sub.add_parser("semantic", help="run the hand-written mutants of tools/mutants/*.patch")
+    sem.add_argument("--only", nargs="*", default=[], help="only patches whose name starts with one of these")
+    sem.add_argument("--jobs", type=int, default=1, help="patches run at once, each in its own scratch copy")
+    sem.add_argument("--timeout", type=float, default=900.0, help="seconds per patch; a timeout counts as killed")
+    lib = sub.add_parser("library", help="run mutmut over setup.cfg's modules, then print the per-module table")
+    lib.add_argument("names", nargs="*", help="mutmut mutant-name globs, e.g. 'utils.knn*' (default: all)")
+    lib.add_argument("--jobs", type=int, default=2, help="mutmut's --max-children")
+    sub.add_parser("table", help="the per-module table of mutmut's last results (no run)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.command == "semantic":
+        outcome = semantic(args)
+        return 1 if "survived" in outcome.values() else 0
+    args.table_only = args.command == "table"
+    args.names = getattr(args, "names", [])
+    args.jobs = getattr(args, "jobs", 2)
+    library(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
