@@ -109,3 +109,12 @@ def test_cli_help():
     proc = subprocess.run([sys.executable, "-m", "tools.mutation", "semantic", "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "--only" in proc.stdout
+
+
+def test_the_sample_draws_n_of_each_module_and_the_seed_repeats_it():
+    results = "\n".join(["    utils.knn.x_f__mutmut_{}: not checked".format(i) for i in range(1, 30)]
+                        + ["    utils.dino.x_g__mutmut_{}: not checked".format(i) for i in range(1, 4)])
+    first = mutation.sample_names(results, 5, seed=1)
+    assert first == mutation.sample_names(results, 5, seed=1) != mutation.sample_names(results, 5, seed=2)
+    assert sum(n.startswith("utils.knn.") for n in first) == 5
+    assert sum(n.startswith("utils.dino.") for n in first) == 3  # all there are
