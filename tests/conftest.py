@@ -11,6 +11,11 @@ if str(ROOT) not in sys.path:
 
 # Keep test runs quiet and reproducible on small CPUs.
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Under mutmut (docs/development.md): while it maps tests to the functions they reach ("stats"), a script that a test
+# starts in a subprocess runs the plain code, since mutmut's recorder cannot work there (this process keeps its own
+# copy of the setting). In a mutant's run the variable stays, so a subprocess runs the mutant too.
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    del os.environ["MUTANT_UNDER_TEST"]
 # The shell scripts under test (hw1_1.sh, hw1_2.sh, scripts/*.sh) call `python3`: make that the interpreter running
 # the tests, so a suite run in another environment (e.g. .ci/grading_env.sh) tests the scripts there too.
 _BIN = os.path.dirname(sys.executable)
