@@ -173,7 +173,8 @@ def test_a_resumed_run_keeps_its_log_up_to_the_checkpoint_and_a_fresh_run_starts
     (out / "log.jsonl").write_text(lines)  # epoch 3's line written, then killed before its checkpoint
     optimizer = write_resumable(out, epoch=2)
     run = make_run(out, "--epochs", "4")
-    run.restore(optimizer=optimizer)
+    assert run.restore(optimizer=optimizer) == {"step": 10}  # the same command again resumes, never restarts
+    assert run.start_epoch == 2 and (out / "checkpoint.pth").is_file()
     run.begin("resumed")
     assert [r["epoch"] for r in run.log.records()] == [1, 2]
     # no checkpoint (a run killed in its first epoch, or deleted): the new run's log holds only its own epochs
@@ -281,3 +282,28 @@ def test_a_loss_turning_non_finite_ends_the_run_before_a_checkpoint_claims_that_
     assert load_checkpoint(out / "best.pth")["epoch"] == 1
     assert sorted(p.name for p in out.glob("checkpoint_epoch*.pth")) == ["checkpoint_epoch001.pth"]
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_training_batches_are_full_and_a_set_smaller_than_one_batch_still_trains(tmp_path):
+    """drop_last only when a full batch exists: 7 samples, batch 2 -> 3 batches of 2 (a batch of 1 breaks
+    BatchNorm); 3 samples, batch 4 -> one batch of 3, not an epoch without a step."""
+    run = make_run(tmp_path / "a", "--epochs", "1")
+    batches = epoch_batches(run, run.loader(Indexed(7), 2, train=True))[1]
+    assert [len(indices) for indices, _ in batches] == [2, 2, 2]
+    assert len({i for indices, _ in batches for i in indices}) == 6
+    run = make_run(tmp_path / "b", "--epochs", "1")
+    assert [len(indices) for indices, _ in epoch_batches(run, run.loader(Indexed(3), 4, train=True))[1]] == [3]
+
+
+def test_a_run_seeds_torch_numpy_and_python_from_its_seed(tmp_path):
+    """The model's initial weights come from torch's RNG right after Run(): the same --seed, the same draws."""
+    import random
+
+    import numpy as np
+
+    def draws(seed):
+        make_run(tmp_path / str(seed), "--seed", seed)
+        return torch.rand(4).tolist(), np.random.rand(2).tolist(), random.random()
+
+    assert draws(3) == draws(3)
+    assert all(a != b for a, b in zip(draws(3), draws(4)))

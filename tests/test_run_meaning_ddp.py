@@ -217,3 +217,26 @@ def test_the_lr_in_the_optimizer_at_the_first_step_is_lr_times_the_global_batch_
         run_main(trainer, flags)
     # independent: the linear scaling rule by hand, 3 images per process
     assert seen == [[pytest.approx(0.01 * 3 * world / 4)] * len(seen[0])]
+
+
+# ------------------------------------------------------------------------------------ SIGTERM under torchrun
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(monkeypatch):
+    """Only rank 1 got the SIGTERM (a scheduler signals one process first): both ranks must stop after the same
+    step, the first multiple of --print-freq, or the other rank waits forever in its next collective."""
+    from utils.lifecycle import StopRequest
+
+    world = FakeWorld(monkeypatch, 2)
+
+    def answers(rank):
+        stop = StopRequest(every=3)
+        if rank == 1:
+            stop.signum = 15
+        return [stop.requested(step) for step in range(1, 7)]
+
+    assert world.run(answers) == [[False, False, True, False, False, True]] * 2
+    alone = StopRequest(every=3)  # alone (no process group): at once, whatever the step
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    assert not alone.requested(1)
+    alone.signum = 2
+    assert alone.requested(1)
