@@ -128,11 +128,11 @@ def test_the_train_order_is_a_fresh_permutation_every_epoch_and_the_seed_fixes_i
 
 # ----------------------------------------------------------------------------------------- resume exactness
 
-def write_resumable(run_dir, epoch, partial=0, rng=None):
+def write_resumable(run_dir, epoch, partial=0, rng=None, **extra):
     """A checkpoint as a trainer leaves it after ``epoch`` epochs (and ``partial`` steps of the next)."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
-    extra = {"partial_steps": partial, "rng_state": rng} if partial else {}
+    extra.update({"partial_steps": partial, "rng_state": rng} if partial else {})
     save_atomic(checkpoint_state(KIND, {"arch": "toy"}, {"w": param.detach()}, None, epoch=epoch, step=5 * epoch,
                                  optimizer=optimizer, **extra), run_dir / "checkpoint.pth")
     return optimizer
@@ -171,9 +171,10 @@ def test_a_resumed_run_keeps_its_log_up_to_the_checkpoint_and_a_fresh_run_starts
     out.mkdir()
     lines = "".join(json.dumps({"epoch": e, "loss": 1.0}) + "\n" for e in (1, 2, 3))
     (out / "log.jsonl").write_text(lines)  # epoch 3's line written, then killed before its checkpoint
-    optimizer = write_resumable(out, epoch=2)
+    optimizer = write_resumable(out, epoch=2, best_metric=0.25, best_epoch=1)
     run = make_run(out, "--epochs", "4")
-    assert run.restore(optimizer=optimizer) == {"step": 10}  # the same command again resumes, never restarts
+    # the same command again resumes, never restarts, and the best so far is still the one to beat
+    assert run.restore(optimizer=optimizer) == {"step": 10, "best_metric": 0.25, "best_epoch": 1}
     assert run.start_epoch == 2 and (out / "checkpoint.pth").is_file()
     run.begin("resumed")
     assert [r["epoch"] for r in run.log.records()] == [1, 2]
