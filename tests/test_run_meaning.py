@@ -9,25 +9,18 @@ torchrun is played in-process: world sizes patched into utils.distributed / torc
 must talk (all_reduce) by threads of one process (``FakeWorld``), never by spawning processes."""
 import json
 import shutil
-import threading
 
 import pytest
 import torch
-import torch.distributed as dist
 
-import p1_finetune
-import p1_ssl_pretrain
 import p2_unet
 from helpers import run_main
-from tools.toydata import make_p1_data
-from utils import distributed as dist_utils
 from utils import lifecycle
 from utils import segmentation
 from utils.checkpoint import check_finite as check_finite_weights
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.datasets import SegmentationDataset
 from utils.lifecycle import Run, checkpoint_state
-from utils.models import build_seg_model
 from utils.transforms import seg_train_transform
 
 KIND = "meaning_test"

@@ -186,7 +186,7 @@ def office(tmp_path_factory):
                         office_val_per_class=2, seed=0)
 
 
-def trainer_flags(trainer, toy_p2, office, out):
+def trainer_flags(trainer, toy_p2, office):
     if trainer is p2_unet:
         return ["--data-dir", toy_p2, "--crop-size", "32", "--base-width", "4", "--depth", "2"]
     if trainer is p1_finetune:
@@ -210,7 +210,7 @@ def test_the_lr_in_the_optimizer_at_the_first_step_is_lr_times_the_global_batch_
 
     monkeypatch.setattr(torch.optim.SGD, "step", first_step)
     monkeypatch.setattr(torch.optim.AdamW, "step", first_step)
-    flags = trainer_flags(trainer, toy_p2, office, tmp_path) + [
+    flags = trainer_flags(trainer, toy_p2, office) + [
         "--output-dir", tmp_path / "run", "--epochs", "2", "--batch-size", "3", "--lr", "0.01", "--lr-ref-batch",
         "4", "--warmup-epochs", "0", "--workers", "0", "--device", "cpu"]
     with pytest.raises(FirstStep):
