@@ -94,6 +94,25 @@ def test_present_with_wrong_content_is_replaced(server, blob, tmp_path):
     assert folder_names(target.parent) == ["p1_best.pth"]
 
 
+def test_a_present_file_is_judged_by_the_sha256_of_all_its_reads(server, tmp_path, monkeypatch):
+    """The sha256 covers the whole file, not the first read: a valid multi-read checkpoint is kept, one whose tail
+    differs from the pinned hash (a torn copy) is replaced, and a download whose tail differs is refused."""
+    monkeypatch.setattr(dl, "CHUNK_SIZE", 1024)  # several reads for a small file
+    data = os.urandom(5000)
+    torn = data[:-1] + bytes([data[-1] ^ 1])
+    url = server.add("/p1.pth", data)
+    target = tmp_path / "root" / "checkpoints" / "p1_best.pth"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)  # whole and valid: kept, nothing fetched
+    rows = [("grading", url, sha(data), "checkpoints/p1_best.pth")]
+    assert run_main(tmp_path, rows)[0] == 0 and server.hits["/p1.pth"] == 0
+    target.write_bytes(torn)
+    assert run_main(tmp_path, rows)[0] == 0
+    assert target.read_bytes() == data and server.hits["/p1.pth"] == 1
+    with pytest.raises(dl.DownloadError, match="sha256 mismatch"):
+        dl.download(server.add("/torn.pth", torn), str(tmp_path / "x.pth"), sha(data), retries=1, backoff=0)
+
+
 def test_present_without_hash_skipped_unless_force(server, blob, tmp_path, capsys):
     url = server.add("/p1.pth", blob)
     target = tmp_path / "root" / "checkpoints" / "p1_best.pth"
@@ -675,8 +694,9 @@ def test_download_ckpt_script_with_no_arguments_from_any_folder(server, blob, tm
     assert (repo / "checkpoints" / "p1_best.pth").read_bytes() == blob
     assert (repo / "checkpoints" / "p2_best.pth").read_bytes() == blob[::-1]
     assert folder_names(elsewhere) == []
-    # nothing configured: a loud failure naming the manifest and the README section
-    (repo / "checkpoints" / "p1_best.pth").unlink()
+    # nothing configured: a loud failure naming the manifest and the README section, even with a file here that
+    # git does not hold (the TAs' clone will not have it; hw1_download.sh would accept it)
+    (repo / "checkpoints" / "p1_best.pth").write_bytes(b"trained here, never uploaded")
     write_manifest(repo / "checkpoints" / "manifest.csv", [("grading", "", "", "checkpoints/p1_best.pth")])
     result = subprocess.run(["bash", str(repo / "hw1_download_ckpt.sh")], cwd=str(elsewhere), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)

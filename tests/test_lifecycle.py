@@ -133,9 +133,10 @@ def test_resume_from_another_folder_tracks_the_best_afresh(toy_p2, tmp_path):
 
 def test_overwrite_deletes_only_the_old_runs_files(toy_p2, tmp_path):
     out = tmp_path / "run"
-    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "2"]
+    run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "2", "--save-every", "1"]
              + unet(snapshots=[1, 2], images=["0000_sat.jpg"]))
     assert (out / "snapshot_epoch002.pth").is_file() and (out / "snapshots" / "epoch_002").is_dir()
+    assert (out / "checkpoint_epoch002.pth").is_file()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="holds another run"):
         run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "1"] + unet(width=8))
@@ -143,6 +144,7 @@ def test_overwrite_deletes_only_the_old_runs_files(toy_p2, tmp_path):
              + unet(width=8, snapshots=[1], images=["0000_sat.jpg"]))
     names = sorted(p.name for p in out.iterdir())
     assert "snapshot_epoch002.pth" not in names and "notes.txt" in names  # the user's file stays
+    assert not [n for n in names if n.startswith("checkpoint_epoch")]  # the old run's numbered copies too
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_001"]
     assert load_checkpoint(out / "checkpoint.pth")["model_config"]["base_width"] == 8
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
