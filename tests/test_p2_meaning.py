@@ -211,3 +211,101 @@ def test_evaluate_pools_the_counts_over_the_whole_set_in_eval_mode():
     last = _graded_miou([preds[2].numpy()], [labels[2].numpy()])
     assert abs(first - expected) > 1e-3 and abs(last - expected) > 1e-3
     assert len(result["val_iou"]) == 6
+
+
+# --------------------------------------------------------------------------------------- report snapshots
+class _Brightness(torch.nn.Module):
+    """Class 0 (urban) where the normalised red channel is positive (a bright tile), class 1 where negative."""
+
+    def forward(self, x):
+        red = x[:, :1] * 10
+        return {"out": torch.cat([red, -red, torch.full_like(red, -50).expand(-1, 5, -1, -1)], 1)}
+
+
+def test_snapshots_are_predicted_on_the_validation_tiles_of_the_report_names(tmp_path):
+    """The report's mask snapshots show validation images 0018/0065/0109 and 0013/0065/0104 (GRADING.md); a
+    training tile of the same name is another image and must not be drawn."""
+    args = p2_deeplab.get_args_parser().parse_args(["--data-dir", str(tmp_path / "data")])
+    assert {"0018_sat.jpg", "0065_sat.jpg", "0109_sat.jpg", "0013_sat.jpg", "0104_sat.jpg"} <= set(
+        args.snapshot_images)
+    assert args.snapshot_epochs == [1, 50, 100]
+    bright = {}
+    for split in ("train", "validation"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for k, name in enumerate(args.snapshot_images):
+            value = 230 if (k % 2 == 0) == (split == "validation") else 20  # the two splits disagree everywhere
+            Image.new("RGB", (32, 24), (value, value, value)).save(str(tmp_path / "data" / split / name))
+            Image.new("RGB", (32, 24), (0, 255, 0)).save(str(tmp_path / "data" / split / name.replace(
+                "_sat.jpg", "_mask.png")))
+            if split == "validation":
+                bright[name.replace("_sat.jpg", "")] = value > 128
+    logged = []
+    run = SimpleNamespace(out=tmp_path / "run", args=args, device=torch.device("cpu"), config={"arch": "deeplabv3"},
+                          dtype=None, log=SimpleNamespace(image=lambda *a: logged.append(a)))
+    segmentation.snapshot(_Brightness(), run, 50)
+    folder = tmp_path / "run" / "snapshots" / "epoch_050"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(i + "_mask.png" for i in bright)
+    for image_id, is_bright in bright.items():
+        rgb = np.asarray(Image.open(str(folder / (image_id + "_mask.png"))).convert("RGB"))
+        expected = (0, 255, 255) if is_bright else (255, 255, 0)  # urban cyan / agriculture yellow
+        assert rgb.shape == (24, 32, 3) and (rgb == expected).all(), image_id
+    assert (tmp_path / "run" / "snapshots.png").is_file() and len(logged) == 1
+
+
+# ------------------------------------------------------------------------------------------------- fit()
+def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_epochs(toy_p2, tmp_path,
+                                                                                         monkeypatch):
+    """p2_unet.py's whole epoch loop with training and evaluation replaced by recorders: the optimizer built from
+    the flags, the per-step lr schedule (warm-up then cosine over every step of every epoch), the step counter
+    carried across epochs, validation on the validation split, best.pth = the epoch of the highest val mIoU (not
+    the lowest loss, not the last), and the snapshot files of exactly the asked epoch."""
+    calls, evaluated = [], []
+    mious = {1: 0.2, 2: 0.6, 3: 0.4}
+
+    def fake_train(model, loader, optimizer, scaler, args, run, epoch, step, lr_at):
+        calls.append({"epoch": epoch, "step": step, "batches": len(loader), "train_images": len(loader.dataset),
+                      "optimizer": optimizer, "lr_at": lr_at})
+        with torch.no_grad():  # mark the weights with the epoch: which epoch's model a file holds
+            model.head.bias.fill_(float(epoch))
+        return {"train_loss": 1.0 / epoch, "step": step + len(loader), "interrupted": False, "batches": len(loader),
+                "train_seconds": 0.0, "lr": lr_at(step)}
+
+    def fake_evaluate(model, loader, device, dtype, config):
+        evaluated.append((len(loader.dataset), float(model.head.bias[0].detach())))
+        miou = mious[len(evaluated)]
+        return {"val_miou": miou, "val_iou": [miou] * 6, "val_pixel_acc": 0.5}
+
+    monkeypatch.setattr(segmentation, "train_one_epoch", fake_train)
+    monkeypatch.setattr(segmentation, "evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    result = run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "3", "--batch-size", "4",
+                                "--crop-size", "64", "--base-width", "4", "--depth", "2", "--workers", "0",
+                                "--optimizer", "sgd", "--momentum", "0.8", "--weight-decay", "3e-4", "--lr", "0.2",
+                                "--warmup-epochs", "0.5", "--schedule", "cosine", "--snapshot-epochs", "2",
+                                "--snapshot-images", "0000_sat.jpg"])
+    # 24 training tiles in batches of 4: 6 steps an epoch, 18 in all, 3 of warm-up
+    assert [c["step"] for c in calls] == [0, 6, 12] and {c["batches"] for c in calls} == {6}
+    assert {c["train_images"] for c in calls} == {24} and evaluated == [(8, 1.0), (8, 2.0), (8, 3.0)]
+    optimizer = calls[0]["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert [g["momentum"] for g in optimizer.param_groups] == [0.8, 0.8]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [3e-4, 0.0]
+    assert all(p.ndim > 1 for p in optimizer.param_groups[0]["params"])  # no decay on biases and BatchNorm
+
+    def expected_lr(step):  # linear ramp to 0.2 over 3 steps, then cosine to 0 over the other 15
+        if step < 3:
+            return 0.2 * (step + 1) / 3
+        return 0.2 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 3) / 15)))
+
+    lr_at = calls[0]["lr_at"]
+    assert [lr_at(s) for s in range(19)] == pytest.approx([expected_lr(s) for s in range(19)], abs=1e-12)
+    # best = epoch 2 (highest mIoU), though the loss kept falling
+    assert result["best_epoch"] == 2 and result["best_miou"] == 0.6 and result["last_miou"] == 0.4
+    best = torch.load(str(out / "best.pth"), weights_only=True)
+    assert best["epoch"] == 2 and best["val_miou"] == 0.6 and float(best["model"]["head.bias"][0]) == 2.0
+    snaps = sorted(p.name for p in out.glob("snapshot_epoch*.pth"))
+    assert snaps == ["snapshot_epoch002.pth"]
+    snap = torch.load(str(out / "snapshot_epoch002.pth"), weights_only=True)
+    assert snap["epoch"] == 2 and float(snap["model"]["head.bias"][0]) == 2.0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_002"]
+    assert (out / "snapshots" / "epoch_002" / "0000_mask.png").is_file()
