@@ -259,12 +259,12 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
     the flags, the per-step lr schedule (warm-up then cosine over every step of every epoch), the step counter
     carried across epochs, validation on the validation split, best.pth = the epoch of the highest val mIoU (not
     the lowest loss, not the last), and the snapshot files of exactly the asked epoch."""
-    calls, evaluated = [], []
+    calls, evaluated, val_sets = [], [], []
     mious = {1: 0.2, 2: 0.6, 3: 0.4}
 
     def fake_train(model, loader, optimizer, scaler, args, run, epoch, step, lr_at):
         calls.append({"epoch": epoch, "step": step, "batches": len(loader), "train_images": len(loader.dataset),
-                      "optimizer": optimizer, "lr_at": lr_at})
+                      "train_set": loader.dataset.dataset, "optimizer": optimizer, "lr_at": lr_at})
         with torch.no_grad():  # mark the weights with the epoch: which epoch's model a file holds
             model.head.bias.fill_(float(epoch))
         return {"train_loss": 1.0 / epoch, "step": step + len(loader), "interrupted": False, "batches": len(loader),
@@ -272,6 +272,7 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
 
     def fake_evaluate(model, loader, device, dtype, config):
         evaluated.append((len(loader.dataset), float(model.head.bias[0].detach())))
+        val_sets.append(loader.dataset)
         miou = mious[len(evaluated)]
         return {"val_miou": miou, "val_iou": [miou] * 6, "val_pixel_acc": 0.5}
 
@@ -279,13 +280,21 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
     monkeypatch.setattr(segmentation, "evaluate", fake_evaluate)
     out = tmp_path / "run"
     result = run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "3", "--batch-size", "4",
-                                "--crop-size", "64", "--base-width", "4", "--depth", "2", "--workers", "0",
+                                "--crop-size", "32", "--min-scale", "0.5", "--color-jitter", "0.3", "--base-width",
+                                "4", "--depth", "2", "--workers", "0",
                                 "--optimizer", "sgd", "--momentum", "0.8", "--weight-decay", "3e-4", "--lr", "0.2",
                                 "--warmup-epochs", "0.5", "--schedule", "cosine", "--snapshot-epochs", "2",
                                 "--snapshot-images", "0000_sat.jpg"])
     # 24 training tiles in batches of 4: 6 steps an epoch, 18 in all, 3 of warm-up
     assert [c["step"] for c in calls] == [0, 6, 12] and {c["batches"] for c in calls} == {6}
     assert {c["train_images"] for c in calls} == {24} and evaluated == [(8, 1.0), (8, 2.0), (8, 3.0)]
+    # training: the training split through the flags' scale-and-crop and colour jitter; validation: whole tiles
+    train_set = calls[0]["train_set"]
+    assert train_set.folder.name == "train" and val_sets[0].folder.name == "validation"
+    assert val_sets[0].transform is None
+    ops = {type(op).__name__: op for op in train_set.transform.transforms}
+    assert list(ops["RandomResizedCrop"].size) == [32, 32] and ops["RandomResizedCrop"].scale == (0.5, 1.0)
+    assert ops["ColorJitter"].brightness == pytest.approx((0.7, 1.3))
     optimizer = calls[0]["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     assert [g["momentum"] for g in optimizer.param_groups] == [0.8, 0.8]
