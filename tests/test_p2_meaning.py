@@ -318,3 +318,16 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
     assert snap["epoch"] == 2 and float(snap["model"]["head.bias"][0]) == 2.0
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_002"]
     assert (out / "snapshots" / "epoch_002" / "0000_mask.png").is_file()
+
+
+def test_deeplab_no_aux_flag_builds_a_model_without_the_aux_head_and_its_loss():
+    parse = p2_deeplab.get_args_parser().parse_args
+    base = ["--encoder", "resnet50", "--weights", "none", "--output-stride", "16"]
+    config = p2_deeplab.model_config(parse(base + ["--no-aux"]))
+    assert config["aux_loss"] is False
+    from utils.models import build_seg_model
+
+    model = build_seg_model(config).eval()
+    with torch.no_grad():
+        assert set(model(torch.zeros(1, 3, 32, 32))) == {"out"}
+    assert p2_deeplab.model_config(parse(base))["aux_loss"] is True
