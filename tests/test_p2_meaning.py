@@ -253,8 +253,9 @@ def test_snapshots_are_predicted_on_the_validation_tiles_of_the_report_names(tmp
 
 
 # ------------------------------------------------------------------------------------------------- fit()
+@pytest.mark.parametrize("shape", ["cosine", "poly"])
 def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_epochs(toy_p2, tmp_path,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, shape):
     """p2_unet.py's whole epoch loop with training and evaluation replaced by recorders: the optimizer built from
     the flags, the per-step lr schedule (warm-up then cosine over every step of every epoch), the step counter
     carried across epochs, validation on the validation split, best.pth = the epoch of the highest val mIoU (not
@@ -283,7 +284,7 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
                                 "--crop-size", "32", "--min-scale", "0.5", "--color-jitter", "0.3", "--base-width",
                                 "4", "--depth", "2", "--workers", "0",
                                 "--optimizer", "sgd", "--momentum", "0.8", "--weight-decay", "3e-4", "--lr", "0.2",
-                                "--warmup-epochs", "0.5", "--schedule", "cosine", "--snapshot-epochs", "2",
+                                "--warmup-epochs", "0.5", "--schedule", shape, "--snapshot-epochs", "2",
                                 "--snapshot-images", "0000_sat.jpg"])
     # 24 training tiles in batches of 4: 6 steps an epoch, 18 in all, 3 of warm-up
     assert [c["step"] for c in calls] == [0, 6, 12] and {c["batches"] for c in calls} == {6}
@@ -301,10 +302,11 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
     assert [g["weight_decay"] for g in optimizer.param_groups] == [3e-4, 0.0]
     assert all(p.ndim > 1 for p in optimizer.param_groups[0]["params"])  # no decay on biases and BatchNorm
 
-    def expected_lr(step):  # linear ramp to 0.2 over 3 steps, then cosine to 0 over the other 15
+    def expected_lr(step):  # linear ramp to 0.2 over 3 steps, then cosine or poly(0.9) to 0 over the other 15
         if step < 3:
             return 0.2 * (step + 1) / 3
-        return 0.2 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 3) / 15)))
+        t = min(1.0, (step - 3) / 15)
+        return 0.2 * 0.5 * (1 + math.cos(math.pi * t)) if shape == "cosine" else 0.2 * (1 - t) ** 0.9
 
     lr_at = calls[0]["lr_at"]
     assert [lr_at(s) for s in range(19)] == pytest.approx([expected_lr(s) for s in range(19)], abs=1e-12)
@@ -331,3 +333,19 @@ def test_deeplab_no_aux_flag_builds_a_model_without_the_aux_head_and_its_loss():
     with torch.no_grad():
         assert set(model(torch.zeros(1, 3, 32, 32))) == {"out"}
     assert p2_deeplab.model_config(parse(base))["aux_loss"] is True
+
+
+def test_both_trainers_default_to_the_reports_recipe():
+    """The recipes the scripts state: DeepLabV3 (model B) as torchvision's segmentation reference trains it (SGD
+    0.01, momentum 0.9, wd 1e-4, poly), the U-Net with AdamW 1e-3 and cosine; both 100 epochs of batch 8 on whole
+    512 tiles, CE, aux weight 0.5, 1 warm-up epoch, snapshots at epochs 1/50/100 (the report's)."""
+    deeplab = p2_deeplab.get_args_parser().parse_args([])
+    unet = p2_unet.get_args_parser().parse_args([])
+    for args in (deeplab, unet):
+        assert (args.epochs, args.batch_size, args.crop_size, args.loss, args.aux_weight, args.warmup_epochs) == \
+            (100, 8, 512, "ce", 0.5, 1.0)
+        assert (args.min_scale, args.color_jitter, args.snapshot_epochs) == (0.25, 0.2, [1, 50, 100])
+    assert (deeplab.optimizer, deeplab.lr, deeplab.momentum, deeplab.weight_decay, deeplab.schedule) == \
+        ("sgd", 0.01, 0.9, 1e-4, "poly")
+    assert (unet.optimizer, unet.lr, unet.weight_decay, unet.schedule) == ("adamw", 1e-3, 1e-4, "cosine")
+    assert unet.drop_skip == [] and (unet.base_width, unet.depth, unet.bilinear) == (64, 4, False)
