@@ -150,3 +150,33 @@ def test_cli_as_documented(tiny_submission, tmp_path, manifest, repo_root):
                            str(manifest)], cwd=str(repo_root), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert dl.read_manifest(str(manifest))[1].sha256 == sha(out)
+
+
+@pytest.mark.parametrize("problem", ["1", "2"])
+def test_a_published_file_that_predicts_otherwise_than_the_run_is_refused(problem, tiny_submission, tmp_path,
+                                                                          manifest, monkeypatch, capsys):
+    """The check loads the run's own file and the written one: weights changed on the way (here slightly, by a
+    faulty slimming) are an error, and the manifest stays as it was."""
+    real_slim = publish.slim_checkpoint
+
+    def faulty_slim(ckpt):
+        slim = real_slim(ckpt)
+        slim["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in slim["model"].items()}
+        return slim
+
+    monkeypatch.setattr(publish, "slim_checkpoint", faulty_slim)
+    source = tiny_submission["p" + problem]
+    out = tmp_path / "p_best.pth"
+    assert publish.main([str(source), "--problem", problem, "--output", str(out), "--link",
+                         "https://example.org/x.pth", "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "does not predict what {} predicts".format(source) in err
+    assert manifest.read_text() == MANIFEST
+    if problem == "1":
+        return
+    # the comparison itself (problem 2: cheaper): the run's file against the changed one and against an exact copy
+    kind = publish.KIND_OF_PROBLEM[problem]
+    assert publish.same_predictions(source, out, kind) is False
+    copy = tmp_path / "copy.pth"
+    save_atomic(real_slim(torch.load(str(source), weights_only=True)), copy)
+    assert publish.same_predictions(source, copy, kind) is True
