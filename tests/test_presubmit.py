@@ -28,6 +28,17 @@ def commit_all(repo, message):
     git(repo, "commit", "-q", "-m", message)
 
 
+def tree_files(root):
+    """The working tree's files: git's tracked and unignored ones; in a copy that is not a checkout of its own
+    (mutmut's, under an ignored folder), every file but bytecode and mutmut's own records."""
+    top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(str(root)):
+        return [n for n in subprocess.run(["git", "-C", str(root), "ls-files", "-co", "--exclude-standard", "-z"],
+                                          capture_output=True, text=True, check=True).stdout.split("\0") if n]
+    return [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()
+            and "__pycache__" not in p.parts and p.suffix not in (".meta", ".spans")]
+
+
 @pytest.fixture(scope="module")
 def hosted(tiny_submission, tmp_path_factory, repo_root):
     """A committed student repository whose manifest links to the published models on a local server."""
@@ -39,9 +50,7 @@ def hosted(tiny_submission, tmp_path_factory, repo_root):
         server = FileServer()
         root = tmp_path_factory.mktemp("student")
         repo = root / "repo"
-        listed = subprocess.run(["git", "-C", str(repo_root), "ls-files", "-co", "--exclude-standard", "-z"],
-                                capture_output=True, text=True, check=True).stdout.split("\0")
-        for name in filter(None, listed):
+        for name in tree_files(repo_root):
             source = repo_root / name
             if source.is_file():
                 (repo / name).parent.mkdir(parents=True, exist_ok=True)
