@@ -310,6 +310,7 @@ def recorded_run(office, tmp_path_factory):
     out = tmp_path / "B"
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(p1_finetune, "set_lr", set_lr)
+        monkeypatch.setattr("utils.runlog.plot_curves", lambda *a, **k: None)  # the figure only
         monkeypatch.setattr(p1_finetune, "evaluate", lambda *a, **k: {"val_acc": next(accs)})
         result = run_main(p1_finetune, ["--data-dir", office, "--output-dir", out, "--setting", "B", "--backbone",
                                         backbone, "--epochs", "3", "--batch-size", "16", "--warmup-epochs", "1",
