@@ -343,3 +343,34 @@ def test_rows_with_every_field_empty_are_skipped_not_an_error(p1, tmp_path, repo
     in_csv.write_text("id,filename,label\n0,{},None\n7,,None\n".format(rows[0]["filename"]))
     proc = _hw1_1(repo_root, in_csv, image_dir, tmp_path / "pred2.csv", checkpoint)
     assert proc.returncode == 2 and "line 3: empty filename" in proc.stderr
+
+
+def test_predictions_use_the_checkpoints_own_size_and_normalisation(p1, tmp_path):
+    """A checkpoint that stores another image size and mean/std than the defaults: each predicted label is the argmax
+    of the eval-mode model on the image resized and centre-cropped to that size and normalised by hand with those
+    statistics, in the csv's row order with its ids."""
+    from utils.transforms import classify_eval_transform
+
+    val_csv, image_dir, checkpoint = p1
+    ckpt = torch.load(str(checkpoint), weights_only=True)
+    mean, std = [0.1, 0.6, 0.3], [0.2, 0.15, 0.35]
+    other = tmp_path / "other.pth"
+    save_atomic(make_checkpoint("p1_classifier", CONFIG, ckpt["model"], None, image_size=40, mean=mean, std=std),
+                other)
+    out_csv = tmp_path / "pred.csv"
+    p1_inference.main(p1_inference.get_args_parser().parse_args([
+        "--csv", str(val_csv), "--image-dir", str(image_dir), "--output", str(out_csv), "--checkpoint", str(other),
+        "--device", "cpu", "--batch-size", "6", "--workers", "0"]))
+    model = build_classifier(CONFIG)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    m, s = torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255
+    rows = _val_rows(val_csv)
+    with torch.no_grad():
+        images = torch.stack([classify_eval_transform(40)(to_chw_uint8(read_rgb(image_dir / r["filename"])))
+                              for r in rows])
+        expected = model((images - m) / s).argmax(1).tolist()
+        imagenet = classify(model, images).argmax(1).tolist()
+    assert expected != imagenet  # the statistics change some predictions, so the check can see them ignored
+    _, out = _read_output(out_csv)
+    assert [(o[0], o[1], int(o[2])) for o in out] == [(r["id"], r["filename"], e) for r, e in zip(rows, expected)]

@@ -174,3 +174,83 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(toy, tmp_path, repo_root):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: checkpoint not found: {}".format(missing)
+
+
+def _loo_knn_by_hand(features, labels, k):
+    """Leave-one-out k-NN accuracy from scikit-learn's cosine neighbours: majority vote of the k nearest other
+    points, a tie going to the class with the larger summed cosine similarity."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(features, dtype=np.float64)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    _, idx = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(x).kneighbors(x)
+    right = 0
+    for i, row in enumerate(idx):
+        nearest = [j for j in row if j != i][:k]
+        count, similarity = {}, {}
+        for j in nearest:
+            count[labels[j]] = count.get(labels[j], 0) + 1
+            similarity[labels[j]] = similarity.get(labels[j], 0.0) + float(unit[i] @ unit[j])
+        right += max(count, key=lambda c: (count[c], similarity[c])) == labels[i]
+    return right / len(labels)
+
+
+def _penultimate_by_hand(path, csv):
+    """Each checkpoint's second-last-layer features, computed without p1_tsne: the eval transform, normalisation,
+    backbone, then Linear -> BatchNorm (running statistics) -> ReLU written out (dropout is off in eval)."""
+    from utils.classify import load_classifier
+
+    model, ckpt = load_classifier(path, torch.device("cpu"))
+    dataset = CsvImages(csv, csv.parent / "train", eval_transform_for(ckpt))
+    x = normalize(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    linear, bn = model.head[0], model.head[1]
+    with torch.no_grad():
+        h = linear(model.backbone(x))
+        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        return torch.relu(h).double().numpy(), np.array(dataset.labels)
+
+
+@needs_sklearn
+def test_panel_numbers_equal_scikit_learn_on_each_checkpoints_own_features(toy, tmp_path):
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+
+    out = tmp_path / "out"
+    result = _run(["--checkpoints", str(toy["random"]), str(toy["trained"]), "--csv", str(toy["csv"]),
+                   "--output-dir", str(out), "--device", "cpu", "--workers", "0", "--batch-size", "16",
+                   "--perplexity", "10", "--pca-dim", "8", "--knn-k", "7"])
+    with np.load(str(out / "tsne_coords.npz"), allow_pickle=False) as npz:
+        coords, npz_labels = npz["coords"], npz["labels"]
+    differs = []
+    for panel, (record, key) in enumerate(zip(result["checkpoints"], ("random", "trained"))):
+        feats, labels = _penultimate_by_hand(toy[key], toy["csv"])
+        assert npz_labels.tolist() == labels.tolist()
+        reduced = PCA(n_components=8, random_state=0).fit_transform(feats)
+        assert record["silhouette"] == pytest.approx(silhouette_score(reduced, labels, metric="cosine"), abs=1e-4)
+        assert record["knn_acc"] == pytest.approx(_loo_knn_by_hand(feats, labels, 7), abs=1e-9)
+        assert record["silhouette_2d"] == pytest.approx(silhouette_score(coords[panel], labels), abs=1e-5)
+        # the numbers above can tell features from the picture and cosine from Euclidean
+        assert abs(silhouette_score(reduced, labels) - record["silhouette"]) > 1e-3
+        assert abs(silhouette_score(feats, labels, metric="cosine") - record["silhouette"]) > 1e-3
+        differs.append((_loo_knn_by_hand(coords[panel], labels, 7) != record["knn_acc"],
+                        _loo_knn_by_hand(feats, labels, 5) != record["knn_acc"]))
+    # the check can tell: the picture's k-NN, and the default k=5, would give other numbers
+    assert any(d[0] for d in differs) and any(d[1] for d in differs)
+    assert result["checkpoints"][0]["silhouette"] != pytest.approx(result["checkpoints"][1]["silhouette"], abs=1e-3)
+
+
+@needs_sklearn
+def test_embed_is_scikit_learns_seeded_pca_and_tsne():
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((20, 12)).astype(np.float32)
+    with _one_openmp_thread():
+        reduced, coords, tsne = p1_tsne.embed(feats, pca_dim=5, perplexity=30.0, seed=3)
+        expected_reduced = PCA(n_components=5, random_state=3).fit_transform(feats.astype(np.float64))
+        expected = TSNE(n_components=2, perplexity=19 / 3.0, init="pca", random_state=3).fit_transform(
+            expected_reduced)
+    assert np.allclose(reduced, expected_reduced)
+    assert tsne.perplexity == pytest.approx(19 / 3.0)  # capped at (N - 1) / 3
+    assert np.allclose(coords, expected.astype(np.float32), atol=1e-5)
