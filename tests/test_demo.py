@@ -15,6 +15,30 @@ import pytest
 REDUCED = {"DEMO_EPOCHS": "2", "DEMO_SKIP_INSTALL": "1", "TQDM_DISABLE": "1"}
 
 
+def test_a_finished_dino_run_started_again_keeps_its_final_loss_and_knn(tmp_path):
+    # a second `bash demo.sh` in the same folder starts every finished run again: each resumes at its last epoch
+    # and trains none; results.json (the report's DINO row) must still hold the last epoch's loss and k-NN, which
+    # the run's own log.jsonl recorded
+    import p1_ssl_pretrain as dino
+    from helpers import run_main
+    from tools.toydata import make_p1_data
+
+    data = make_p1_data(tmp_path / "data", num_classes=2, mini_per_class=8, office_train_per_class=2,
+                        office_val_per_class=2, seed=0)
+    argv = ["--data-dir", data / "mini" / "train", "--output-dir", tmp_path / "run", "--preset", "toy",
+            "--batch-size", "16", "--local-crops-number", "2", "--epochs", "1", "--warmup-epochs", "0",
+            "--num-classes", "2", "--workers", "0", "--knn-every", "1",
+            "--knn-train-csv", data / "office" / "train.csv", "--knn-val-csv", data / "office" / "val.csv"]
+    first = run_main(dino, argv)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    again = run_main(dino, argv)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key, value in (("final_loss", log[1]["loss"]), ("final_knn_acc", log[1]["knn_acc"]),
+                       ("initial_knn_acc", log[0]["knn_acc"])):
+        assert first[key] == again[key] == saved[key] == value, key
+
+
 def _dino(run):
     """(k-NN per evaluated epoch, teacher entropy of the last epoch, out_dim, results.json) of a DINO run folder."""
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
