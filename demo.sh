@@ -81,6 +81,6 @@ HW1_P2_CHECKPOINT="$out/runs/p2_unet/best.pth" bash hw1_2.sh "$out/hw1_data/p2_d
   -o "$out/runs/grading_p2.json"
 step "10/10 the report: tables and figures from the runs above"
 "$py" -m tools.report "$out/runs" -o "$out/report" --note "Demo on a CPU: toy sizes, $epochs epochs (DINO \
-$dino_epochs), seed $seed, $threads CPU threads. B/D use a STAND-IN for DINO on ImageNet-1k (TAs provided): our DINO recipe run on a \
+$dino_epochs), seed $seed, CPU threads: $threads (DEMO_THREADS). B/D use a STAND-IN for DINO on ImageNet-1k (TAs provided): our DINO recipe run on a \
 generated unlabeled set twice the size of the mini set, its backbone.pth a plain torchvision state_dict as the TAs' file."
 echo "demo finished in $(( $(date +%s) - start )) s. Report: $out/report/REPORT.md (figures in $out/report/figures)"
