@@ -412,6 +412,8 @@ def finish(run: Run, stats: Dict[str, Any], dino_loss: DINOLoss) -> Dict[str, An
         records = run.log.records()
         knn = [r["knn_acc"] for r in records if "knn_acc" in r]
         result["initial_knn_acc"] = knn[0] if knn and records[0].get("epoch") == 0 else None
+        if not stats and records:  # a finished run started again trains no epoch: its last one's numbers are logged
+            result["final_loss"], result["final_knn_acc"] = records[-1].get("loss"), records[-1].get("knn_acc")
     return run.finish(result)
 
 

@@ -1,7 +1,9 @@
 """tools/report.py: REPORT.md's every table read back against the runs' own files, the models' names, the grading
 helpers and the command lines."""
 import json
+import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -175,7 +177,8 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     (report_dir / "figures").mkdir(parents=True)
     (report_dir / "figures" / "stale.png").write_bytes(b"an earlier report's")
     text = write_report(str(runs), str(report_dir), note="seed 0, one GPU").read_text()
-    assert text.startswith("# HW1 report\n\nBuilt by `python -m tools.report {}`".format(runs))
+    assert text.startswith("# HW1 report\n\nBuilt by `python -m tools.report` from the results of the runs in "
+                           "`../runs`;")
     assert "\nseed 0, one GPU\n" in text
 
     dino = _section(text, "DINO pre-training")
@@ -193,8 +196,7 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     assert REAL_NOTE in settings and GENERATED_NOTE not in settings
     assert "Chance level (always the most frequent validation class): 0.6000." in settings
     assert "Not run yet: p1_B, p1_D, p1_E." in settings
-    assert "(figures/p1_A_curves.png)" in settings and "_(figure not found: {})_".format(
-        runs / "p1_C" / "curves.png") in settings
+    assert "(figures/p1_A_curves.png)" in settings and "_(figure not found: ../runs/p1_C/curves.png)_" in settings
 
     tsne = _section(text, "t-SNE of the learned features")
     assert _table(tsne, "Checkpoint") == [
@@ -202,7 +204,7 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
          "Silhouette (2-D)": "0.0456", "k-NN (features)": "1"},
         {"Checkpoint": "last", "Setting": "–", "Epoch": "–", "Silhouette (features)": "0.3123",
          "Silhouette (2-D)": "0.3456", "k-NN (features)": "0.8000"}]
-    assert "12 images of {}. {}".format(runs.parent / "toy" / "p1.csv", GENERATED_NOTE) in tsne
+    assert "12 images of ../toy/p1.csv. {}".format(GENERATED_NOTE) in tsne
 
     iou = ["0.6100", "0.6200", "0.6300", "0.6400", "0.6500", "0.5306"]
     unet_row = dict(zip(["Model", "val mIoU (best)", "best epoch", "urban", "agriculture", "rangeland", "forest",
@@ -248,11 +250,11 @@ def test_chance_level_needs_the_runs_validation_csv(runs, tmp_path):
 def test_missing_runs_are_listed_as_not_run(tmp_path):
     (tmp_path / "runs").mkdir()
     text = write_report(tmp_path / "runs", tmp_path / "report").read_text()
-    for line in ("_not run (no {}/results.json)_".format(tmp_path / "runs" / "p1_dino"),
+    for line in ("_not run (no ../runs/p1_dino/results.json)_",
                  "_not run (no p1_A ... p1_E results)_",
-                 "_not run (no {}/tsne_metrics.json)_".format(tmp_path / "runs" / "p1_tsne"),
+                 "_not run (no ../runs/p1_tsne/tsne_metrics.json)_",
                  "_not run (p2_unet, p2_unet_drop_skip)_", "_not run (p2_unet, p2_deeplab)_",
-                 "_not run (no {}/*_sam.png)_".format(tmp_path / "runs" / "p2_sam")):
+                 "_not run (no ../runs/p2_sam/*_sam.png)_"):
         assert line in text
     assert "## The grading scripts" not in text and "Further models" not in text
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -362,10 +364,10 @@ def test_dino_table_without_our_run_says_so(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
-    assert "_not run (no {}/results.json)_".format(runs / "p1_dino") in dino and "| Run |" not in dino
+    assert "_not run (no ../runs/p1_dino/results.json)_" in dino and "| Run |" not in dino
     _dino_run(runs / "p1_dino_standin", tmp_path / "somewhere", (0.43, 0.6), [1.0, 0.5], 4096)
     dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
-    assert "_not run (no {}/results.json)_".format(runs / "p1_dino") in dino
+    assert "_not run (no ../runs/p1_dino/results.json)_" in dino
     assert "| 0.4300 | 0.6000 | 0.500 | 8.318 |" in dino and "Source: the course's data" in dino
 
 
@@ -377,3 +379,22 @@ def test_b_and_d_rows_without_a_backbone_path_keep_their_own_pretraining_text(tm
                                                               finetuning="full", best_val_acc=0.5, last_val_acc=0.5))
     rows = _table(write_report(runs, tmp_path / "report").read_text(), "Setting")
     assert [(r["Setting"], r["Pre-training"]) for r in rows] == [("B", "as recorded"), ("D", "as recorded")]
+
+
+def test_report_holds_no_absolute_path_of_this_machine_and_its_paths_resolve_from_its_folder(runs, tmp_path):
+    # the demo passes absolute paths everywhere (runs folder, csvs, grading outputs); the report shows each one
+    # relative to the report's folder, so it reads the same on any machine and each path works from REPORT.md
+    shutil.rmtree(str(runs / "p1_dino"))  # a "not run" line names the missing file
+    _json(runs / "grading_p1.json", {"pred": str(tmp_path / "pred.csv"), "labels": str(tmp_path / "toy" / "p1.csv"),
+                                     "accuracy": 0.75, "num_images": 4})
+    report_dir = tmp_path / "out" / "report"
+    text = write_report(runs, report_dir).read_text()
+    assert str(tmp_path) not in text
+    for line in ("from the results of the runs in `../../runs`; no number is typed in. Every path in this report is "
+                 "relative to its folder.",
+                 "_not run (no ../../runs/p1_dino/results.json)_", "_(figure not found: ../../runs/p1_C/curves.png)_",
+                 "12 images of ../../toy/p1.csv.", "| hw1_1.sh | ../../pred.csv | accuracy 0.7500 (4 images) |"):
+        assert line in text, line
+    for rel, path in (("../../runs/p1_C", runs / "p1_C"), ("../../toy/p1.csv", tmp_path / "toy" / "p1.csv"),
+                      ("../../pred.csv", tmp_path / "pred.csv")):
+        assert os.path.normpath(os.path.join(str(report_dir), rel)) == str(path)

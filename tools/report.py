@@ -21,6 +21,7 @@ Two small helpers record what the grading scripts produced, so the report can sh
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -54,6 +55,18 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return "{:.{}f}".format(value, digits)
     return str(value)
+
+
+def shown_path(path: Any, report_dir: Path) -> str:
+    """A path as REPORT.md shows it: relative to the report's folder, so the report names no folder of the machine
+    that wrote it and each path works from REPORT.md. A relative path recorded in a run's JSON is shown as recorded
+    (the folder it was relative to is not known); one on another drive (Windows) stays absolute."""
+    if not os.path.isabs(str(path)) and not isinstance(path, Path):
+        return str(path)
+    try:
+        return Path(os.path.relpath(os.path.abspath(str(path)), os.path.abspath(str(report_dir)))).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _pretraining_cell(row: Dict[str, Any]) -> str:
@@ -153,9 +166,13 @@ class _Figures:
         self.report_dir = report_dir
         self.folder = report_dir / "figures"
 
+    def shown(self, path: Any) -> str:
+        """``path`` as the report shows it (relative to the report's folder)."""
+        return shown_path(path, self.report_dir)
+
     def link(self, source: Path, name: str, caption: str) -> str:
         if not source.is_file():
-            return "_(figure not found: {})_".format(source)
+            return "_(figure not found: {})_".format(self.shown(source))
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / name
         shutil.copyfile(str(source), str(target))
@@ -187,7 +204,8 @@ def _dino_table(runs: Path, figs: "_Figures") -> List[str]:
         dirs.append(dino_dir)
         links += [figs.link(dino_dir / "curves.png", "{}_curves.png".format(name),
                             "DINO ({}): loss, k-NN accuracy and collapse signals per epoch".format(name)), ""]
-    out = [] if dirs and dirs[0].name == "p1_dino" else ["_not run (no {}/results.json)_".format(runs / "p1_dino"), ""]
+    out = [] if dirs and dirs[0].name == "p1_dino" else [
+        "_not run (no {}/results.json)_".format(figs.shown(runs / "p1_dino")), ""]
     if not rows:
         return out
     out += ["| Run | Backbone | Epochs | Processes | Final loss | k-NN at init | k-NN at the end | "
@@ -221,7 +239,7 @@ def _p1_section(runs: Path, figs: _Figures) -> List[str]:
     tsne = _read_json(tsne_dir / "tsne_metrics.json")
     out += ["### t-SNE of the learned features", ""]
     if tsne is None:
-        out += ["_not run (no {}/tsne_metrics.json)_".format(tsne_dir), ""]
+        out += ["_not run (no {}/tsne_metrics.json)_".format(figs.shown(tsne_dir)), ""]
     else:
         out += ["| Checkpoint | Setting | Epoch | Silhouette (features) | Silhouette (2-D) | k-NN (features) |",
                 "|---|---|---|---|---|---|"]
@@ -230,7 +248,8 @@ def _p1_section(runs: Path, figs: _Figures) -> List[str]:
                 c.get("name"), c.get("setting", "–"), c.get("epoch", "–"), _fmt(c.get("silhouette")),
                 _fmt(c.get("silhouette_2d")), _fmt(c.get("knn_acc"))))
         csv_note = GENERATED_NOTE if tsne.get("csv") and is_generated(tsne["csv"]) else REAL_NOTE
-        out += ["", "{} images of {}. {}".format(tsne.get("num_images"), tsne.get("csv"), csv_note), "",
+        out += ["", "{} images of {}. {}".format(tsne.get("num_images"), figs.shown(tsne["csv"]) if tsne.get("csv")
+                                                 else None, csv_note), "",
                 figs.link(tsne_dir / "tsne.png", "p1_tsne.png", "t-SNE of the backbone features, coloured by class"),
                 ""]
     return out
@@ -339,22 +358,23 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
     sam_figs = sorted(sam_dir.glob("*_sam.png")) if sam_dir.is_dir() else []
     out += ["### Segment Anything", ""]
     if not sam_figs:
-        out += ["_not run (no {}/*_sam.png)_".format(sam_dir), ""]
+        out += ["_not run (no {}/*_sam.png)_".format(figs.shown(sam_dir)), ""]
     for f in sam_figs:
         out += [figs.link(f, "p2_sam_" + f.name, "SAM masks: " + f.stem[:-len("_sam")]), ""]
     return out
 
 
-def _grading_section(runs: Path) -> List[str]:
+def _grading_section(runs: Path, figs: _Figures) -> List[str]:
     p1, p2 = _read_json(runs / "grading_p1.json"), _read_json(runs / "grading_p2.json")
     if p1 is None and p2 is None:
         return []
     out = ["## The grading scripts", "", "| Script | Output | Score |", "|---|---|---|"]
     if p1 is not None:
-        out.append("| hw1_1.sh | {} | accuracy {} ({} images) |".format(p1.get("pred"), _fmt(p1.get("accuracy")),
+        out.append("| hw1_1.sh | {} | accuracy {} ({} images) |".format(figs.shown(p1.get("pred")),
+                                                                       _fmt(p1.get("accuracy")),
                                                                        p1.get("num_images")))
     if p2 is not None:
-        out.append("| hw1_2.sh | {} | mIoU {} ({} masks) |".format(p2.get("pred"), _fmt(p2.get("miou")),
+        out.append("| hw1_2.sh | {} | mIoU {} ({} masks) |".format(figs.shown(p2.get("pred")), _fmt(p2.get("miou")),
                                                                    p2.get("num_images")))
     labels = [x.get("labels", "") for x in (p1, p2) if x is not None]
     out += ["", "Scored as the grader scores (`python -m utils.metrics` for masks).",
@@ -371,12 +391,12 @@ def write_report(runs: Path, report_dir: Path, note: str = "") -> Path:
     figs = _Figures(report_dir)
     if figs.folder.is_dir():  # figures of an earlier report: replace them, never mix
         shutil.rmtree(str(figs.folder))
-    lines = ["# HW1 report", "", "Built by `python -m tools.report {}` from the runs' own results; no number "
-             "is typed in.".format(runs)]
+    lines = ["# HW1 report", "", "Built by `python -m tools.report` from the results of the runs in `{}`; no number "
+             "is typed in. Every path in this report is relative to its folder.".format(figs.shown(runs))]
     if note:
         lines += ["", note]
     lines.append("")
-    lines += _p1_section(runs, figs) + _p2_section(runs, figs) + _grading_section(runs)
+    lines += _p1_section(runs, figs) + _p2_section(runs, figs) + _grading_section(runs, figs)
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "REPORT.md"
     tmp = path.with_name(path.name + ".tmp")
