@@ -80,17 +80,6 @@ def as_rank(run, rank, world):
     return ranked
 
 
-class Indexed(torch.utils.data.Dataset):
-    def __init__(self, length):
-        self.length = length
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        return index
-
-
 # ------------------------------------------------------------------------------------- validation shards
 
 @pytest.mark.parametrize("length, world", [(7, 2), (8, 2), (10, 3), (2, 3)])
@@ -98,7 +87,7 @@ def test_the_validation_shards_of_all_ranks_are_the_validation_set_exactly_once(
     run = make_run(tmp_path)
     seen = []
     for rank in range(world):
-        loader = as_rank(run, rank, world).loader(Indexed(length), 2, train=False)
+        loader = as_rank(run, rank, world).loader(list(range(length)), 2, train=False)
         seen += [int(i) for batch in loader for i in batch]
     assert sorted(seen) == list(range(length))  # no image twice (padding), none dropped (drop_last)
 
@@ -161,7 +150,7 @@ def test_train_shards_under_torchrun_are_disjoint_equal_and_reshuffled_every_epo
     world = FakeWorld(monkeypatch, 2)
 
     def shards(rank):
-        sampler = dist_utils.train_sampler(Indexed(9), seed=4)
+        sampler = dist_utils.train_sampler(list(range(9)), seed=4)
         orders = []
         for epoch in (1, 2):
             dist_utils.start_epoch(sampler, 4, epoch)
