@@ -23,6 +23,7 @@ COVERAGE = [
     (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest$", ".ci/run", "python3 -m pytest -q\n"),
+    (r"^pip install -r requirements-dev\.txt$", ".ci/run", "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest -m slow$", ".ci/run", "pytest -q -m slow"),
     (r"^vermin -t=3\.8- --violations \.$", ".ci/run", "vermin -q --no-tips -t=3.8- --violations"),
     (r"^python -m tools\.toydata --p1-kind shapes$", "tests/test_toydata.py", "def test_p1_shapes_kind_from_the_cli"),
