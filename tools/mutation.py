@@ -189,7 +189,7 @@ def focused_copy(dest: Path, source: Sequence[str], tests: Sequence[str]) -> Pat
     section["also_copy"] = section["also_copy"] + section["source_paths"]  # the modules left unmutated still run
     for key, values in (("source_paths", source), ("pytest_add_cli_args_test_selection", tests)):
         if values:
-            cfg["mutmut"][key] = "\n" + "\n".join(values)
+            section[key] = "\n" + "\n".join(values)
     with open(str(dest / "setup.cfg"), "w") as f:
         cfg.write(f)
     return dest
@@ -224,10 +224,11 @@ def library(args: argparse.Namespace) -> None:
         if args.sample:  # the table of the sample alone
             wanted = set(names)
             results = "\n".join(line for line in results.splitlines() if line.strip().split(":")[0] in wanted)
-        by_module = library_table(results)
-        if where != ROOT and any(c["survived"] or c["no tests"] for c in by_module.values()):
-            for name, status in re.findall(r"^\s*(\S+): (survived|no tests)\s*$", results, re.M):
-                if name not in equivalents():
+        library_table(results)
+        if where != ROOT:
+            known = equivalents()
+            for name in re.findall(r"^\s*(\S+): (?:survived|no tests)\s*$", results, re.M):
+                if name not in known:
                     print(mutmut("show", name, capture_output=True, text=True))
 
 
@@ -248,7 +249,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     lib.add_argument("--source", nargs="*", default=[], help="mutate only these modules (in a scratch copy)")
     lib.add_argument("--tests", nargs="*", default=[], help="run only these tests (in a scratch copy): a lower bound "
                      "of the default suite's kill rate, without mapping the whole suite first")
-    sub.add_parser("table", help="the per-module table of mutmut's last results (no run)")
+    sub.add_parser("table", help="the per-module table of mutmut's last results (no run)").set_defaults(
+        names=[], jobs=2, sample=0, seed=0, source=[], tests=[])
     return parser
 
 
@@ -258,10 +260,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         outcome = semantic(args)
         return 1 if "survived" in outcome.values() else 0
     args.table_only = args.command == "table"
-    args.names = getattr(args, "names", [])
-    args.jobs = getattr(args, "jobs", 2)
-    args.sample, args.seed = getattr(args, "sample", 0), getattr(args, "seed", 0)
-    args.source, args.tests = getattr(args, "source", []), getattr(args, "tests", [])
     library(args)
     return 0
 
