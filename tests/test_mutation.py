@@ -85,12 +85,81 @@ def test_library_table_counts_per_module_with_equivalents_left_out(monkeypatch, 
         "    utils.dino.xǁDINOLossǁforward__mutmut_2: segfault",
         "    utils.dino.x_ema_update__mutmut_1: not checked",
     ])
+    monkeypatch.setattr(mutation, "mutant_kinds", lambda names, where: {"utils.knn.x_f__mutmut_5": "text"})
+    results += "\n    utils.knn.x_f__mutmut_5: survived"
     rows = mutation.library_table(results)
-    assert dict(rows["utils.knn"]) == {"killed": 2, "survived": 1, "equivalent": 1}
+    assert dict(rows["utils.knn"]) == {"killed": 2, "survived": 1, "equivalent": 1, "text": 1}
     assert dict(rows["utils.dino"]) == {"no tests": 1, "killed": 1}
     out = capsys.readouterr().out
     assert "66.7%" in out and "50.0%" in out  # knn: 2 of 3 counted; dino: 1 of 2 (not checked is not counted)
     assert "utils.knn.x_f__mutmut_2: survived" in out and "mutmut_3: survived" not in out
+    assert "mutmut_5" not in out
+
+
+ORIGINAL = """
+def f(parser, loader, x, device, path):
+    parser.add_argument("--lr", type=float, default=0.1, help="the learning rate")
+    for batch in progress(loader, desc="train", leave=False):
+        x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    votes = torch.zeros(3, device=x.device)
+    if votes.device != x.device:
+        votes = votes.to(x.device)
+    if x.sum() < 0:
+        raise SystemExit("error: {} is not an image".format(path))
+    print(f"loss {x.mean():.3f}")
+    log.write(json.dumps({"loss": 1}))
+    print({"epoch": 1})
+    return x * 2 + votes
+"""
+
+
+@pytest.mark.parametrize("before, after, kind", [
+    ('help="the learning rate"', 'help="XXthe learning rateXX"', "text"),
+    ('help="the learning rate"', "help=None", "text"),
+    (', help="the learning rate"', "", "text"),
+    ('desc="train", leave=False', 'desc="train", leave=True', "text"),
+    ('"error: {} is not an image"', '"XXerror: {} is not an imageXX"', "text"),
+    ('f"loss {x.mean():.3f}"', 'f"XXloss {x.mean():.3f}XX"', "text"),
+    ("x.to(device, non_blocking=True)", "x.to(None, non_blocking=True)", "cuda"),
+    ("x.to(device, non_blocking=True)", "x.to(device, non_blocking=False)", "cuda"),
+    ("x.to(device, non_blocking=True)", "x.to(device, )", "cuda"),
+    ('== "cuda"', '!= "cuda"', "cuda"),
+    ("memory_format=torch.channels_last", "memory_format=None", "cuda"),
+    ("torch.zeros(3, device=x.device)", "torch.zeros(3, )", "cuda"),
+    ("votes.device != x.device", "votes.device == x.device", "cuda"),
+    ("votes = votes.to(x.device)", "votes = None", "cuda"),
+    # what is computed: a rule must not hide these
+    ("default=0.1", "default=1.1", None),
+    ("type=float, ", "", None),
+    ("x * 2", "x * 3", None),
+    ("x.sum() < 0", "x.sum() <= 0", None),
+    ("raise SystemExit(", "raise ValueError(", None),
+    ("torch.zeros(3,", "torch.zeros(4,", None),
+    ("return x * 2 + votes", "return None", None),
+    ('{"loss": 1}', '{"XXlossXX": 1}', None),  # data written, not text
+    ('{"epoch": 1}', '{"XXepochXX": 1}', None),
+])
+def test_a_mutant_is_set_apart_as_text_or_cuda_only_when_that_is_all_it_changes(before, after, kind):
+    assert ORIGINAL.count(before) == 1
+    original, mutant = (ast.parse(src).body[0] for src in (ORIGINAL, ORIGINAL.replace(before, after)))
+    assert mutation.mutant_kind(original, mutant) == kind
+    assert mutation.mutant_kind(original, original) is None
+
+
+def test_mutant_kinds_reads_mutmuts_copies(tmp_path):
+    (tmp_path / "mutants" / "utils").mkdir(parents=True)
+    body = ORIGINAL.replace("def f(", "def x_f__mutmut_orig(")
+    mutants = [body.replace("x_f__mutmut_orig", "x_f__mutmut_1").replace('"train"', '"XXtrainXX"'),
+               body.replace("x_f__mutmut_orig", "x_f__mutmut_2").replace("x * 2", "x * 3"),
+               "class Loss:" + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_orig").split("\n"))
+               + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_1").split("\n")).replace(
+                   "device.type", "device.kind")]
+    (tmp_path / "mutants" / "utils" / "m.py").write_text(body + "".join(mutants))
+    names = ["utils.m.x_f__mutmut_1", "utils.m.x_f__mutmut_2", "utils.m.xǁLossǁf__mutmut_1", "utils.gone.x_g__mutmut_1"]
+    assert mutation.mutant_kinds(names, tmp_path) == {"utils.m.x_f__mutmut_1": "text",
+                                                      "utils.m.xǁLossǁf__mutmut_1": "cuda"}
 
 
 def test_every_module_setup_cfg_names_exists(repo_root):

@@ -19,6 +19,7 @@ a blank line, then ``git diff`` output. Each is applied in a scratch copy of the
 named tests run, and the patch is taken back out.
 """
 import argparse
+import ast
 import configparser
 import fnmatch
 import os
@@ -126,6 +127,92 @@ def semantic(args: argparse.Namespace) -> Dict[str, str]:
     return outcome
 
 
+# Mutants this tool sets apart by rule, from each mutant's code against the original's (``mutant_kind``), instead of
+# listing them one by one: they change no number the report shows.
+#   text: only what a person reads (help, descriptions, messages, progress-bar labels), not what is computed;
+#   cuda: only where tensors live or what runs on a CUDA device; equivalent on the CPU that runs the suite.
+TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "file"}
+CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory"}
+MESSAGE_CALL = re.compile(r"^(print|warn|error|exit|.*Exit|.*Error|.*Exception|.*Warning)$")
+
+
+def ast_diff(a, b, parents: tuple = ()):
+    """``(a_node, b_node, a_node's ancestors)``: the deepest pair of nodes holding every difference between the ASTs
+    ``a`` and ``b`` (a node whose child lists differ in length is itself the pair); None when they are equal."""
+    if type(a) is not type(b):
+        return a, b, parents
+    changed = []
+    for field in a._fields:
+        x, y = getattr(a, field, None), getattr(b, field, None)
+        if isinstance(x, list) and (not isinstance(y, list) or len(x) != len(y)):
+            return a, b, parents
+        for u, v in zip(x, y) if isinstance(x, list) else [(x, y)]:
+            if isinstance(u, ast.AST) and isinstance(v, ast.AST):
+                if ast.dump(u) != ast.dump(v):
+                    changed.append((u, v))
+            elif u != v:
+                return a, b, parents
+    if not changed:
+        return None
+    return ast_diff(changed[0][0], changed[0][1], parents + (a,)) if len(changed) == 1 else (a, b, parents)
+
+
+def _callee(node: ast.AST) -> str:
+    func = node.func if isinstance(node, ast.Call) else None
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def mutant_kind(original: ast.AST, mutant: ast.AST) -> Optional[str]:
+    """'text', 'cuda' (see TEXT_KEYWORDS) or None (a change to what is computed) for one mutant's function."""
+    found = ast_diff(original, mutant)
+    if found is None:
+        return None
+    a, b, parents = found
+    chain = parents + (a,)
+    if any(isinstance(n, ast.If) and any(isinstance(c, ast.Constant) and c.value == "cuda" or
+                                         isinstance(c, ast.Attribute) and c.attr in ("is_cuda", "device")
+                                         for c in ast.walk(n.test)) for n in chain):
+        return "cuda"  # inside (or the test of) an `if device.type == "cuda":` or `if x.device != y.device:`
+    if isinstance(a, ast.Call) and isinstance(b, ast.Call) and len(a.keywords) != len(b.keywords):
+        gone = {k.arg for k in a.keywords} - {k.arg for k in b.keywords}
+        return "text" if gone <= TEXT_KEYWORDS else "cuda" if gone <= CUDA_KEYWORDS else None
+    if isinstance(a, ast.Call) and isinstance(b, ast.Call) and _callee(a) == "to" and len(a.args) == 1 > len(b.args):
+        a, parents = a.args[0], chain  # `.to(device)` -> `.to()`: as if the device were changed
+    keyword = next((n.arg for n in reversed(parents) if isinstance(n, ast.keyword)), None)
+    if keyword in CUDA_KEYWORDS or (isinstance(a, ast.Name) and a.id == "device" or
+                                    isinstance(a, ast.Attribute) and a.attr == "device") and \
+            parents and _callee(parents[-1]) == "to":
+        return "cuda"
+    is_text = (isinstance(a, ast.JoinedStr) or isinstance(a, ast.Constant) and isinstance(a.value, str) or
+               any(isinstance(n, ast.JoinedStr) for n in parents)) and not any(isinstance(n, ast.Dict) for n in parents)
+    if keyword in TEXT_KEYWORDS and (is_text or isinstance(a, ast.Constant)):
+        return "text"
+    if is_text and any(isinstance(n, ast.Call) and MESSAGE_CALL.match(_callee(n)) for n in parents):
+        return "text"
+    return None
+
+
+def mutant_kinds(names: Sequence[str], where: Path) -> Dict[str, str]:
+    """``{mutant name: 'text' | 'cuda'}`` for those of ``names`` that a rule sets apart, read from mutmut's mutated
+    copies under ``where/mutants``."""
+    functions: Dict[str, Dict[str, ast.AST]] = {}
+    kinds = {}
+    for name in names:
+        module, _, func = name.rpartition(".x")
+        if module not in functions:
+            path = where / "mutants" / (module.replace(".", "/") + ".py")
+            tree = ast.parse(path.read_text(encoding="utf-8")) if path.is_file() else ast.Module(body=[])
+            functions[module] = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        defs = functions[module]
+        mutant, original = defs.get("x" + func), defs.get("x" + func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+        if mutant is not None and original is not None:
+            mutant.name = original.name
+            kind = mutant_kind(original, mutant)
+            if kind:
+                kinds[name] = kind
+    return kinds
+
+
 def equivalents() -> Dict[str, str]:
     """mutmut names listed as equivalent: ``NAME  # reason`` lines of tools/mutants/equivalent.txt."""
     out = {}
@@ -141,13 +228,17 @@ def module_of(mutant: str) -> str:
     return re.split(r"\.x[_ǁ]", mutant, 1)[0]
 
 
-def library_table(results: str) -> Dict[str, Counter]:
-    """Per-module counts from the lines of ``mutmut results --all true``; print the table and the survivors."""
+def library_table(results: str, where: Path = ROOT) -> Dict[str, Counter]:
+    """Per-module counts from the lines of ``mutmut results --all true`` run in ``where``; print the table and the
+    survivors that change what is computed."""
     known = equivalents()
+    statuses = re.findall(r"^\s*(\S+): (.+?)\s*$", results, re.M)
+    kinds = mutant_kinds([name for name, _ in statuses], where)
     by_module = defaultdict(Counter)
     survivors = []
-    for name, status in re.findall(r"^\s*(\S+): (.+?)\s*$", results, re.M):
-        status = "equivalent" if name in known else ("killed" if status in KILLED else status)
+    for name, status in statuses:
+        status = "killed" if status in KILLED else status
+        status = kinds.get(name) or ("equivalent" if name in known else status)
         if status not in NOT_RUN:
             by_module[module_of(name)][status] += 1
         if status in ("survived", "no tests", "suspicious"):
@@ -158,16 +249,17 @@ def library_table(results: str) -> Dict[str, Counter]:
 
 
 def print_table(rows: Dict[str, Counter]) -> None:
-    """One line per group: counts and kill rate = killed / (all - equivalent)."""
-    print("\n{:28} {:>6} {:>7} {:>9} {:>11} {:>7}".format("", "all", "killed", "survived", "equivalent", "rate"))
+    """One line per group: counts and kill rate = killed / (all - equivalent - text - cuda)."""
+    head = ("all", "killed", "survived", "equivalent", "text", "cuda", "rate")
+    print("\n{:28} {:>6} {:>7} {:>9} {:>11} {:>5} {:>5} {:>7}".format("", *head))
     for group in sorted(rows):
         c = rows[group]
         total = sum(c.values())
         killed = c["killed"] + c["timeout"]
-        counted = total - c["equivalent"]
+        counted = total - c["equivalent"] - c["text"] - c["cuda"]
         rate = "{:.1%}".format(killed / counted) if counted else "-"
-        print("{:28} {:>6} {:>7} {:>9} {:>11} {:>7}".format(group, total, killed, counted - killed, c["equivalent"],
-                                                           rate))
+        print("{:28} {:>6} {:>7} {:>9} {:>11} {:>5} {:>5} {:>7}".format(
+            group, total, killed, counted - killed, c["equivalent"], c["text"], c["cuda"], rate))
 
 
 def sample_names(results: str, per_module: int, seed: int) -> List[str]:
@@ -204,8 +296,15 @@ def library(args: argparse.Namespace) -> None:
     if shutil.which("mutmut") is None:
         raise SystemExit("error: mutmut is not installed: pip install -r requirements-dev.txt")
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    focused = args.source or args.tests
+    if args.workdir and focused and args.workdir.exists() and any(args.workdir.iterdir()):
+        raise SystemExit("error: --workdir {} is not empty: give a new folder".format(args.workdir))
     with tempfile.TemporaryDirectory(prefix="hw1-mutmut.") as tmp:
-        where = focused_copy(Path(tmp), args.source, args.tests) if args.source or args.tests else ROOT
+        where = args.workdir or Path(tmp)
+        if focused:
+            focused_copy(where, args.source, args.tests)
+        elif not args.workdir:
+            where = ROOT
 
         def mutmut(*words: str, check: bool = True, **kwargs) -> str:
             proc = subprocess.run(["mutmut"] + list(words), cwd=str(where), env=env, check=check, **kwargs)
@@ -224,11 +323,12 @@ def library(args: argparse.Namespace) -> None:
         if args.sample:  # the table of the sample alone
             wanted = set(names)
             results = "\n".join(line for line in results.splitlines() if line.strip().split(":")[0] in wanted)
-        library_table(results)
-        if where != ROOT:
-            known = equivalents()
-            for name in re.findall(r"^\s*(\S+): (?:survived|no tests)\s*$", results, re.M):
-                if name not in known:
+        library_table(results, where)
+        if focused and not args.workdir:  # the copy goes: print what a test still has to notice
+            left = re.findall(r"^\s*(\S+): (?:survived|no tests)\s*$", results, re.M)
+            kinds, known = mutant_kinds(left, where), equivalents()
+            for name in left:
+                if name not in known and name not in kinds:
                     print(mutmut("show", name, capture_output=True, text=True))
 
 
@@ -249,8 +349,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     lib.add_argument("--source", nargs="*", default=[], help="mutate only these modules (in a scratch copy)")
     lib.add_argument("--tests", nargs="*", default=[], help="run only these tests (in a scratch copy): a lower bound "
                      "of the default suite's kill rate, without mapping the whole suite first")
-    sub.add_parser("table", help="the per-module table of mutmut's last results (no run)").set_defaults(
-        names=[], jobs=2, sample=0, seed=0, source=[], tests=[])
+    lib.add_argument("--workdir", type=Path, help="with --source/--tests: make the scratch copy here and keep it, "
+                     "for `mutmut show` and `table --workdir` afterwards (default: a temporary folder)")
+    table = sub.add_parser("table", help="the per-module table of mutmut's last results (no run)")
+    table.add_argument("--workdir", type=Path, help="a folder kept by `library --workdir` (default: the tree)")
+    table.set_defaults(names=[], jobs=2, sample=0, seed=0, source=[], tests=[])
     return parser
 
 
