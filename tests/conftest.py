@@ -1,6 +1,7 @@
 """Shared fixtures: generated data in the real layout, and the repository root on sys.path."""
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,19 @@ if str(ROOT) not in sys.path:
 # Keep test runs quiet and reproducible on small CPUs.
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Under mutmut (docs/development.md): while it maps tests to the functions they reach ("stats"), a script that a test
-# starts in a subprocess runs the plain code, since mutmut's recorder cannot work there (this process keeps its own
-# copy of the setting). In a mutant's run the variable stays, so a subprocess runs the mutant too.
+# starts in a subprocess records the functions it reaches in its own process; utils/__init__.py writes them to this
+# file at exit, and they are added to the test's before mutmut reads them at teardown. In a mutant's run the
+# variable MUTANT_UNDER_TEST is inherited, so a subprocess runs the mutant too.
 if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-    del os.environ["MUTANT_UNDER_TEST"]
+    _HITS = Path(tempfile.mkstemp(prefix="hw1-mutmut-hits.")[1])
+    os.environ["HW1_MUTMUT_HITS"] = str(_HITS)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(item):
+        from mutmut.state import state
+
+        state()._stats.update(_HITS.read_text().split())
+        _HITS.write_text("")
 # The shell scripts under test (hw1_1.sh, hw1_2.sh, scripts/*.sh) call `python3`: make that the interpreter running
 # the tests, so a suite run in another environment (e.g. .ci/grading_env.sh) tests the scripts there too.
 _BIN = os.path.dirname(sys.executable)
