@@ -90,6 +90,16 @@ def test_chunks_and_leave_one_out():
     for temperature in (0.07, None):
         assert torch.equal(knn_classify(train, labels, train, 3, k=50, temperature=temperature, leave_one_out=True),
                            knn_classify(train, labels, train, 3, k=6, temperature=temperature, leave_one_out=True))
+    # ... and all N - 1 others vote, by hand: one vote each plus summed similarity / 2k (k = 6), or exp(sim / T)
+    others = sim > -2
+    counted = torch.zeros(7, 3).index_add_(1, labels, others * (1.0 + sim / 12.0))
+    weighted = torch.zeros(7, 3).index_add_(1, labels, others * (sim / 1.0).exp())
+    nearest5 = torch.zeros(7, 3).index_add_(1, labels, (sim >= sim.topk(5, 1).values[:, -1:]) * (1.0 + sim / 10.0))
+    assert not torch.equal(counted.argmax(1), nearest5.argmax(1))  # the data tells N - 1 voters from N - 2
+    assert torch.equal(knn_classify(train, labels, train, 3, k=50, temperature=None, leave_one_out=True),
+                       counted.argmax(1))
+    assert torch.equal(knn_classify(train, labels, train, 3, k=50, temperature=1.0, leave_one_out=True),
+                       weighted.argmax(1))
 
 
 def test_float64_features_are_compared_in_float64():
@@ -99,6 +109,19 @@ def test_float64_features_are_compared_in_float64():
     pred = knn_classify(train, torch.tensor([0, 1]), QUERY, 2, k=2)
     assert int(pred[0]) == 1
     assert int(knn_classify(train.float(), torch.tensor([0, 1]), QUERY.float(), 2, k=2)[0]) == 0
+
+
+def test_low_precision_features_are_compared_in_float32_and_any_integer_labels_vote():
+    # bf16-exact features whose similarities to the query (0.99988, 0.99997) are one value in bf16 (a tie, won by
+    # the lower class) but not in float32, where the nearer one (class 1) wins
+    train = torch.tensor([[1.0, 2.0 ** -6], [1.0, 2.0 ** -7]])
+    query = torch.tensor([[1.0, 0.0]])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for labels in (torch.tensor([0, 1]), torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, 1]).byte()):
+            pred = knn_classify(train.to(dtype), labels, query.to(dtype), 2, k=2)
+            assert pred.tolist() == [1], (dtype, labels.dtype)
+    tied = torch.nn.functional.normalize(train.bfloat16(), dim=1) @ query.bfloat16().T
+    assert tied[0] == tied[1]  # what bf16 arithmetic would have decided
 
 
 def test_defaults_are_k20_and_t007():
@@ -135,3 +158,8 @@ def test_extract_features_runs_in_eval_mode_on_normalised_images():
     model.eval()
     extract_features(model, loader, torch.device("cpu"))
     assert not model.training
+    # with an autocast dtype the forward runs in it, on the loader's device
+    feats16, _ = extract_features(model, loader, torch.device("cpu"), amp_dtype=torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(normalize(images)).float()
+    assert feats16.dtype == torch.float32 and torch.equal(feats16, expected) and not torch.equal(feats16, feats)

@@ -127,6 +127,17 @@ def test_accumulated_matrix_is_label_by_prediction():
     assert torch.equal(cm.mat, expected)
 
 
+def test_accumulated_counts_stay_exact_beyond_float32_and_other_class_counts_work():
+    # the full validation set is 257 x 512 x 512 = 67M pixels: float32 counts would stop at 2^24 + 1 -> 2^24
+    cm = ConfusionMatrix()
+    cm.update(torch.zeros(2 ** 24, dtype=torch.uint8), torch.zeros(2 ** 24, dtype=torch.uint8))
+    cm.update(torch.zeros(1, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8))
+    assert cm.mat.dtype == torch.int64 and int(cm.mat[0, 0]) == 2 ** 24 + 1
+    three = ConfusionMatrix(num_classes=3)
+    three.update(torch.tensor([0, 2, 2, 5]), torch.tensor([0, 1, 2, 2]))  # 5 is no class of 3: skipped
+    assert torch.equal(three.mat, torch.tensor([[1, 0, 0], [0, 0, 1], [0, 0, 1]]))
+
+
 def test_a_class_of_one_pixel_has_an_iou_and_pixel_accuracy_is_correct_over_all():
     mat = confusion_matrix(torch.tensor([3, 0, 0, 1, 6]), torch.tensor([3, 0, 1, 1, 6]))
     result = iou_from_confusion(mat)
@@ -467,6 +478,7 @@ def test_folder_errors_name_the_folder_and_at_most_five_files(tmp_path):
     with pytest.raises(SystemExit) as info:
         metrics.evaluate_folders(gt, pred)
     message = str(info.value)
+    assert "the folders hold different .png files (6 vs 6)" in message
     assert "missing from predictions: {}".format(["{:04d}_mask.png".format(i) for i in range(5)]) in message
     assert "not in labels: {}".format(["{:04d}_mask.png".format(i) for i in range(10, 15)]) in message
     # sizes are named as width x height
@@ -476,17 +488,23 @@ def test_folder_errors_name_the_folder_and_at_most_five_files(tmp_path):
         _write_colour_mask(folder / "0000_mask.png", np.zeros(shape, dtype=np.uint8))
     with pytest.raises(SystemExit, match=r"size mismatch for 0000_mask.png: label \(3, 2\) vs prediction \(2, 3\)"):
         metrics.evaluate_folders(gt, pred)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no mask here")
+    with pytest.raises(SystemExit, match="error: no .png files in .*empty$"):
+        metrics.evaluate_folders(gt, tmp_path / "empty")
 
 
 def test_cli_text_output(cli_runs):
     rc, out, err = cli_runs["text"]
     assert rc == 0, err
     expected_iou, expected_miou = cli_runs["expected"]
-    class_lines = re.findall(r"class #(\d+)\s*:\s*([0-9.]+|nan)", out)
-    assert [int(c) for c, _ in class_lines] == [0, 1, 2, 3, 4, 5]
-    for (_, value), exp in zip(class_lines, expected_iou):
+    # the course script's lines, whole: "class #0 : 0.12345   (Urban)", then "mean_iou: 0.123456"
+    class_lines = re.findall(r"^class #(\d+) : ([0-9.]+|nan)   \((\w+)\)$", out, re.M)
+    assert [int(c) for c, _, _ in class_lines] == [0, 1, 2, 3, 4, 5]
+    assert [name for _, _, name in class_lines] == ["urban", "agriculture", "rangeland", "forest", "water", "barren"]
+    for (_, value, _), exp in zip(class_lines, expected_iou):
         assert float(value) == pytest.approx(exp, abs=1e-5)
-    match = re.search(r"mean_iou:\s*([0-9.]+)", out)
+    match = re.search(r"^mean_iou: ([0-9.]+)$", out, re.M)
     assert match, out
     assert float(match.group(1)) == pytest.approx(expected_miou, abs=1e-6)
 
