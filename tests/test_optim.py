@@ -40,7 +40,7 @@ def test_make_optimizer_sgd_and_adamw_and_an_unknown_name():
     assert plain["momentum"] == 0.9 and plain["nesterov"] is False
     adamw = make_optimizer("adamw", [{"params": params}], lr=0.002)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 0.002
-    with pytest.raises(ValueError, match="unknown optimizer"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'lamb' \(sgd or adamw\)"):
         make_optimizer("lamb", [{"params": params}], lr=0.1)
 
 
@@ -72,5 +72,10 @@ def test_schedule_edges_poly_and_unknown_shape():
     assert schedule(2, 12, 1.0, 0.1, warmup_steps=2, shape="poly") == pytest.approx(1.0)
     assert schedule(7, 12, 1.0, 0.1, warmup_steps=2, shape="poly") == pytest.approx(0.1 + 0.9 * 0.5 ** 0.9)
     assert schedule(12, 12, 1.0, 0.1, warmup_steps=2, shape="poly") == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="unknown schedule shape"):
+    with pytest.raises(ValueError, match=r"unknown schedule shape 'linear' \(cosine or poly\)"):
         schedule(5, 10, 1.0, shape="linear")
+    # by default no warm-up: step 0 is the base value; a warm-up starts from 0 unless told otherwise
+    assert schedule(0, 10, 1.0) == 1.0
+    assert schedule(0, 10, 1.0, warmup_steps=3) == 0.0
+    # one step after the warm-up: its single decay step ends at the final value
+    assert schedule(2, 2, 1.0, 0.1, warmup_steps=1) == pytest.approx(0.1)
