@@ -149,6 +149,7 @@ def test_labeled_standin_backbone_beats_random_init(tmp_path):
     assert acc["D"] > acc["A"] + 0.2
 
 
+@pytest.mark.slow  # ~160 s on 2 cores, the longest test: CI runs it in its slow step
 def test_dino_backbone_beats_random_init_and_grading_matches(tmp_path, repo_root):
     """Setting C (our DINO backbone: the demo's recipe, --preset toy, 4 epochs on the "shapes" kind) beats A at
     equal epochs, and hw1_1.sh's accuracy on the val csv equals p1_finetune's val accuracy for the same checkpoint.
