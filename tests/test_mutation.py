@@ -108,7 +108,7 @@ def f(parser, loader, x, device, path):
         votes = votes.to(x.device)
     if x.sum() < 0:
         raise SystemExit("error: {} is not an image".format(path))
-    print(f"loss {x.mean():.3f}")
+    print(f"loss {x.mean():.3f}", file=sys.stderr)
     log.write(json.dumps({"loss": 1}))
     print({"epoch": 1})
     return x * 2 + votes
@@ -137,6 +137,9 @@ def f(parser, loader, x, device, path):
     ("x.sum() < 0", "x.sum() <= 0", None),
     ("raise SystemExit(", "raise ValueError(", None),
     ("torch.zeros(3,", "torch.zeros(4,", None),
+    ("file=sys.stderr", "file=None", None),  # a message moved from stderr to stdout is seen
+    ("file=sys.stderr", "", None),
+    ("x.to(device, non_blocking=True)", "x.to(device, non_blocking=True, copy=True)", None),  # a keyword added
     ("return x * 2 + votes", "return None", None),
     ('{"loss": 1}', '{"XXlossXX": 1}', None),  # data written, not text
     ('{"epoch": 1}', '{"XXepochXX": 1}', None),

@@ -10,7 +10,8 @@
 names and runs, for each, the default-suite tests that reach that function. This tool only runs it with one thread
 per test process (torch's thread pool does not survive mutmut's fork: with more, equivalent mutants hang into
 timeouts), and reads its results into a kill rate per module, leaving out the equivalent mutants listed with their
-reasons in ``tools/mutants/equivalent.txt``.
+reasons in ``tools/mutants/equivalent.txt`` and those a rule sets apart (``mutant_kind``: text a person reads,
+CUDA-only placement).
 
 ``semantic``: the bugs a person writes and an operator swap cannot (a setting that loads the wrong backbone, a loss
 term dropped, a seed that ignores the sample index). mutmut has no format for hand-written mutants, so each is a
@@ -131,7 +132,7 @@ def semantic(args: argparse.Namespace) -> Dict[str, str]:
 # listing them one by one: they change no number the report shows.
 #   text: only what a person reads (help, descriptions, messages, progress-bar labels), not what is computed;
 #   cuda: only where tensors live or what runs on a CUDA device; equivalent on the CPU that runs the suite.
-TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "file"}
+TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush"}
 CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory"}
 MESSAGE_CALL = re.compile(r"^(print|warn|error|exit|.*Exit|.*Error|.*Exception|.*Warning)$")
 
@@ -174,8 +175,8 @@ def mutant_kind(original: ast.AST, mutant: ast.AST) -> Optional[str]:
                                          for c in ast.walk(n.test)) for n in chain):
         return "cuda"  # inside (or the test of) an `if device.type == "cuda":` or `if x.device != y.device:`
     if isinstance(a, ast.Call) and isinstance(b, ast.Call) and len(a.keywords) != len(b.keywords):
-        gone = {k.arg for k in a.keywords} - {k.arg for k in b.keywords}
-        return "text" if gone <= TEXT_KEYWORDS else "cuda" if gone <= CUDA_KEYWORDS else None
+        gone = {k.arg for k in a.keywords} ^ {k.arg for k in b.keywords}
+        return None if not gone else "text" if gone <= TEXT_KEYWORDS else "cuda" if gone <= CUDA_KEYWORDS else None
     if isinstance(a, ast.Call) and isinstance(b, ast.Call) and _callee(a) == "to" and len(a.args) == 1 > len(b.args):
         a, parents = a.args[0], chain  # `.to(device)` -> `.to()`: as if the device were changed
     keyword = next((n.arg for n in reversed(parents) if isinstance(n, ast.keyword)), None)
