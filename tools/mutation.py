@@ -199,7 +199,8 @@ def mutant_kinds(names: Sequence[str], where: Path) -> Dict[str, str]:
     functions: Dict[str, Dict[str, ast.AST]] = {}
     kinds = {}
     for name in names:
-        module, _, func = name.rpartition(".x")
+        module = module_of(name)
+        func = name[len(module) + 2:]  # after "MODULE.x"
         if module not in functions:
             path = where / "mutants" / (module.replace(".", "/") + ".py")
             tree = ast.parse(path.read_text(encoding="utf-8")) if path.is_file() else ast.Module(body=[])
