@@ -154,6 +154,16 @@ def test_reduce_is_a_no_op_outside_distributed_runs():
     assert torch.equal(cm.mat, before)
 
 
+def test_reduce_sums_the_matrix_itself_across_processes(monkeypatch):
+    cm = ConfusionMatrix()
+    cm.update(torch.tensor([1, 2]), torch.tensor([1, 1]))
+    before = cm.mat.clone()
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.mul_(3))  # three ranks holding the same counts
+    cm.reduce()
+    assert torch.equal(cm.mat, 3 * before)
+
+
 def test_pooled_iou_matches_course_formula_batch_by_batch():
     rng = np.random.default_rng(1)
     pairs = [random_pair(rng, (3, 11, 9)), random_pair(rng, (2, 20, 7)), random_pair(rng, (1, 5, 31))]
@@ -492,6 +502,8 @@ def test_folder_errors_name_the_folder_and_at_most_five_files(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no mask here")
     with pytest.raises(SystemExit, match="error: no .png files in .*empty$"):
         metrics.evaluate_folders(gt, tmp_path / "empty")
+    result = metrics.evaluate_folders(gt, gt)  # one 2 x 3 mask, against itself
+    assert result["num_images"] == 1 and result["pixel_acc"] == 1.0
 
 
 def test_cli_text_output(cli_runs):
