@@ -229,6 +229,17 @@ def test_train_step_clips_steps_and_moves_the_teacher_by_ema(clip):
         torch.testing.assert_close(t, 0.75 * teacher_before[k] + 0.25 * dict(student.named_parameters())[k].detach())
 
 
+def test_train_step_runs_the_networks_under_the_asked_autocast_dtype():
+    from utils.precision import make_grad_scaler
+
+    for dtype, expected in ((None, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        student, teacher, crops, optimizer = _step_setup()
+        loss_fn = dino.DINOLoss(16, 4, 0.04, 0.04, 1)
+        res, features = dino.train_step(student, teacher, loss_fn, optimizer, make_grad_scaler(dtype), crops,
+                                        epoch=1, momentum=0.75, clip_grad=3.0, freeze_last_layer=1, dtype=dtype)
+        assert features.dtype == expected and res["loss"].dtype == torch.float32  # the loss itself in float32
+
+
 def test_embedding_spread_is_one_for_spread_features_and_zero_for_collapse():
     torch.manual_seed(0)
     feats = torch.randn(256, 32) * 5 + 1.0

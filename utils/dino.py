@@ -149,8 +149,8 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
 
 
 def train_step(student: nn.Module, teacher: nn.Module, loss_fn: DINOLoss, optimizer: torch.optim.Optimizer,
-               scaler: Any, crops: Sequence[torch.Tensor], epoch: int, momentum: float, clip_grad: float = 3.0,
-               freeze_last_layer: int = 1, dtype: Optional[torch.dtype] = None,
+               scaler: Any, crops: Sequence[torch.Tensor], epoch: int, momentum: float, clip_grad: float,
+               freeze_last_layer: int, dtype: Optional[torch.dtype] = None,
                ema: Callable[[nn.Module, nn.Module, float], None] = ema_update
                ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """One DINO step (0-based ``epoch``): teacher on the 2 global views, student on all, loss, backward,
