@@ -1,6 +1,7 @@
 """tools/mutation.py: the semantic mutants stay applicable and name real tests; the runner tells a killed mutant from
 a survivor; mutmut's results become the right per-module counts."""
 import ast
+import os
 import subprocess
 import sys
 
@@ -190,3 +191,24 @@ def test_the_sample_draws_n_of_each_module_and_the_seed_repeats_it():
     assert first == mutation.sample_names(results, 5, seed=1) != mutation.sample_names(results, 5, seed=2)
     assert sum(n.startswith("utils.knn.") for n in first) == 5
     assert sum(n.startswith("utils.dino.") for n in first) == 3  # all there are
+
+
+def test_the_hook_runs_a_scripts_mutant_in_the_script_and_reports_what_it_reached(tmp_path, repo_root):
+    """utils/__init__.py under mutmut: a script run by a test activates the mutant named after its module (mutmut
+    names it `p9.x_...`, the script runs as `__main__`) and, while tests are mapped, writes the functions it reached
+    under the script's name."""
+    pytest.importorskip("mutmut")
+    script = tmp_path / "p9.py"
+    script.write_text("import os\nimport utils\nfrom mutmut.mutation import trampoline\nfrom mutmut.state import state\n"
+                      "state()._stats.update({'__main__.x_main', 'utils.knn.x_f'})\n"
+                      "print(trampoline._mutant_under_test, os.environ.get('MUTANT_UNDER_TEST'))\n")
+    env = dict(os.environ, PYTHONPATH=str(repo_root), MUTANT_UNDER_TEST="p9.x_main__mutmut_3")
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["__main__.x_main__mutmut_3", "None"]  # active here, not passed on to what it starts
+    env["MUTANT_UNDER_TEST"] = "utils.knn.x_f__mutmut_1"  # another module's mutant: left to mutmut
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "utils.knn.x_f__mutmut_1"]
+    hits = tmp_path / "hits"
+    env.update(MUTANT_UNDER_TEST="stats", HW1_MUTMUT_HITS=str(hits))
+    subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    assert sorted(hits.read_text().split()) == ["p9.x_main", "utils.knn.x_f"]
