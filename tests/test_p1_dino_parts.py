@@ -311,3 +311,39 @@ def test_no_flags_is_the_reports_recipe():
     assert {k: getattr(args, k) for k in recipe} == recipe
     mini = p1_ssl_pretrain.get_args_parser().parse_args(["--preset", "mini84", "--local-crops-number", "4"])
     assert (mini.global_crop_size, mini.local_crop_size, mini.out_dim, mini.local_crops_number) == (128, 64, 4096, 4)
+
+
+def test_build_dino_net_passes_the_head_options_through():
+    config = dict(_tiny_config(), use_bn_in_head=True, norm_last_layer=False)
+    head = dino.build_dino_net(config).head
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp.modules())
+    assert head.last_g.requires_grad  # norm_last_layer=False: the prototypes' norms train
+    head = dino.build_dino_net(_tiny_config()).head
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp.modules()) and not head.last_g.requires_grad
+
+
+def test_crops_of_any_resolutions_and_counts_are_batched_per_resolution():
+    """Consecutive crops of one size go through the backbone together; in eval mode that equals one by one, for
+    groups of any size (here 2, 1, 3)."""
+    torch.manual_seed(0)
+    net = dino.build_dino_net(_tiny_config()).eval()
+    crops = [torch.randn(2, 3, s, s) for s in (32, 32, 24, 16, 16, 16)]
+    with torch.no_grad():
+        features = net(crops)["features"]
+        alone = torch.cat([net.backbone(c) for c in crops])
+    torch.testing.assert_close(features, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_the_center_is_the_mean_teacher_output_over_every_process(monkeypatch):
+    """With two processes, each batch sum is all-reduced and divided by the global batch (2 x 4 rows)."""
+    from utils import distributed as dist_utils
+
+    loss_fn = dino.DINOLoss(out_dim=3, num_crops=2, warmup_teacher_temp=0.04, teacher_temp=0.04,
+                            warmup_teacher_temp_epochs=0, center_momentum=0.5)
+    teacher_output = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    other_rank = torch.full((4, 3), 10.0)  # what the second process holds
+    monkeypatch.setattr(dist_utils, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist_utils, "all_reduce_sum", lambda t: t.add_(other_rank.sum(0, keepdim=True)))
+    loss_fn.update_center(teacher_output)
+    global_mean = torch.cat([teacher_output, other_rank]).mean(0, keepdim=True)
+    torch.testing.assert_close(loss_fn.center, 0.5 * global_mean)
