@@ -100,7 +100,7 @@ def test_library_table_counts_per_module_with_equivalents_left_out(monkeypatch, 
 ORIGINAL = """
 def f(parser, loader, x, device, path):
     parser.add_argument("--lr", type=float, default=0.1, help="the learning rate")
-    for batch in progress(loader, desc="train", leave=False):
+    for batch in progress(loader, desc="epoch {}".format(len(loader)), leave=False):
         x = x.to(device, non_blocking=True)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -120,7 +120,8 @@ def f(parser, loader, x, device, path):
     ('help="the learning rate"', 'help="XXthe learning rateXX"', "text"),
     ('help="the learning rate"', "help=None", "text"),
     (', help="the learning rate"', "", "text"),
-    ('desc="train", leave=False', 'desc="train", leave=True', "text"),
+    ("leave=False", "leave=True", "text"),
+    ("format(len(loader))", "format(None)", "text"),  # a value shown in a progress label
     ('"error: {} is not an image"', '"XXerror: {} is not an imageXX"', "text"),
     ('f"loss {x.mean():.3f}"', 'f"XXloss {x.mean():.3f}XX"', "text"),
     ("x.to(device, non_blocking=True)", "x.to(None, non_blocking=True)", "cuda"),
@@ -155,7 +156,7 @@ def test_a_mutant_is_set_apart_as_text_or_cuda_only_when_that_is_all_it_changes(
 def test_mutant_kinds_reads_mutmuts_copies(tmp_path):
     (tmp_path / "mutants" / "utils").mkdir(parents=True)
     body = ORIGINAL.replace("def f(", "def x_f__mutmut_orig(")
-    mutants = [body.replace("x_f__mutmut_orig", "x_f__mutmut_1").replace('"train"', '"XXtrainXX"'),
+    mutants = [body.replace("x_f__mutmut_orig", "x_f__mutmut_1").replace('"epoch {}"', '"XXepoch {}XX"'),
                body.replace("x_f__mutmut_orig", "x_f__mutmut_2").replace("x * 2", "x * 3"),
                "class Loss:" + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_orig").split("\n"))
                + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_1").split("\n")).replace(

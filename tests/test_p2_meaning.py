@@ -218,6 +218,7 @@ class _Brightness(torch.nn.Module):
     """Class 0 (urban) where the normalised red channel is positive (a bright tile), class 1 where negative."""
 
     def forward(self, x):
+        assert x.shape[:2] == (1, 3), x.shape  # one RGB image at a time
         red = x[:, :1] * 10
         return {"out": torch.cat([red, -red, torch.full_like(red, -50).expand(-1, 5, -1, -1)], 1)}
 
@@ -250,6 +251,12 @@ def test_snapshots_are_predicted_on_the_validation_tiles_of_the_report_names(tmp
         expected = (0, 255, 255) if is_bright else (255, 255, 0)  # urban cyan / agriculture yellow
         assert rgb.shape == (24, 32, 3) and (rgb == expected).all(), image_id
     assert (tmp_path / "run" / "snapshots.png").is_file() and len(logged) == 1
+    segmentation.snapshot(_Brightness(), run, 50)  # a resumed run redoing epoch 50 writes it again
+    assert sorted(p.name for p in folder.iterdir()) == sorted(i + "_mask.png" for i in bright) and len(logged) == 2
+    # the grid's colours are the graded palette, out-of-range values drawn as the nearest class
+    from utils.masks import PALETTE
+    assert (segmentation._palette_rgb(np.array([[0, 1, 2, 3], [4, 5, 6, 9]])) ==
+            np.asarray(PALETTE)[[[0, 1, 2, 3], [4, 5, 6, 6]]]).all()
 
 
 # ------------------------------------------------------------------------------------------------- fit()

@@ -186,7 +186,7 @@ def mutant_kind(original: ast.AST, mutant: ast.AST) -> Optional[str]:
         return "cuda"
     is_text = (isinstance(a, ast.JoinedStr) or isinstance(a, ast.Constant) and isinstance(a.value, str) or
                any(isinstance(n, ast.JoinedStr) for n in parents)) and not any(isinstance(n, ast.Dict) for n in parents)
-    if keyword in TEXT_KEYWORDS and (is_text or isinstance(a, ast.Constant)):
+    if keyword in TEXT_KEYWORDS:  # anything inside help=..., desc=...: what is shown, not what is computed
         return "text"
     if is_text and any(isinstance(n, ast.Call) and MESSAGE_CALL.match(_callee(n)) for n in parents):
         return "text"
