@@ -327,13 +327,14 @@ def test_rgb_to_class_matches_threshold_rule_on_a_grid():
 
 @pytest.mark.parametrize("shape", [(4, 4), (4, 4, 2), (2, 4, 4, 3)])
 def test_rgb_to_class_refuses_what_is_not_an_rgb_image(shape):
-    with pytest.raises(ValueError, match="RGB mask"):
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) RGB mask, got shape {}".format(
+            re.escape(str(shape)))):
         rgb_to_class(np.zeros(shape, dtype=np.uint8))
 
 
 def test_class_to_rgb_takes_any_integer_array_like_and_refuses_floats():
     np.testing.assert_array_equal(class_to_rgb([[0, 4]]), PALETTE[[[0, 4]]])
-    with pytest.raises(ValueError, match="must be integers"):
+    with pytest.raises(ValueError, match="must be integers, got dtype float32"):
         class_to_rgb(np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(ValueError, match=r"must lie in 0\.\.6; got 0\.\.7"):
         class_to_rgb(np.array([0, 7]))
@@ -343,8 +344,8 @@ def test_read_mask_names_a_missing_or_unreadable_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="mask not found: .*0000_mask.png"):
         read_mask(tmp_path / "0000_mask.png")
     (tmp_path / "bad_mask.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="cannot read mask .*bad_mask.png"):
-        read_mask(tmp_path / "bad_mask.png")
+    with pytest.raises(ValueError, match="cannot read mask .*bad_mask.png: cannot identify image file"):
+        read_mask(tmp_path / "bad_mask.png")  # PIL's own reason follows the name
 
 
 def test_write_read_mask_png_round_trip(tmp_path):
@@ -554,6 +555,10 @@ def test_cli_empty_folder(cli_runs):
     assert str(cli_runs["folders"]["empty"]) in message
     assert ".png" in message
     assert "Traceback" not in err
+
+
+def test_an_empty_array_is_not_taken_for_class_indices():
+    assert not masks.looks_like_class_indices(np.zeros((0, 0, 3), dtype=np.uint8))
 
 
 def test_class_index_detection_needs_every_pixel_grey_and_values_1_to_6(tmp_path):
