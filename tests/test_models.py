@@ -90,8 +90,19 @@ def test_unet_bad_drop_skip_index(bad):
 
 def test_unet_non_divisible_input_raises():
     model = UNet(base_width=4, depth=3)
-    with pytest.raises(ValueError, match=r"divisible by 8.*pad.*multiple of 2\*\*depth"):
+    with pytest.raises(ValueError, match=r"^UNet with depth 3 needs input height and width divisible by 8, got 36x32; "
+                                         r"pad the input to a multiple of 2\*\*depth = 8$"):
         model(torch.randn(1, 3, 36, 32))
+
+
+@pytest.mark.parametrize("bad", [4, -1])
+def test_resnet_unet_bad_drop_skip_index(bad):
+    """A ResNet encoder has four skips, 0..3; the index is refused before any weights are fetched."""
+    from utils.models import build_resnet_unet
+
+    with pytest.raises(ValueError, match=r"^ResNet U-Net drop_skip index {} is invalid: valid skip indices are "
+                                         r"0\.\.3 \(0 = shallowest, 3 = deepest\) for a ResNet encoder$".format(bad)):
+        build_resnet_unet("resnet18", drop_skip=(bad,))
 
 
 # ----------------------------------------------------------------------------------------- DeepLabV3
@@ -158,7 +169,8 @@ def test_backbone_weights_shape_mismatch(resnet50_state):
     backbone = build_deeplabv3("resnet50", aux_loss=False).backbone
     state = {k: v for k, v in resnet50_state.items() if not k.startswith("fc.")}
     state["conv1.weight"] = torch.zeros(64, 4, 7, 7)
-    with pytest.raises(ValueError, match=r"shape mismatch.*conv1\.weight"):
+    with pytest.raises(ValueError, match=r"^backbone weights from x\.pth do not match resnet50: shape mismatch in 1 "
+                                         r"\[conv1\.weight \(64, 4, 7, 7\) vs expected \(64, 3, 7, 7\)\]$"):
         load_backbone_weights(backbone, state, source="x.pth", arch="resnet50")
 
 
