@@ -124,6 +124,17 @@ def test_read_rgb_cmyk_jpeg(tmp_path):
     assert np.abs(arr.astype(int) - src.astype(int)).max() <= 12
 
 
+def test_read_rgb_32bit_integer_images_are_scaled_when_they_exceed_8_bits(tmp_path):
+    """PIL's 32-bit "I" mode has no fixed range: values up to 255 are kept, larger ones read as 16-bit."""
+    for values, expected in (([[0, 100, 255]], [[0, 100, 255]]), ([[0, 60000, 65535]], [[0, 233, 255]])):
+        path = tmp_path / "i32.tif"
+        Image.fromarray(np.array(values, dtype=np.int32), mode="I").save(str(path))
+        with Image.open(path) as check:
+            assert check.mode == "I"
+        arr = read_rgb(path)
+        assert arr.dtype == np.uint8 and (arr == np.array(expected)[..., None]).all(), arr[..., 0]
+
+
 def test_read_rgb_16bit_png_is_scaled(tmp_path):
     values = np.array([[0, 32768, 65535], [1000, 16384, 49152]], dtype=np.uint16)
     path = tmp_path / "depth16.png"
@@ -135,6 +146,7 @@ def test_read_rgb_16bit_png_is_scaled(tmp_path):
     expected = values.astype(np.float64) / 65535.0 * 255.0
     for c in range(3):
         assert np.abs(arr[..., c].astype(np.float64) - expected).max() <= 1.0
+    assert arr[..., 0].tolist() == np.floor(expected + 0.5).astype(int).tolist()  # rounded, exactly
     assert arr[0, 0, 0] == 0
     assert arr[0, 2, 0] == 255  # not clipped flat: 65535 -> 255, 32768 -> ~128
     assert abs(int(arr[0, 1, 0]) - 128) <= 1
@@ -343,3 +355,9 @@ def test_inference_images_good_and_corrupt(tmp_path):
     index, tensor, message = ds[2]
     assert index == 2 and tensor is None
     assert isinstance(message, str) and "gone_sat.jpg" in message
+
+
+def test_read_rgb_names_a_damaged_file_and_pils_reason(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"^cannot read image .*bad\.jpg: cannot identify image file"):
+        read_rgb(tmp_path / "bad.jpg")
