@@ -102,3 +102,45 @@ def test_no_scale_and_disagreeing_ensemble_members_are_errors():
 
     with pytest.raises(ValueError, match="disagree on the number of classes: 3 vs 2"):
         predict_ensemble([(_Columns(), {"arch": "deeplabv3"}), (_Three(), {"arch": "deeplabv3"})], images)
+
+
+class _Conv(torch.nn.Module):
+    """A small seeded convolution: its output depends on position, colour channel and scale, so every view differs."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return {"out": self.conv(x) * 3.0}
+
+
+def test_tta_averages_the_softmax_of_every_scale_and_its_mirror_and_an_ensemble_averages_its_members():
+    from utils.transforms import normalize
+
+    images = torch.randint(0, 256, (2, 3, 8, 12), dtype=torch.uint8)
+    config, scales = {"arch": "deeplabv3"}, (0.5, 1.0)
+    x = normalize(images)
+    views = []
+    with torch.no_grad():
+        for scale in scales:
+            size = (max(1, int(8 * scale + 0.5)), max(1, int(12 * scale + 0.5)))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            for flip in (False, True):
+                probs = _Conv(0)(xs.flip(3) if flip else xs)["out"].softmax(1)
+                probs = probs.flip(3) if flip else probs
+                views.append(F.interpolate(probs, size=(8, 12), mode="bilinear", align_corners=False))
+    expected = torch.stack(views).mean(0)
+    assert not torch.allclose(views[0], views[1]) and not torch.allclose(views[0], views[2])  # the views differ
+    torch.testing.assert_close(predict_probs(_Conv(0), images, config, tta=True, scales=scales), expected)
+    # an ensemble is the mean of its members' TTA probabilities
+    members = [(_Conv(0), config), (_Conv(1), config)]
+    mean = (predict_probs(_Conv(0), images, config, None, True, scales) +
+            predict_probs(_Conv(1), images, config, None, True, scales)) / 2
+    torch.testing.assert_close(predict_ensemble(members, images, tta=True, scales=scales), mean)
+    # with an autocast dtype the members run in it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = _Conv(0)(x)["out"].float().softmax(1)
+    assert not torch.allclose(low, predict_probs(_Conv(0), images, config))  # bf16 is seen
+    torch.testing.assert_close(predict_ensemble(members[:1], images, torch.bfloat16), low)
