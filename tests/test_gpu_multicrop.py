@@ -304,10 +304,12 @@ def test_float32_under_the_callers_autocast():
 
 def test_bad_inputs_raise():
     aug = BatchedMultiCrop(32, 16, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^expected a \(B, 3, H, W\) image batch, got shape \(3, 20, 20\)$"):
         aug(torch.zeros(3, 20, 20, dtype=torch.uint8))  # not a batch
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"got shape \(2, 1, 20, 20\)$"):
         aug(torch.zeros(2, 1, 20, 20, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="^need parameters for 3 views, got 1$"):
+        aug.apply(torch.zeros(2, 3, 20, 20, dtype=torch.uint8), [{}])
     with pytest.raises(ValueError):
         aug(torch.zeros(2, 3, 20, 20, dtype=torch.int32))
     with pytest.raises(TypeError):

@@ -145,19 +145,27 @@ def test_crop_attempt_k_reads_its_own_uniforms():
         params_from_uniforms(spec, 10, 10, [0.5] * 3)
 
 
-@pytest.mark.parametrize("bad", [dict(ratio=(0.0, 1.0)), dict(ratio=(2.0, 1.0)), dict(brightness=-0.1),
-                                 dict(brightness=1.5), dict(contrast=1.5), dict(saturation=1.5), dict(hue=0.6),
-                                 dict(blur_sigma=(0.0, 1.0)), dict(size=0), dict(p_solarize=-0.1)])
-def test_view_spec_refuses_recipes_the_sampler_would_mishandle(bad):
-    with pytest.raises(ValueError):
-        ViewSpec(**dict(dict(size=8, scale=(0.1, 1.0)), **bad))
+@pytest.mark.parametrize("bad, message", [
+    (dict(ratio=(0.0, 1.0)), r"ratio must satisfy 0 < min <= max, got \(0.0, 1.0\)"),
+    (dict(ratio=(2.0, 1.0)), r"ratio must satisfy 0 < min <= max, got \(2.0, 1.0\)"),
+    (dict(brightness=-0.1), r"brightness/contrast/saturation must be in \[0, 1\]"),
+    (dict(brightness=1.5), r"brightness/contrast/saturation must be in \[0, 1\]"),
+    (dict(contrast=1.5), r"brightness/contrast/saturation must be in \[0, 1\]"),
+    (dict(saturation=1.5), r"brightness/contrast/saturation must be in \[0, 1\]"),
+    (dict(hue=0.6), r"hue must be in \[0, 0.5\], got 0.6"),
+    (dict(blur_sigma=(0.0, 1.0)), r"blur_sigma must satisfy 0 < min <= max"),
+    (dict(size=0), r"size must be >= 1, got 0"),
+    (dict(p_solarize=-0.1), r"p_solarize must be in \[0, 1\], got -0.1")])
+def test_view_spec_refuses_recipes_the_sampler_would_mishandle(bad, message):
+    with pytest.raises(ValueError, match="^local: " + message + "$"):  # the view's name, the flaw, the value
+        ViewSpec(**dict(dict(size=8, scale=(0.1, 1.0), name="local"), **bad))
 
 
 def test_bad_inputs_raise():
     aug = MultiCropAugmentation(seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^expected a \(3, H, W\) image tensor, got shape \(1, 20, 20\)$"):
         aug(torch.zeros(1, 20, 20, dtype=torch.uint8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^expected a uint8 image tensor, got torch.float32$"):
         aug(torch.zeros(3, 20, 20))
     with pytest.raises(TypeError):
         aug(np.zeros((20, 20, 3), dtype=np.uint8))
@@ -538,3 +546,11 @@ def test_dataloader_workers_are_reproducible_and_distinct(seed):
 def test_a_negative_seed_is_refused():
     with pytest.raises(ValueError, match="seed must be >= 0 or None, got -1"):
         MultiCropAugmentation(seed=-1)
+
+
+def test_a_grayscale_view_keeps_three_equal_channels():
+    view = apply_view(random_image(), ViewSpec(8, (0.1, 1.0)), plain_params(84, 84, gray=True))
+    assert view.shape == (3, 8, 8)
+    pixels = unnormalise(view)
+    torch.testing.assert_close(pixels[0], pixels[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels[1], pixels[2], atol=1e-5, rtol=0)
