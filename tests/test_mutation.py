@@ -105,6 +105,7 @@ def f(parser, loader, x, device, path):
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     votes = torch.zeros(3, device=x.device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if votes.device != x.device:
         votes = votes.to(x.device)
     if x.sum() < 0:
@@ -127,11 +128,15 @@ def f(parser, loader, x, device, path):
     ("x.to(device, non_blocking=True)", "x.to(None, non_blocking=True)", "cuda"),
     ("x.to(device, non_blocking=True)", "x.to(device, non_blocking=False)", "cuda"),
     ("x.to(device, non_blocking=True)", "x.to(device, )", "cuda"),
-    ('== "cuda"', '!= "cuda"', "cuda"),
+    ('if device.type == "cuda":', 'if device.type != "cuda":', "cuda"),
     ("memory_format=torch.channels_last", "memory_format=None", "cuda"),
     ("torch.zeros(3, device=x.device)", "torch.zeros(3, )", "cuda"),
     ("votes.device != x.device", "votes.device == x.device", "cuda"),
     ("votes = votes.to(x.device)", "votes = None", "cuda"),
+    ('"nccl" if', '"XXncclXX" if', "cuda"),  # the GPU branch of a conditional expression
+    ('if device.type == "cuda" else', 'if device.type == "CUDA" else', "cuda"),
+    ('else "gloo"', 'else "XXglooXX"', None),  # its CPU branch is measured
+    ('"nccl" if device.type == "cuda" else', '"nccl" if device.type == "cuda" or True else', None),
     # what is computed: a rule must not hide these
     ("default=0.1", "default=1.1", None),
     ("type=float, ", "", None),
@@ -160,7 +165,7 @@ def test_mutant_kinds_reads_mutmuts_copies(tmp_path):
                body.replace("x_f__mutmut_orig", "x_f__mutmut_2").replace("x * 2", "x * 3"),
                "class Loss:" + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_orig").split("\n"))
                + "\n    ".join(body.replace("x_f__mutmut_orig", "xǁLossǁf__mutmut_1").split("\n")).replace(
-                   "device.type", "device.kind")]
+                   "device.type", "device.kind", 1)]
     (tmp_path / "mutants" / "utils" / "m.py").write_text(body + "".join(mutants))
     names = ["utils.m.x_f__mutmut_1", "utils.m.x_f__mutmut_2", "utils.m.xǁLossǁf__mutmut_1", "utils.gone.x_g__mutmut_1"]
     assert mutation.mutant_kinds(names, tmp_path) == {"utils.m.x_f__mutmut_1": "text",

@@ -171,10 +171,16 @@ def mutant_kind(original: ast.AST, mutant: ast.AST) -> Optional[str]:
         return None
     a, b, parents = found
     chain = parents + (a,)
-    if any(isinstance(n, ast.If) and any(isinstance(c, ast.Constant) and c.value == "cuda" or
-                                         isinstance(c, ast.Attribute) and c.attr in ("is_cuda", "device")
-                                         for c in ast.walk(n.test)) for n in chain):
+    def about_cuda(test: ast.AST) -> bool:
+        return any(isinstance(c, ast.Constant) and c.value == "cuda" or
+                   isinstance(c, ast.Attribute) and c.attr in ("is_cuda", "device") for c in ast.walk(test))
+
+    if any(isinstance(n, ast.If) and about_cuda(n.test) for n in chain):
         return "cuda"  # inside (or the test of) an `if device.type == "cuda":` or `if x.device != y.device:`
+    if any(isinstance(n, ast.IfExp) and about_cuda(n.test) and (chain[i + 1] is n.body or a is n.test.comparators[0]
+                                                                if isinstance(n.test, ast.Compare) else False)
+           for i, n in enumerate(chain[:-1])):
+        return "cuda"  # the GPU value of `X if device.type == "cuda" else Y`, or the "cuda" it compares with
     if isinstance(a, ast.Call) and isinstance(b, ast.Call) and len(a.keywords) != len(b.keywords):
         gone = {k.arg for k in a.keywords} ^ {k.arg for k in b.keywords}
         return None if not gone else "text" if gone <= TEXT_KEYWORDS else "cuda" if gone <= CUDA_KEYWORDS else None
