@@ -361,3 +361,16 @@ def test_read_rgb_names_a_damaged_file_and_pils_reason(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"^cannot read image .*bad\.jpg: cannot identify image file"):
         read_rgb(tmp_path / "bad.jpg")
+
+
+def test_read_rgb_names_the_error_type_when_the_error_has_no_message(tmp_path, monkeypatch):
+    from utils import datasets
+
+    (tmp_path / "x.jpg").write_bytes(b"whatever")
+
+    def silent_failure(*args, **kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(datasets.Image, "open", silent_failure)
+    with pytest.raises(ValueError, match=r"^cannot read image .*x\.jpg: OSError$"):
+        read_rgb(tmp_path / "x.jpg")

@@ -51,7 +51,7 @@ def read_rgb(path: PathLike) -> np.ndarray:
     except MemoryError:  # out of memory, not a damaged file: run_cli's one line and exit 3
         raise
     except Exception as exc:  # PIL raises many unrelated types for damaged files
-        raise ValueError("cannot read image {}: {}".format(path, exc or type(exc).__name__)) from exc
+        raise ValueError("cannot read image {}: {}".format(path, str(exc) or type(exc).__name__)) from exc
 
 
 def to_chw_uint8(array: np.ndarray) -> torch.Tensor:
