@@ -113,6 +113,8 @@ def f(parser, loader, x, device, path):
     print(f"loss {x.mean():.3f}", file=sys.stderr)
     log.write(json.dumps({"loss": 1}))
     print({"epoch": 1})
+    bar.set_postfix(loss="{:.4f}".format(x.item()))
+    run.begin("{} images, lr {:g}".format(len(loader), 0.1))
     return x * 2 + votes
 """
 
@@ -125,6 +127,8 @@ def f(parser, loader, x, device, path):
     ("format(len(loader))", "format(None)", "text"),  # a value shown in a progress label
     ('"error: {} is not an image"', '"XXerror: {} is not an imageXX"', "text"),
     ('f"loss {x.mean():.3f}"', 'f"XXloss {x.mean():.3f}XX"', "text"),
+    ('"{:.4f}"', '"XX{:.4f}XX"', "text"),  # a progress bar's label
+    ('"{} images, lr {:g}"', '"XX{} images, lr {:g}XX"', "text"),  # a run's start-up line
     ("x.to(device, non_blocking=True)", "x.to(None, non_blocking=True)", "cuda"),
     ("x.to(device, non_blocking=True)", "x.to(device, non_blocking=False)", "cuda"),
     ("x.to(device, non_blocking=True)", "x.to(device, )", "cuda"),
@@ -150,6 +154,8 @@ def f(parser, loader, x, device, path):
     ("return x * 2 + votes", "return None", None),
     ('{"loss": 1}', '{"XXlossXX": 1}', None),  # data written, not text
     ('{"epoch": 1}', '{"XXepochXX": 1}', None),
+    ("format(x.item())", "format(None)", "text"),  # a value shown in a progress label
+    ("format(len(loader), 0.1)", "format(len(loader), 1.1)", None),  # the start-up line's numbers are measured
 ])
 def test_a_mutant_is_set_apart_as_text_or_cuda_only_when_that_is_all_it_changes(before, after, kind):
     assert ORIGINAL.count(before) == 1

@@ -262,7 +262,7 @@ def test_snapshots_are_predicted_on_the_validation_tiles_of_the_report_names(tmp
 # ------------------------------------------------------------------------------------------------- fit()
 @pytest.mark.parametrize("shape", ["cosine", "poly"])
 def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_epochs(toy_p2, tmp_path,
-                                                                                         monkeypatch, shape):
+                                                                                         monkeypatch, capsys, shape):
     """p2_unet.py's whole epoch loop with training and evaluation replaced by recorders: the optimizer built from
     the flags, the per-step lr schedule (warm-up then cosine over every step of every epoch), the step counter
     carried across epochs, validation on the validation split, best.pth = the epoch of the highest val mIoU (not
@@ -286,6 +286,10 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
 
     monkeypatch.setattr(segmentation, "train_one_epoch", fake_train)
     monkeypatch.setattr(segmentation, "evaluate", fake_evaluate)
+    from utils import runlog
+    panels = []  # the curves drawn: the keys the log holds, in order
+    monkeypatch.setattr(runlog, "plot_curves", lambda records, keys, path, title="": panels.append(
+        [k for k in keys if any(r.get(k) is not None for r in records)]))
     out = tmp_path / "run"
     result = run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "3", "--batch-size", "4",
                                 "--crop-size", "32", "--min-scale", "0.5", "--color-jitter", "0.3", "--base-width",
@@ -295,6 +299,9 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
                                 "--snapshot-images", "0000_sat.jpg"])
     # 24 training tiles in batches of 4: 6 steps an epoch, 18 in all, 3 of warm-up
     assert [c["step"] for c in calls] == [0, 6, 12] and {c["batches"] for c in calls} == {6}
+    # the start-up line states the data, the batch and the (batch-scaled) lr the run really uses
+    assert "24 train / 8 val images, 1 process(es) x batch 4, lr 0.2, 3 epochs, device cpu" in capsys.readouterr().out
+    assert panels == [["train_loss", "val_miou", "lr"]] * 3 and result["epochs"] == 3
     assert {c["train_images"] for c in calls} == {24} and evaluated == [(8, 1.0), (8, 2.0), (8, 3.0)]
     # training: the training split through the flags' scale-and-crop and colour jitter; validation: whole tiles
     train_set = calls[0]["train_set"]
@@ -327,6 +334,11 @@ def test_fit_wires_the_recipe_keeps_the_best_miou_epoch_and_snapshots_the_asked_
     assert snap["epoch"] == 2 and float(snap["model"]["head.bias"][0]) == 2.0
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_002"]
     assert (out / "snapshots" / "epoch_002" / "0000_mask.png").is_file()
+    # the last epoch's resumable checkpoint carries what a resume needs: step, best so far, optimizer, scaler
+    last = torch.load(str(out / "checkpoint.pth"), weights_only=True)
+    assert (last["epoch"], last["step"], last["best_metric"], last["best_epoch"]) == (3, 18, 0.6, 2)
+    assert last["best_values"] == [0.6] * 6 and last["val_miou"] == 0.4
+    assert last["optimizer"]["param_groups"][0]["momentum"] == 0.8 and "scaler" in last
 
 
 def test_deeplab_no_aux_flag_builds_a_model_without_the_aux_head_and_its_loss():
@@ -356,3 +368,49 @@ def test_both_trainers_default_to_the_reports_recipe():
         ("sgd", 0.01, 0.9, 1e-4, "poly")
     assert (unet.optimizer, unet.lr, unet.weight_decay, unet.schedule) == ("adamw", 1e-3, 1e-4, "cosine")
     assert unet.drop_skip == [] and (unet.base_width, unet.depth, unet.bilinear) == (64, 4, False)
+
+
+def test_the_snapshot_grid_shows_each_tile_its_ground_truth_and_every_snapshot_epochs_mask(tmp_path, monkeypatch):
+    """snapshots.png, the report's figure: one column per snapshot tile that exists in validation/, rows input,
+    ground truth, then each epoch's predicted mask in epoch order, masks drawn in the graded palette; a missing
+    prediction leaves its panel empty rather than shifting the rows."""
+    import matplotlib.axes
+    from utils.masks import PALETTE, write_mask
+
+    val = tmp_path / "data" / "validation"
+    val.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tiles, truth = {}, {}
+    for k, image_id in enumerate(["0018", "0065"]):
+        tiles[image_id] = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(tiles[image_id]).save(str(val / (image_id + "_sat.png")))
+        (val / (image_id + "_sat.png")).rename(val / (image_id + "_sat.jpg"))  # lossless pixels under the .jpg name
+        truth[image_id] = np.full((6, 8), k, dtype=np.uint8)
+        write_mask(val / (image_id + "_mask.png"), truth[image_id])
+    preds = {}
+    out = tmp_path / "run"
+    for epoch in (10, 2):
+        folder = out / "snapshots" / "epoch_{:03d}".format(epoch)
+        folder.mkdir(parents=True)
+        for image_id in tiles:
+            if (image_id, epoch) == ("0065", 2):
+                continue  # this prediction is missing
+            preds[image_id, epoch] = np.full((6, 8), epoch % 7, dtype=np.uint8)
+            write_mask(folder / (image_id + "_mask.png"), preds[image_id, epoch])
+    drawn, titles = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, array, **kw: drawn.append(np.asarray(array)))
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: (titles.append(t),
+                                                                                 real_title(ax, t, **kw)))
+    args = SimpleNamespace(data_dir=str(tmp_path / "data"), snapshot_images=["0018_sat.jpg", "0099_sat.jpg",
+                                                                               "0065_sat.jpg"])
+    assert segmentation.draw_snapshot_grid(out, args) == out / "snapshots.png"
+    assert (out / "snapshots.png").is_file()
+    palette = np.asarray(PALETTE)
+    assert titles == ["0018: input", "ground truth", "epoch 2", "epoch 10",
+                      "0065: input", "ground truth", "epoch 2", "epoch 10"]
+    expected = [tiles["0018"], palette[truth["0018"]], palette[preds["0018", 2]], palette[preds["0018", 10]],
+                tiles["0065"], palette[truth["0065"]], palette[preds["0065", 10]]]
+    assert len(drawn) == len(expected)
+    for got, want in zip(drawn, expected):
+        assert got.shape == want.shape and (got == want).all()
