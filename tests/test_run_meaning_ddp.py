@@ -149,18 +149,23 @@ def test_every_rank_ends_validation_with_the_accuracy_of_the_whole_set(monkeypat
 def test_train_shards_under_torchrun_are_disjoint_equal_and_reshuffled_every_epoch(monkeypatch):
     world = FakeWorld(monkeypatch, 2)
 
-    def shards(rank):
-        sampler = dist_utils.train_sampler(list(range(9)), seed=4)
-        orders = []
-        for epoch in (1, 2):
-            dist_utils.start_epoch(sampler, 4, epoch)
-            orders.append([index for index, _ in sampler])
-        return orders
+    def shards(seed):
+        def one_rank(rank):
+            sampler = dist_utils.train_sampler(list(range(9)), seed=seed)
+            orders = []
+            for epoch in (1, 2):
+                dist_utils.start_epoch(sampler, seed, epoch)
+                orders.append([index for index, _ in sampler])
+            return orders
+        return one_rank
 
-    (a1, a2), (b1, b2) = world.run(shards)
+    (a1, a2), (b1, b2) = world.run(shards(4))
     for a, b in ((a1, b1), (a2, b2)):
         assert len(a) == len(b) == 4 and not set(a) & set(b)  # drop_last: 9 -> 2 x 4, no sample on both ranks
     assert a1 != a2 and b1 != b2
+    # the shuffle is the run's --seed's: the same seed replays it, other seeds give other orders
+    assert world.run(shards(4)) == [[a1, a2], [b1, b2]]
+    assert all(world.run(shards(seed))[0] != [a1, a2] for seed in (0, 5, 6))
 
 
 # --------------------------------------------------------------------------------------- lr and world size
@@ -229,3 +234,13 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(monkeypatch):
     assert not alone.requested(1)
     alone.signum = 2
     assert alone.requested(1)
+
+
+def test_unwrap_reaches_the_plain_model_inside_torch_compile():
+    """--compile wraps the model in an OptimizedModule; checkpoints and evaluation must see the plain model's
+    names (no ``_orig_mod.`` prefix) or a compiled run's best.pth would not load for grading."""
+    net = torch.nn.Linear(2, 2)
+    assert dist_utils.unwrap(net) is net
+    compiled = torch.compile(net)
+    assert compiled is not net and dist_utils.unwrap(compiled) is net
+    assert set(dist_utils.unwrap(compiled).state_dict()) == {"weight", "bias"}
