@@ -10,7 +10,6 @@ Nothing here touches the network unless the caller explicitly asks for ``"imagen
 than ``"none"`` is a local file path, and a file that cannot be loaded or does not match the model is an
 error naming the keys, never a silent fallback.
 """
-import inspect
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -261,14 +260,9 @@ def _preview(keys: Sequence[str], limit: int = 10) -> str:
     return "{} [{}{}]".format(len(keys), shown, more)
 
 
-def load_backbone_weights(
-    backbone: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    source: str = "the given state_dict",
-    arch: Optional[str] = None,
-) -> None:
-    """Load ``state_dict`` into ``backbone`` after checking key names and shapes match exactly."""
-    arch = arch or getattr(backbone, "arch", type(backbone).__name__)
+def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, Tensor], source: str, arch: str) -> None:
+    """Load ``state_dict`` into ``backbone`` after checking key names and shapes match exactly; an error names
+    ``source`` (where the weights came from) and ``arch``."""
     _check_state_dict(backbone.state_dict(), state_dict, "backbone weights from {}".format(source), arch)
     # a fresh dict carries no _metadata, so BatchNorm fills in any missing num_batches_tracked
     backbone.load_state_dict(OrderedDict(state_dict), strict=True)
@@ -419,16 +413,6 @@ def build_resnet_unet(encoder: str = "resnet34", num_classes: int = 7, drop_skip
 
 
 # --------------------------------------------------------------------------------- DeepLabV3 / V3+
-def _deeplab_head(in_channels: int, num_classes: int, rates: Sequence[int]) -> nn.Module:
-    """torchvision's DeepLabHead (ASPP + image pooling) with the given atrous rates."""
-    if "atrous_rates" in inspect.signature(DeepLabHead.__init__).parameters:
-        return DeepLabHead(in_channels, num_classes, atrous_rates=tuple(rates))
-    # older torchvision hard-codes (12, 24, 36); swapping the ASPP keeps the module names identical
-    head = DeepLabHead(in_channels, num_classes)
-    head[0] = ASPP(in_channels, list(rates))
-    return head
-
-
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ (Chen et al. 2018): DeepLabV3's ASPP on layer4, plus a decoder that joins the upsampled
     ASPP output with layer1's features (1x1 conv to 48 channels) through two 3x3 convs (256 channels), then
@@ -503,7 +487,7 @@ def build_deeplabv3(
     if plus:
         model = DeepLabV3Plus(features, num_classes, rates, aux_classifier)  # type: nn.Module
     else:
-        model = DeepLabV3(features, _deeplab_head(features.channels[4], num_classes, rates), aux_classifier)
+        model = DeepLabV3(features, DeepLabHead(features.channels[4], num_classes, atrous_rates=tuple(rates)), aux_classifier)
     if state is not None:
         load_deeplab_weights(model, state, source=source, arch="deeplabv3_" + encoder)
     return model
@@ -560,8 +544,7 @@ def _deeplab_loadable(model: nn.Module) -> Tuple[Callable[[str], bool], Dict[str
     return (lambda k: not k.startswith(DEEPLAB_FINAL_CONVS)), {}, dropped
 
 
-def load_deeplab_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the given state_dict",
-                         arch: str = "deeplabv3") -> None:
+def load_deeplab_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str, arch: str) -> None:
     """Load a torchvision DeepLabV3 state_dict (any number of classes) into a DeepLabV3 / DeepLabV3+ of ours.
 
     The file's final 1x1 convs (``classifier.4``, ``aux_classifier.4``) are dropped and stay as initialised;
@@ -582,11 +565,7 @@ def load_deeplab_weights(model: nn.Module, state_dict: Mapping[str, Tensor], sou
     own = model.state_dict()
     expected = OrderedDict((k, v) for k, v in own.items() if loadable(k))
     _check_state_dict(expected, state, "DeepLabV3 weights from {}".format(source), arch)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    left = sorted(k for k in missing if loadable(k) and not k.endswith("num_batches_tracked"))
-    if unexpected or left:  # cannot happen after the check above; a guard against a torch behaviour change
-        raise ValueError("DeepLabV3 weights from {} did not load: missing {} unexpected {}".format(
-            source, _preview(left), _preview(sorted(unexpected))))
+    model.load_state_dict(state, strict=False)  # the check above: every loadable key is there, nothing else
 
 
 # -------------------------------------------------------------------------------------------- FCN32s
