@@ -527,3 +527,16 @@ def test_resnet_unet_encoder_weights_from_path_key_by_key(tmp_path, no_network):
         build_seg_model({"arch": "unet", "encoder": "resnet34", "backbone_weights": str(tmp_path / "bad34.pth")})
     with pytest.raises(ValueError, match=r"unknown U-Net encoder 'resnet101'"):
         build_seg_model({"arch": "unet", "encoder": "resnet101"})
+
+
+def test_classifier_backbones_are_torchvisions_resnets_without_fc_and_others_are_named():
+    from utils.models import build_resnet_backbone
+
+    for arch, dim in (("resnet18", 512), ("resnet50", 2048)):
+        net = build_resnet_backbone(arch)
+        assert net.feature_dim == dim and isinstance(net.fc, torch.nn.Identity)
+        reference = set(getattr(torchvision.models, arch)(weights=None).state_dict())
+        assert set(net.state_dict()) == {k for k in reference if not k.startswith("fc.")}
+    with pytest.raises(ValueError, match=r"^unknown backbone 'vit_b_16'; choose from \['resnet18', 'resnet34', "
+                                         r"'resnet50', 'resnet101'\]$"):
+        build_resnet_backbone("vit_b_16")
