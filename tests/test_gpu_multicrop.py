@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from utils import gpu_multicrop
 from utils.datasets import InMemoryImages
 from utils.gpu_multicrop import (BatchedMultiCrop, _adjust_hue_, batched_blur_kernel_sizes,
                                  batched_params_from_uniforms)
@@ -39,7 +40,10 @@ RECIPE = {
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: these small ops only lose from threading on a busy 2-core machine."""
+    """One intra-op thread: these small ops only lose from threading on a busy 2-core machine. Each test also
+    computes the module's constants afresh (mutation testing forks every run from one process: a cache filled
+    there would hide a wrong constant)."""
+    gpu_multicrop._DEVICE_CONSTANTS.clear()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

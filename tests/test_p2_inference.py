@@ -472,6 +472,8 @@ def test_tiled_prediction_averages_the_windows_and_one_window_is_the_whole_image
     assert count.min() >= 1 and count.max() > 1
     assert torch.equal(tiled, (total / count).argmax(0).to(torch.uint8))
     assert (tiled != whole).any()  # windows see less context: the check above is not the whole-image one
+    with pytest.raises(ValueError, match=r"^predict_tiled takes one image \(1, 3, H, W\), got shape \(3, 45, 70\)$"):
+        predict_tiled(members, image[0], None, True, (1.0,), tile=24, overlap=6)
 
 
 def test_p2_inference_tiles_large_images_to_their_exact_size(toy_p2, random_unet, tmp_path):

@@ -130,7 +130,7 @@ def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], 
 
         def finish(rows: int) -> None:
             nonlocal top, total, count
-            if total is not None and rows > 0:
+            if rows > 0:  # (the first window's rows are 0: nothing summed yet)
                 out[top:top + rows] = (total[:, :rows] / count[:rows]).argmax(0).to(torch.uint8)
                 total, count, top = total[:, rows:], count[rows:], top + rows
 
