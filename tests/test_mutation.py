@@ -1,6 +1,7 @@
 """tools/mutation.py: the semantic mutants stay applicable and name real tests; the runner tells a killed mutant from
 a survivor; mutmut's results become the right per-module counts."""
 import ast
+import re
 import os
 import subprocess
 import sys
@@ -203,6 +204,36 @@ def test_the_sample_draws_n_of_each_module_and_the_seed_repeats_it():
     assert first == mutation.sample_names(results, 5, seed=1) != mutation.sample_names(results, 5, seed=2)
     assert sum(n.startswith("utils.knn.") for n in first) == 5
     assert sum(n.startswith("utils.dino.") for n in first) == 3  # all there are
+
+
+def test_a_sample_runs_only_the_mutants_that_count_and_tables_all_it_drew(monkeypatch, capsys):
+    """Text, CUDA-only and listed-equivalent mutants stay out of the rate, so a sample does not spend hours running
+    them; they still appear in the sample's table. A sample made only of those runs nothing (mutmut given no name
+    would run every mutant)."""
+    drawn = ["utils.knn.x_f__mutmut_{}".format(i) for i in range(1, 5)]
+    calls = []
+
+    def fake_run(cmd, cwd=None, env=None, check=True, capture_output=False, text=False):
+        calls.append(cmd[1:])
+        status = {"utils.knn.x_f__mutmut_1": "killed", "utils.knn.x_f__mutmut_2": "survived"}
+        out = "\n".join("    {}: {}".format(n, status.get(n, "not checked")) for n in drawn)
+        return subprocess.CompletedProcess(cmd, 0, stdout=out if capture_output else None)
+
+    monkeypatch.setattr(mutation.shutil, "which", lambda name: "/bin/" + name)
+    monkeypatch.setattr(mutation.subprocess, "run", fake_run)
+    monkeypatch.setattr(mutation, "sample_names", lambda results, n, seed: list(drawn))
+    text, same = drawn[2], drawn[3]
+    monkeypatch.setattr(mutation, "mutant_kinds", lambda names, where: {text: "text"})
+    monkeypatch.setattr(mutation, "equivalents", lambda: {same: "same values"})
+    mutation.library(mutation.get_args_parser().parse_args(["library", "--sample", "4"]))
+    runs = [c for c in calls if c[0] == "run"]
+    assert runs[1] == ["run", "--max-children", "2"] + drawn[:2]
+    rows = capsys.readouterr().out
+    assert re.search(r"utils\.knn\s+4\s+1\s+1\s+1\s+1\s+0\s+50\.0%", rows)
+    calls.clear()
+    drawn[:2] = []
+    mutation.library(mutation.get_args_parser().parse_args(["library", "--sample", "4"]))
+    assert [c for c in calls if c[0] == "run"] == [["run", "--max-children", "2", "no-mutant-has-this-name"]]
 
 
 def test_the_hook_runs_a_scripts_mutant_in_the_script_and_reports_what_it_reached(tmp_path, repo_root):

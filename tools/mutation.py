@@ -301,7 +301,8 @@ def focused_copy(dest: Path, source: Sequence[str], tests: Sequence[str]) -> Pat
 def library(args: argparse.Namespace) -> None:
     """``mutmut run`` (one thread per test process), then the per-module table of all its results. With
     ``--sample N``: mutmut first generates the mutants and maps the tests (a run that matches no mutant name), then
-    runs N mutants of each module drawn with ``--seed``. With ``--source``/``--tests``: all of it in a scratch copy
+    runs N mutants of each module drawn with ``--seed`` (not those a rule or equivalent.txt sets apart: they stay
+    out of the rate, run or not). With ``--source``/``--tests``: all of it in a scratch copy
     that mutates only those modules and runs only those tests (a lower bound of the default suite's kill rate, in
     minutes rather than hours); the survivors' diffs are printed, since the copy goes."""
     if shutil.which("mutmut") is None:
@@ -328,8 +329,11 @@ def library(args: argparse.Namespace) -> None:
             results = mutmut("results", "--all", "true", capture_output=True, text=True)
             names = sample_names(results, args.sample, args.seed)
             names = [n for n in names if not args.names or any(fnmatch.fnmatch(n, g) for g in args.names)]
-        if not args.table_only:
-            mutmut("run", "--max-children", str(args.jobs), *names)
+        # what a rule sets apart or equivalent.txt lists is left out of the rate: a sample need not run it
+        skip = set(mutant_kinds(names, where)) | set(equivalents()) if args.sample else set()
+        run = [n for n in names if n not in skip]
+        if not args.table_only and (run or not args.sample):  # (no names at all would run every mutant)
+            mutmut("run", "--max-children", str(args.jobs), *run)
         results = mutmut("results", "--all", "true", capture_output=True, text=True)
         if args.sample:  # the table of the sample alone
             wanted = set(names)
@@ -364,7 +368,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                      "for `mutmut show` and `table --workdir` afterwards (default: a temporary folder)")
     table = sub.add_parser("table", help="the per-module table of mutmut's last results (no run)")
     table.add_argument("--workdir", type=Path, help="a folder kept by `library --workdir` (default: the tree)")
-    table.set_defaults(names=[], jobs=2, sample=0, seed=0, source=[], tests=[])
+    table.set_defaults(names=[], jobs=2, sample=0, seed=0, source=[], tests=[], table_only=True)
+    lib.set_defaults(table_only=False)
     return parser
 
 
@@ -373,7 +378,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "semantic":
         outcome = semantic(args)
         return 1 if "survived" in outcome.values() else 0
-    args.table_only = args.command == "table"
     library(args)
     return 0
 
