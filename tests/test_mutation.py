@@ -255,3 +255,11 @@ def test_the_hook_runs_a_scripts_mutant_in_the_script_and_reports_what_it_reache
     env.update(MUTANT_UNDER_TEST="stats", HW1_MUTMUT_HITS=str(hits))
     subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
     assert sorted(hits.read_text().split()) == ["p9.x_main", "utils.knn.x_f"]
+    # a script started from another folder (hw1_2.sh from anywhere): mutmut's setup.cfg is still the tree's, and the
+    # script's own working folder is left as it was
+    (tmp_path / "elsewhere").mkdir()
+    script.write_text("import os\nimport utils\nfrom mutmut.configuration import config\n"
+                      "print(os.getcwd(), 'utils' in [str(p) for p in config().source_paths])\n")
+    out = subprocess.run([sys.executable, str(script)], env=env, cwd=str(tmp_path / "elsewhere"), capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == [str(tmp_path / "elsewhere"), "True"]
