@@ -228,6 +228,7 @@ def test_segmentation_dataset_size_mismatch(tmp_path):
         SegmentationDataset(tmp_path)
     message = str(info.value)
     assert "0000_sat.jpg" in message and "0000_mask.png" in message
+    assert "0000_mask.png is 8x16 but its image {} is 16x16".format(image) in message  # width x height of each
 
 
 def test_segmentation_dataset_valid_pair(tmp_path):
@@ -266,7 +267,12 @@ def test_list_input_images_includes_every_image_beside_the_sat_jpgs(tmp_path, ca
     assert [p.name for p in list_input_images(tmp_path)] == ["0000_sat.jpg", "0001_sat.jpg", "0102_sat.png",
                                                              "0103_SAT.JPG", "extra.jpg", "other.png"]
     err = capsys.readouterr().err
-    assert err.startswith("warning: ignoring 1 file(s)") and "notes.txt" in err
+    assert err == "warning: ignoring 1 file(s) in {} that are not .jpg/.jpeg/.png images: notes.txt\n".format(tmp_path)
+    for k in range(6):  # six more: five named, then " ..."
+        (tmp_path / "n{}.txt".format(k)).write_text("x")
+    assert len(list_input_images(str(tmp_path))) == 6
+    assert capsys.readouterr().err == ("warning: ignoring 7 file(s) in {} that are not .jpg/.jpeg/.png images: n0.txt, "
+                                       "n1.txt, n2.txt, n3.txt, n4.txt ...\n".format(tmp_path))
 
 
 def test_list_input_images_without_sat(tmp_path):
@@ -374,3 +380,34 @@ def test_read_rgb_names_the_error_type_when_the_error_has_no_message(tmp_path, m
     monkeypatch.setattr(datasets.Image, "open", silent_failure)
     with pytest.raises(ValueError, match=r"^cannot read image .*x\.jpg: OSError$"):
         read_rgb(tmp_path / "x.jpg")
+
+
+def test_unusable_items_are_counted_and_the_first_five_named_on_stderr_or_in_the_error(capsys):
+    from utils.datasets import verify_items
+
+    def check(i):
+        if i % 4:
+            raise ValueError("item {} is broken".format(i))
+
+    items = list(range(9))  # 1, 2, 3, 5, 6, 7 are broken: six of nine
+    listing = "item 1 is broken; item 2 is broken; item 3 is broken; item 5 is broken; item 6 is broken (and 1 more)"
+    assert verify_items(items, check, "things", strict=False, workers=3) == [0, 4, 8]
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ("warning: skipping 6 of 9 things that cannot be used (--strict makes this an "
+                                         "error): {}\n".format(listing))
+    with pytest.raises(ValueError, match=r"^6 of 9 things cannot be used: {}$".format(listing.replace("(", r"\(")
+                                                                                      .replace(")", r"\)"))):
+        verify_items(items, check, "things", strict=True)
+    assert verify_items(items[:6:4], check, "things", strict=False) == [0, 1]  # five or fewer: no "more"
+    with pytest.raises(ValueError, match=r"^2 of 2 things cannot be used: item 1 is broken; item 2 is broken$"):
+        verify_items([1, 2], check, "things", strict=False)  # none usable: an error even without --strict
+    assert capsys.readouterr().err == ""
+
+
+def test_two_images_that_would_write_one_mask_are_named_together():
+    from utils.datasets import mask_names_for
+
+    with pytest.raises(ValueError, match=r"^2 mask name\(s\) would be written by more than one image of d: a_mask\.png "
+                                         r"\(a\.jpg, a_sat\.png\); b_mask\.png \(b\.jpg, b\.png\); rename"):
+        mask_names_for([Path("d/a.jpg"), Path("d/a_sat.png"), Path("d/b.jpg"), Path("d/b.png"), Path("d/c.jpg")])
+    assert mask_names_for([Path("d/0001_sat.jpg"), Path("d/x.png")]) == ["0001_mask.png", "x_mask.png"]
