@@ -411,3 +411,81 @@ def test_two_images_that_would_write_one_mask_are_named_together():
                                          r"\(a\.jpg, a_sat\.png\); b_mask\.png \(b\.jpg, b\.png\); rename"):
         mask_names_for([Path("d/a.jpg"), Path("d/a_sat.png"), Path("d/b.jpg"), Path("d/b.png"), Path("d/c.jpg")])
     assert mask_names_for([Path("d/0001_sat.jpg"), Path("d/x.png")]) == ["0001_mask.png", "x_mask.png"]
+
+
+# ------------------------------------------------------------------------------------------- image csvs
+def test_image_csv_rows_labels_lines_and_odd_headers(tmp_path, capsys):
+    """The course's csv (id,filename,label) in any header spelling; 'None', 'nan', '-1' and empty are unlabeled (the
+    hidden test csv); each row keeps its physical line for the messages; all-empty rows are no rows."""
+    from utils.datasets import read_image_csv
+
+    path = tmp_path / "val.csv"
+    path.write_text("\ufeff ID , FileName ,Label\n0,a.jpg,3\n\n1,sub/b.jpg,None\n,,\n2,c.jpg,nan\n3,d.jpg,-1\n"
+                    "4,e.jpg,\n5,f.jpg,4.0\n")
+    rows = read_image_csv(path, num_classes=5)
+    assert [(r.row, r.id, r.filename, r.label, r.line) for r in rows] == [
+        (0, "0", "a.jpg", 3, 2), (1, "1", "b.jpg", None, 4), (2, "2", "c.jpg", None, 6), (3, "3", "d.jpg", None, 7),
+        (4, "4", "e.jpg", None, 8), (5, "5", "f.jpg", 4, 9)]
+    assert capsys.readouterr().err == ""
+    path.write_text("filename,label\na.jpg,NONE\nb.jpg,NaN\n")  # any case
+    assert [(r.id, r.label) for r in read_image_csv(path)] == [("0", None), ("1", None)]
+
+
+def test_image_csv_bad_labels_empty_filenames_and_duplicates_are_named_by_line(tmp_path, capsys):
+    from utils.datasets import read_image_csv
+
+    path = tmp_path / "train.csv"
+    path.write_text("id,filename,label\n0,a.jpg,1\n1,b.jpg,cat\n2,c.jpg,9\n")
+    with pytest.raises(ValueError, match=r"^csv {} line 3: label 'cat' is not an integer$".format(path)):
+        read_image_csv(path, num_classes=5)
+    rows = read_image_csv(path, num_classes=5, bad_labels="warn")  # inference: predicted, not scored
+    assert [r.label for r in rows] == [1, None, None]
+    assert capsys.readouterr().err == ("warning: csv {}: 2 row(s) without a usable label are predicted but not scored: "
+                                       "line 3: label 'cat' is not an integer; line 4: label 9 outside 0..4\n"
+                                       .format(path))
+    path.write_text("id,filename,label\n0,a.jpg,1\n1,,2\n")
+    with pytest.raises(ValueError, match=r"^csv {} line 3: empty filename$".format(path)):
+        read_image_csv(path)
+    path.write_text("id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n2,a.jpg,0\n")
+    with pytest.raises(ValueError, match=r"^csv {} lines 2 and 4: duplicate filename 'a.jpg'$".format(path)):
+        read_image_csv(path)
+    assert len(read_image_csv(path, duplicates="warn")) == 3
+    assert capsys.readouterr().err == "warning: csv {} lines 2 and 4: duplicate filename 'a.jpg'\n".format(path)
+
+
+def test_a_latin1_csv_is_read_with_a_warning_naming_the_line_and_byte(tmp_path, capsys):
+    from utils.datasets import read_image_csv
+
+    path = tmp_path / "val.csv"
+    path.write_bytes(b"id,filename,label\n0,a.jpg,1\n1,caf\xe9.jpg,2\n")
+    assert [r.filename for r in read_image_csv(path)] == ["a.jpg", "caf\u00e9.jpg"]
+    assert capsys.readouterr().err == ("warning: csv {} is not UTF-8 (line 3: byte 0xe9); reading it as Latin-1\n"
+                                       .format(path))
+
+
+def test_csv_images_need_labels_for_training_and_give_image_label_pairs(tmp_path):
+    from utils.datasets import CsvImages, to_chw_uint8
+
+    _write_jpg(tmp_path / "a.jpg", _blocks(8, 8))
+    _write_jpg(tmp_path / "b.jpg", _blocks(8, 8))
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("id,filename,label\n0,a.jpg,2\n1,b.jpg,\n")
+    with pytest.raises(ValueError, match=r"has rows without a label \(lines \[3\]\); training and probing need"):
+        CsvImages(csv_path, tmp_path)
+    ds = CsvImages(csv_path, tmp_path, transform=lambda x: x.float() / 255, require_labels=False)
+    assert ds.labels == [2, -1] and len(ds) == 2
+    image, label = ds[0]
+    assert label == 2 and image.dtype == torch.float32 and image.shape == (3, 8, 8)
+    assert torch.equal(image, to_chw_uint8(read_rgb(tmp_path / "a.jpg")).float() / 255)
+    assert ds[1][1] == -1
+
+
+def test_unlabeled_images_apply_the_transform_when_given(tmp_path):
+    from utils.datasets import UnlabeledImages
+
+    _write_jpg(tmp_path / "b.jpg", _blocks(8, 8))
+    _write_jpg(tmp_path / "a.jpg", _blocks(8, 8))
+    (tmp_path / "notes.txt").write_text("x")
+    raw = UnlabeledImages(tmp_path)
+    assert [p.name for p in raw.files] == ["a.jpg", "b.jpg"] and raw[0].dtype == torch.uint8
+    assert torch.equal(UnlabeledImages(tmp_path, transform=lambda x: x[:1])[0], raw[0][:1])

@@ -140,7 +140,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.folder = Path(folder)
         self.pairs = list_satellite_pairs(self.folder)
         if verify:
-            keep = verify_items(self.pairs, _check_pair, "image/mask pairs in {}".format(self.folder), strict)
+            keep = verify_items(self.pairs, _check_pair, what="image/mask pairs in {}".format(self.folder),
+                                strict=strict)
             self.pairs = [self.pairs[i] for i in keep]
         else:
             check_pair_sizes(self.pairs)
@@ -248,7 +249,7 @@ class UnlabeledImages(torch.utils.data.Dataset):
         if max_images is not None:
             self.files = self.files[:max_images]
         if verify:
-            keep = verify_items(self.files, read_rgb, "images in {}".format(folder), strict)
+            keep = verify_items(self.files, read_rgb, what="images in {}".format(folder), strict=strict)
             self.files = [self.files[i] for i in keep]
         self.transform = transform
 
@@ -379,7 +380,7 @@ class CsvImages(torch.utils.data.Dataset):
                                  "labels".format(csv_path, unlabeled[:5]))
         if verify:
             keep = verify_items([self.image_dir / r.filename for r in self.rows], read_rgb,
-                                "images listed in {}".format(csv_path), strict)
+                                what="images listed in {}".format(csv_path), strict=strict)
             self.rows = [self.rows[i] for i in keep]
         self.transform = transform
 
