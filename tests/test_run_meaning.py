@@ -249,7 +249,8 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_kept_checkpoint(tmp_path,
 
 def test_checkpoints_with_infinite_weights_are_refused_as_well_as_nan(tmp_path):
     for value in (float("inf"), float("-inf"), float("nan")):
-        with pytest.raises(ValueError, match="non-finite weights .* in 1 tensor"):
+        with pytest.raises(ValueError, match=r"^checkpoint .*c\.pth holds non-finite weights \(NaN/inf\) in 1 "
+                                             r"tensor\(s\), e\.g\. bad: the run"):
             check_finite_weights({"ok": torch.zeros(2), "bad": torch.tensor([0.0, value])}, tmp_path / "c.pth")
     check_finite_weights({"ok": torch.zeros(2), "steps": torch.tensor([3])}, tmp_path / "c.pth")
 
@@ -301,3 +302,35 @@ def test_a_run_seeds_torch_numpy_and_python_from_its_seed(tmp_path):
 
     assert draws(3) == draws(3)
     assert all(a != b for a, b in zip(draws(3), draws(4)))
+
+
+def test_a_first_signal_asks_for_a_stop_on_stderr_and_a_second_aborts(capsys):
+    import signal
+
+    from utils.lifecycle import StopRequest
+
+    stop = StopRequest(every=1)
+    stop._handle(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGTERM
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ("\nSIGTERM received: finishing this step, saving a checkpoint, then stopping "
+                                         "(send it again to abort)\n")
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("answer, expected", [(True, True), (False, False), (AttributeError, False),
+                                              (RuntimeError, False)])
+def test_cpu_bf16_is_used_only_where_onednn_says_it_has_the_kernels(monkeypatch, answer, expected):
+    from utils import precision
+
+    def ask():
+        if isinstance(answer, type):
+            raise answer("no mkldnn")
+        return answer
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", ask, raising=False)
+    assert precision.cpu_bf16_supported() is expected
+    cpu = torch.device("cpu")
+    assert precision.amp_dtype(cpu, True, cpu=True) == (torch.bfloat16 if expected else None)
+    assert precision.amp_dtype(cpu, True) is None and precision.amp_dtype(cpu, False, cpu=True) is None
