@@ -98,6 +98,9 @@ def test_custom_sizes_and_no_local_views(global_size, local_size, num_local):
     aug = MultiCropAugmentation(global_size=global_size, local_size=local_size, num_local=num_local, seed=1)
     for seed in range(3):
         check_views(aug(random_image(seed=seed)), global_size, local_size, num_local)
+    # what a log shows of it: the view count, both sizes (no local size without local views) and the seed
+    assert repr(aug) == "MultiCropAugmentation(views={}, global_size={}, local_size={}, seed=1)".format(
+        2 + num_local, global_size, local_size if num_local else None)
 
 
 def test_pil_and_tensor_inputs_give_the_same_views():
