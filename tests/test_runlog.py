@@ -52,3 +52,16 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(SystemExit, match="pip install tensorboard"):
         RunLog(tmp_path, tensorboard=True)
+
+
+@pytest.mark.parametrize("rank, env, shown", [(0, "", True), (0, "0", True), (1, "", False), (0, "1", False)])
+def test_the_progress_bar_shows_on_the_main_process_only_unless_tqdm_disable(monkeypatch, rank, env, shown):
+    import torch.distributed as dist
+
+    from utils.runlog import progress
+
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
+    bar = progress(range(3), desc="epoch 1/2")
+    assert bar.disable is not shown and list(bar) == [0, 1, 2]  # (a finished bar is closed: disable then)
