@@ -489,3 +489,12 @@ def test_unlabeled_images_apply_the_transform_when_given(tmp_path):
     raw = UnlabeledImages(tmp_path)
     assert [p.name for p in raw.files] == ["a.jpg", "b.jpg"] and raw[0].dtype == torch.uint8
     assert torch.equal(UnlabeledImages(tmp_path, transform=lambda x: x[:1])[0], raw[0][:1])
+
+
+def test_a_missing_folder_is_named():
+    from utils.datasets import list_images
+
+    with pytest.raises(FileNotFoundError, match=r"^input folder not found: nowhere/p2$"):
+        list_input_images("nowhere/p2")
+    with pytest.raises(FileNotFoundError, match=r"^image folder not found: nowhere/mini$"):
+        list_images("nowhere/mini")
