@@ -106,3 +106,19 @@ def test_script_specific_nonsense_flags_are_usage_errors_naming_the_flag(script,
         parser.parse_args(argv)
     assert info.value.code == 2
     assert "argument {}".format(argv[0]) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, given, missing", [
+    ("p1_tsne", [], ["--checkpoints"]),
+    ("p1_inference", ["--image-dir", "x"], ["--csv", "--output"]),
+    ("p1_inference", ["--csv", "x.csv", "--output", "o.csv"], ["--image-dir"]),
+    ("p2_inference", [], ["--input-dir", "--output-dir"]),
+])
+def test_a_missing_required_flag_is_a_usage_error_naming_it(script, given, missing, capsys):
+    """What a run cannot guess (which checkpoints to embed, which csv to answer, where the masks go) is asked for
+    by name before anything is loaded."""
+    parser = importlib.import_module(script).get_args_parser()
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(given)
+    assert info.value.code == 2
+    assert "the following arguments are required: {}".format(", ".join(missing)) in capsys.readouterr().err

@@ -101,6 +101,8 @@ def test_library_table_counts_per_module_with_equivalents_left_out(monkeypatch, 
 ORIGINAL = """
 def f(parser, loader, x, device, path):
     parser.add_argument("--lr", type=float, default=0.1, help="the learning rate")
+    add_flag(parser, "--encoder", "none", "the classic U-Net", choices=("none", "resnet34"))
+    parser2 = argparse.ArgumentParser(description="Train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for batch in progress(loader, desc="epoch {}".format(len(loader)), leave=False):
         x = x.to(device, non_blocking=True)
     if device.type == "cuda":
@@ -129,6 +131,10 @@ def f(parser, loader, x, device, path):
     ('"error: {} is not an image"', '"XXerror: {} is not an imageXX"', "text"),
     ('f"loss {x.mean():.3f}"', 'f"XXloss {x.mean():.3f}XX"', "text"),
     ('"{:.4f}"', '"XX{:.4f}XX"', "text"),  # a progress bar's label
+    ('"the classic U-Net"', '"THE CLASSIC U-NET"', "text"),  # add_flag's positional help
+    ('choices=("none", "resnet34")', 'choices=("none", "XXresnet34XX")', None),  # its choices are measured
+    ('"--encoder", "none"', '"--encoder", "XXnoneXX"', None),  # and its default
+    (", formatter_class=argparse.ArgumentDefaultsHelpFormatter", "", "text"),  # only how --help looks
     ('"{} images, lr {:g}"', '"XX{} images, lr {:g}XX"', "text"),  # a run's start-up line
     ("x.to(device, non_blocking=True)", "x.to(None, non_blocking=True)", "cuda"),
     ("x.to(device, non_blocking=True)", "x.to(device, non_blocking=False)", "cuda"),

@@ -101,6 +101,9 @@ def test_accuracy_equals_an_independent_computation(p1, tmp_path, capsys):
     accuracy = sum(p == int(r["label"]) for p, r in zip(expected, rows)) / len(rows)
     assert result["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert "accuracy {:.4f} on 20 image(s)".format(accuracy) in capsys.readouterr().out
+    args.output = tmp_path  # an existing folder where the csv should go: named, before any work
+    with pytest.raises(ValueError, match=r"^output {} is a folder; give a csv file path$".format(tmp_path)):
+        p1_inference.main(args)
 
 
 def test_a_bad_label_at_inference_is_a_warning_naming_the_line_and_the_row_is_predicted(p1, tmp_path, repo_root):

@@ -113,6 +113,7 @@ def test_max_images_subset_and_default_titles(toy, tmp_path):
                           "--device", "cpu", "--workers", "0", "--max-images", "10", "--pca-dim", "0"])
     record = result["checkpoints"][0]
     assert record["name"] == "setting C, epoch {}".format(TRAIN_STEPS)
+    assert (record["setting"], record["epoch"], record["checkpoint"]) == ("C", TRAIN_STEPS, str(toy["trained"]))
     assert record["num_images"] == 10 and record["pca_dim"] == 32  # --pca-dim 0: the raw 32-d features
     assert record["perplexity"] == pytest.approx(3.0)  # capped at (N-1)/3
     with np.load(str(out / "tsne_coords.npz"), allow_pickle=False) as npz:
@@ -137,6 +138,8 @@ def test_loo_knn_leaves_the_point_itself_out():
     # every point alone in its class: with the point itself counted the accuracy would be 1
     feats = np.eye(6)
     assert p1_tsne.loo_knn_accuracy(feats, np.arange(6), k=1) == 0.0
+    with pytest.raises(ValueError, match=r"^k-NN accuracy needs at least 2 points, got 1$"):
+        p1_tsne.loo_knn_accuracy(feats[:1], np.arange(1), k=5)  # one point has no other to vote
     # two tight clusters in different directions: every neighbour agrees; cosine ignores the scale
     rng = np.random.default_rng(0)
     a = np.array([1.0, 0.0]) + 0.01 * rng.standard_normal((5, 2))

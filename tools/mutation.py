@@ -134,7 +134,10 @@ def semantic(args: argparse.Namespace) -> Dict[str, str]:
 #   cuda: only where tensors live or what runs on a CUDA device; equivalent on the CPU that runs the suite.
 # (`what=` is the noun utils/fileio.py puts in its messages: "cannot write mask ..."; `begin` is Run.begin, which
 # prints a run's start-up line; `set_postfix`/`set_description` are a progress bar's label)
-TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "what"}
+TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "what",
+                 "formatter_class", "more"}
+# utils.cli.add_flag(parser, name, default, more): its 4th argument is help text too
+TEXT_ARGUMENTS = {"add_flag": 3}
 CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory"}
 MESSAGE_CALL = re.compile(r"^(print|warn|error|exit|begin|.*Exit|.*Error|.*Exception|.*Warning)$")
 DISPLAY_CALL = {"set_postfix", "set_postfix_str", "set_description"}
@@ -195,6 +198,9 @@ def mutant_kind(original: ast.AST, mutant: ast.AST) -> Optional[str]:
         return "cuda"
     is_text = (isinstance(a, ast.JoinedStr) or isinstance(a, ast.Constant) and isinstance(a.value, str) or
                any(isinstance(n, ast.JoinedStr) for n in parents)) and not any(isinstance(n, ast.Dict) for n in parents)
+    if any(isinstance(n, ast.Call) and _callee(n) in TEXT_ARGUMENTS and chain[i + 1] in n.args[TEXT_ARGUMENTS[
+            _callee(n)]:] for i, n in enumerate(chain[:-1])):
+        return "text"  # add_flag's help text, given positionally
     if keyword in TEXT_KEYWORDS or any(isinstance(n, ast.Call) and _callee(n) in DISPLAY_CALL for n in parents):
         return "text"  # anything inside help=..., desc=..., bar.set_postfix(...): what is shown, not computed
     if is_text and any(isinstance(n, ast.Call) and MESSAGE_CALL.match(_callee(n)) for n in parents):
