@@ -410,3 +410,20 @@ def test_six_tensors_of_other_shapes_are_named_three(tmp_path):
     save_atomic(make_checkpoint("seq", {"arch": "seq"}, wrong), tmp_path / "shapes.pt")
     with pytest.raises(ValueError, match=r"other shapes \['0\.bias', '0\.weight', '1\.bias'\]$"):
         checkpoint.load_model(tmp_path / "shapes.pt", "seq", build, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("error, shown", [(EOFError(), "(EOFError)"), (KeyError(), "(KeyError)"),
+                                          (RuntimeError("PytorchStreamReader failed\nmore"),
+                                           "(RuntimeError: PytorchStreamReader failed)")])
+def test_a_load_error_is_named_by_its_type_and_first_line_even_without_a_message(tmp_path, monkeypatch, error,
+                                                                                    shown):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"w": torch.ones(1)}, path)
+
+    def broken_load(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "load", broken_load)
+    with pytest.raises(ValueError) as info:
+        load_safe(path)
+    assert str(info.value) == "cannot load checkpoint {}: corrupt or truncated {}".format(path, shown)

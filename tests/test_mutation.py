@@ -115,6 +115,7 @@ def f(parser, loader, x, device, path):
         raise SystemExit("error: {} is not an image".format(path))
     print(f"loss {x.mean():.3f}", file=sys.stderr)
     log.write(json.dumps({"loss": 1}))
+    state = torch.load(path, map_location="cpu", weights_only=True)
     print({"epoch": 1})
     bar.set_postfix(loss="{:.4f}".format(x.item()))
     run.begin("{} images, lr {:g}".format(len(loader), 0.1))
@@ -141,6 +142,8 @@ def f(parser, loader, x, device, path):
     ("x.to(device, non_blocking=True)", "x.to(device, )", "cuda"),
     ('if device.type == "cuda":', 'if device.type != "cuda":', "cuda"),
     ("memory_format=torch.channels_last", "memory_format=None", "cuda"),
+    ('map_location="cpu", ', "", "cuda"),  # where a saved tensor is put: the CPU, there
+    (", weights_only=True", "", None),  # what a load accepts is measured
     ("torch.zeros(3, device=x.device)", "torch.zeros(3, )", "cuda"),
     ("votes.device != x.device", "votes.device == x.device", "cuda"),
     ("votes = votes.to(x.device)", "votes = None", "cuda"),

@@ -138,7 +138,7 @@ TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "u
                  "formatter_class", "more"}
 # utils.cli.add_flag(parser, name, default, more): its 4th argument is help text too
 TEXT_ARGUMENTS = {"add_flag": 3}
-CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory"}
+CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory", "map_location"}
 MESSAGE_CALL = re.compile(r"^(print|warn|error|exit|begin|.*Exit|.*Error|.*Exception|.*Warning)$")
 DISPLAY_CALL = {"set_postfix", "set_postfix_str", "set_description"}
 
