@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch-size", "2", "--arch", "resnet18", "--out-dim", "256", "--hidden-dim", "64",
         "--bottleneck-dim", "32", "--input-size", "32", "--global-crop-size", "32", "--local-crop-size", "16",
@@ -55,6 +57,7 @@ def check_record(record: dict, reference: bool) -> None:
         assert not (REFERENCE | {"loss_rel_diff", "ratio_vs_per_image"}) & keys, name
 
 
+@pytest.mark.slow  # ~25 s: in CI's slow step
 def test_every_measurement_with_reference(tmp_path):
     records = run_benchmark(tmp_path, "--reference")
     assert [r["name"] for r in records] == ALL

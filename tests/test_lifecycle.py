@@ -53,7 +53,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.parametrize("script, kill_at", [("p2_unet.py", "snapshot_epoch002.pth"),
-                                             ("p1_finetune.py", "epoch_002.pth")])
+                                             pytest.param("p1_finetune.py", "epoch_002.pth",
+                                                          marks=pytest.mark.slow)])  # the same writes, ~27 s
 def test_a_kill_between_an_epochs_writes_is_redone_on_resume(toy_p2, office, tmp_path, script, kill_at):
     if script == "p2_unet.py":
         args = [script, "--data-dir", toy_p2, "--epochs", "3"] + unet(snapshots=[2], images=["0000_sat.jpg"])

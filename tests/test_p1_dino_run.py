@@ -124,7 +124,7 @@ def test_checkpoint_contents_and_backbone_export(toy_p1, tmp_path):
         run_main(dino, ["--data-dir", str(toy_p1 / "mini" / "train"), "--output-dir", str(out), "--arch", "resnet18"])
 
 
-@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("batched", [False, pytest.param(True, marks=pytest.mark.slow)])  # (True: CI's slow step)
 def test_torchrun_two_processes_center_identical(toy_p1, tmp_path, repo_root, batched):
     """Both data paths under torchrun; with --batched-aug rank 0 writes the image cache, rank 1 reads it."""
     out = tmp_path / "ddp"

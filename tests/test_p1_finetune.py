@@ -237,6 +237,7 @@ def test_linear_probe_then_fine_tune_unfreezes_at_the_right_epoch(office, backbo
         _run(office, tmp_path / "x", "--setting", "D", "--backbone", str(backbone_file), "--linear-probe-epochs", "1")
 
 
+@pytest.mark.slow  # ~25 s: in CI's slow step
 def test_linear_probe_then_fine_tune_resumes_across_the_boundary(office, backbone_file, tmp_path):
     """Stopped mid-way through the first epoch after the probe (a checkpoint from the frozen phase plus part of the
     unfrozen one), then resumed: the same weights as an unbroken run."""

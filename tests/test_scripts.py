@@ -62,6 +62,7 @@ def pipeline(tmp_path_factory, repo_root):
     return runs, report
 
 
+@pytest.mark.slow  # the toy pipeline (~2.5 min): in CI's slow step, to keep the default suite ~15 min
 def test_every_script_runs_and_writes_its_outputs(pipeline):
     runs, _ = pipeline
     assert (runs / "p1_dino" / "backbone.pth").is_file()
@@ -81,6 +82,7 @@ def test_every_script_runs_and_writes_its_outputs(pipeline):
         ["{:04d}_mask.png".format(i) for i in range(4)]
 
 
+@pytest.mark.slow  # the toy pipeline (~2.5 min): in CI's slow step, to keep the default suite ~15 min
 def test_unet_script_ran_on_two_processes(pipeline):
     runs, _ = pipeline
     log = [json.loads(line) for line in (runs / "p2_unet" / "log.jsonl").read_text().splitlines()]
@@ -91,6 +93,7 @@ def test_unet_script_ran_on_two_processes(pipeline):
     assert results["model_config"]["drop_skip"] == []
 
 
+@pytest.mark.slow  # the toy pipeline (~2.5 min): in CI's slow step, to keep the default suite ~15 min
 def test_report_numbers_are_the_runs_own(pipeline):
     runs, report = pipeline
     text = (report / "REPORT.md").read_text()
