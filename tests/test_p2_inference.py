@@ -381,6 +381,21 @@ def test_tta_flip_scale_with_two_checkpoints_writes_contract_valid_masks(toy_p2,
         assert img.mode == "RGB" and path.name.endswith("_mask.png")
         assert img.size == ((70, 50) if path.name == "0099_mask.png" else (64, 64))
         assert _palette_only(path)
+    # the masks are the ensemble's mean over both flips and the three default scales, computed here directly
+    from utils.datasets import read_rgb, to_chw_uint8
+    from utils.masks import read_mask
+    from utils.predict import load_segmenter, predict_ensemble
+
+    cpu = torch.device("cpu")
+    members = [(m, c["model_config"]) for m, c in (load_segmenter(p, cpu) for p in (checkpoint_a, checkpoint_b))]
+    plain_differs = False
+    for image_path in sorted(in_dir.iterdir()):
+        image = to_chw_uint8(read_rgb(image_path))[None]
+        expected = predict_ensemble(members, image, tta=True, scales=(0.75, 1.0, 1.25)).argmax(1)[0].numpy()
+        written = read_mask(out_dir / image_path.name.replace("_sat.jpg", "_mask.png"))
+        assert (written == expected).all(), image_path.name
+        plain_differs |= bool((predict_ensemble(members, image).argmax(1)[0].numpy() != expected).any())
+    assert plain_differs  # (so the check above tells the augmented prediction from the plain one)
 
 
 # ------------------------------------------------------------------------ failures while writing
@@ -520,3 +535,15 @@ def test_tiled_prediction_holds_one_band_of_window_rows_at_a_time(monkeypatch):
                                 overlap=4)
     assert out.shape == (300, 40) and len(held) == len(predict.tile_starts(300, 32, 4)) * 2
     assert 0 < max(held) <= 32, held
+
+
+def test_an_unknown_tta_view_is_a_usage_error_naming_it(capsys):
+    import p2_inference
+
+    parse = p2_inference.get_args_parser().parse_args
+    base = ["--input-dir", "in", "--output-dir", "out"]
+    assert parse(base + ["--tta", " scale,flip,flip"]).tta == ("flip", "scale")
+    assert parse(base + ["--tta", ""]).tta == ()
+    with pytest.raises(SystemExit):
+        parse(base + ["--tta", "flip,rot90,blur"])
+    assert "unknown --tta view 'blur', 'rot90'; use flip, scale or flip,scale" in capsys.readouterr().err
