@@ -351,5 +351,8 @@ def test_setting_e_run_from_defaults_reports_and_stores_our_dino_backbone(office
     assert (saved["backbone"], saved["pretraining"]) == (DINO_FILE, EXPECTED["E"][3])
     model, ckpt = load_classifier(tmp_path / "E" / "best.pth", torch.device("cpu"))
     assert ckpt["backbone_source"] == DINO_FILE and ckpt["setting"] == "E"
+    # the classifier the flags asked for (SMALL: 4 classes through an 8-wide hidden layer), as graded from its config
+    assert ckpt["model_config"] == {"arch": "resnet18", "num_classes": 4, "hidden_dim": 8, "dropout": 0.5}
+    assert [tuple(m.weight.shape) for m in model.head if isinstance(m, torch.nn.Linear)] == [(8, 512), (4, 8)]
     loaded = model.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in default_files[DINO_FILE].items())

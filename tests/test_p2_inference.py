@@ -544,6 +544,8 @@ def test_an_unknown_tta_view_is_a_usage_error_naming_it(capsys):
     base = ["--input-dir", "in", "--output-dir", "out"]
     assert parse(base + ["--tta", " scale,flip,flip"]).tta == ("flip", "scale")
     assert parse(base + ["--tta", ""]).tta == ()
+    assert parse(base).tta_scales == [0.75, 1.0, 1.25] and parse(base + ["--tta-scales", "0.5", "2"]).tta_scales == [
+        0.5, 2.0]
     with pytest.raises(SystemExit):
         parse(base + ["--tta", "flip,rot90,blur"])
     assert "unknown --tta view 'blur', 'rot90'; use flip, scale or flip,scale" in capsys.readouterr().err
