@@ -334,3 +334,16 @@ def test_cpu_bf16_is_used_only_where_onednn_says_it_has_the_kernels(monkeypatch,
     cpu = torch.device("cpu")
     assert precision.amp_dtype(cpu, True, cpu=True) == (torch.bfloat16 if expected else None)
     assert precision.amp_dtype(cpu, True) is None and precision.amp_dtype(cpu, False, cpu=True) is None
+
+
+def test_autocast_runs_matmuls_in_the_asked_dtype_and_fp32_runs_stay_fp32():
+    from utils import precision
+
+    cpu = torch.device("cpu")
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with precision.autocast(cpu, None):
+        assert (a @ b).dtype == torch.float32
+    with precision.autocast(cpu, torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+    assert precision.fast_layout(cpu, None) is False and precision.fast_layout(cpu, torch.bfloat16) is True
+    assert precision.fast_layout(torch.device("cuda"), None) is True  # (a device object needs no GPU)
