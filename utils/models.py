@@ -487,7 +487,8 @@ def build_deeplabv3(
     if plus:
         model = DeepLabV3Plus(features, num_classes, rates, aux_classifier)  # type: nn.Module
     else:
-        model = DeepLabV3(features, DeepLabHead(features.channels[4], num_classes, atrous_rates=tuple(rates)), aux_classifier)
+        head = DeepLabHead(features.channels[4], num_classes, atrous_rates=tuple(rates))
+        model = DeepLabV3(features, head, aux_classifier)
     if state is not None:
         load_deeplab_weights(model, state, source=source, arch="deeplabv3_" + encoder)
     return model
