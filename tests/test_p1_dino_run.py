@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_p1, tmp_pa
         return result
 
     monkeypatch.setattr(dino.DINOLoss, "forward", poisoned)
-    with pytest.raises(SystemExit, match="last good checkpoint"):
+    with pytest.raises(SystemExit, match="the DINO loss became nan in epoch 2; the last good checkpoint"):
         _run(toy_p1, out, "--epochs", "2")
     kept = load_checkpoint(out / "checkpoint.pth", "p1_dino")
     assert kept["epoch"] == good["epoch"] == 1
