@@ -102,6 +102,7 @@ ORIGINAL = """
 def f(parser, loader, x, device, path):
     parser.add_argument("--lr", type=float, default=0.1, help="the learning rate")
     add_flag(parser, "--encoder", "none", "the classic U-Net", choices=("none", "resnet34"))
+    group = parser.add_argument_group("common training flags")
     parser2 = argparse.ArgumentParser(description="Train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for batch in progress(loader, desc="epoch {}".format(len(loader)), leave=False):
         x = x.to(device, non_blocking=True)
@@ -133,6 +134,8 @@ def f(parser, loader, x, device, path):
     ('f"loss {x.mean():.3f}"', 'f"XXloss {x.mean():.3f}XX"', "text"),
     ('"{:.4f}"', '"XX{:.4f}XX"', "text"),  # a progress bar's label
     ('"the classic U-Net"', '"THE CLASSIC U-NET"', "text"),  # add_flag's positional help
+    ('"common training flags"', "None", "text"),  # a --help heading
+    ('group = parser.add_argument_group(', 'group = parser.add_mutually_exclusive_group(', None),
     ('choices=("none", "resnet34")', 'choices=("none", "XXresnet34XX")', None),  # its choices are measured
     ('"--encoder", "none"', '"--encoder", "XXnoneXX"', None),  # and its default
     (", formatter_class=argparse.ArgumentDefaultsHelpFormatter", "", "text"),  # only how --help looks

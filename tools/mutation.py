@@ -136,8 +136,9 @@ def semantic(args: argparse.Namespace) -> Dict[str, str]:
 # prints a run's start-up line; `set_postfix`/`set_description` are a progress bar's label)
 TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "what",
                  "formatter_class", "more"}
-# utils.cli.add_flag(parser, name, default, more): its 4th argument is help text too
-TEXT_ARGUMENTS = {"add_flag": 3}
+# utils.cli.add_flag(parser, name, default, more): its 4th argument is help text too; a group's title and
+# description are --help's headings
+TEXT_ARGUMENTS = {"add_flag": 3, "add_argument_group": 0}
 CUDA_KEYWORDS = {"device", "non_blocking", "memory_format", "pin_memory", "map_location"}
 MESSAGE_CALL = re.compile(r"^(print|warn|error|exit|begin|.*Exit|.*Error|.*Exception|.*Warning)$")
 DISPLAY_CALL = {"set_postfix", "set_postfix_str", "set_description"}
