@@ -61,7 +61,7 @@ def test_amp_is_the_same_switch_everywhere():
         assert all(a.dest == "amp" and a.nargs == 0 for _, a in uses)
 
 
-def test_validating_types_refuse_nonsense():
+def test_validating_types_refuse_nonsense_naming_the_flag_and_the_value(capsys):
     parser = argparse.ArgumentParser()
     for flag, default in (("--epochs", 1), ("--crop-size", 8), ("--device", "auto"), ("--workers", 0),
                           ("--lr", 0.1)):
@@ -70,6 +70,8 @@ def test_validating_types_refuse_nonsense():
                  ["--workers", "-1"], ["--lr", "0"], ["--lr", "nan"], ["--lr", "inf"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
+        err = capsys.readouterr().err
+        assert "argument {}: ".format(argv[0]) in err and argv[1] in err, (argv, err)
     args = parser.parse_args(["--epochs", "2", "--device", "cuda:1", "--lr", "1e-3"])
     assert (args.epochs, args.device, args.lr) == (2, "cuda:1", 1e-3)
 

@@ -245,8 +245,9 @@ def test_a_full_disk_names_the_csv_and_keeps_the_old_one(tmp_path):
         def __str__(self):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError, match="cannot write csv .*pred.csv: No space left on device"):
+    with pytest.raises(OSError, match="cannot write csv .*pred.csv: No space left on device") as info:
         p1_inference.write_csv_atomic(target, ["id", "filename", "label"], [["0", "a.jpg", DiskFull()]])
+    assert info.value.errno == errno.ENOSPC  # kept: `error: [Errno 28] cannot write csv ...`
     assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
 
 

@@ -299,6 +299,9 @@ def test_out_of_memory_names_the_flags_to_lower(monkeypatch, capsys):
     assert err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
     assert "--batch-size" in err and "--local-crops-number" in err and "--crop-size" in err
     assert len(err.strip().splitlines()) == 1  # the README's one line
+    from utils.cli import is_out_of_memory
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("allocation failed"))  # the type decides, not the words
     # other runtime errors are not disguised as out-of-memory
     monkeypatch.setattr(sys, "argv", ["x"])
     with pytest.raises(RuntimeError, match="shape mismatch"):
