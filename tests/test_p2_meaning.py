@@ -364,6 +364,7 @@ def test_both_trainers_default_to_the_reports_recipe():
         assert (args.epochs, args.batch_size, args.crop_size, args.loss, args.aux_weight, args.warmup_epochs) == \
             (100, 8, 512, "ce", 0.5, 1.0)
         assert (args.min_scale, args.color_jitter, args.snapshot_epochs) == (0.25, 0.2, [1, 50, 100])
+        assert (args.workers, args.amp, args.seed, args.device, args.save_every) == (4, True, 0, "auto", 0)
     assert (deeplab.optimizer, deeplab.lr, deeplab.momentum, deeplab.weight_decay, deeplab.schedule) == \
         ("sgd", 0.01, 0.9, 1e-4, "poly")
     assert (unet.optimizer, unet.lr, unet.weight_decay, unet.schedule) == ("adamw", 1e-3, 1e-4, "cosine")

@@ -5,7 +5,7 @@ import pytest
 
 import p2_unet
 from helpers import run_main
-from utils.runlog import RunLog
+from utils.runlog import RunLog, warn
 
 
 def test_jsonl_curves_and_truncation(tmp_path):
@@ -45,6 +45,7 @@ def test_the_curves_are_one_panel_per_logged_key_against_epoch_titled_by_the_run
     assert options == {"dpi": 100} and fig._suptitle.get_text() == "U-Net, 7 classes"
     assert [(ax.get_title(), ax.get_xlabel()) for ax in fig.axes] == [("loss", "epoch"), ("val_miou", "epoch")]
     assert [ax.lines[0].get_xydata().tolist() for ax in fig.axes] == [[[1, 2.0], [2, 1.5]], [[2, 0.25]]]
+    assert all(ax.lines[0].get_marker() == "o" for ax in fig.axes)  # val_miou's one point shows as a dot
     assert tuple(fig.get_size_inches()) == pytest.approx((2 * 4.2, 3.2))
     plot_curves(log.records(), ["loss"], tmp_path / "untitled.png")
     assert saved[-1][0]._suptitle is None and (tmp_path / "untitled.png").stat().st_size > 0
@@ -97,3 +98,10 @@ def test_the_progress_bar_shows_on_the_main_process_only_unless_tqdm_disable(mon
     monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
     bar = progress(range(3), desc="epoch 1/2")
     assert bar.disable is not shown and list(bar) == [0, 1, 2]  # (a finished bar is closed: disable then)
+
+
+def test_a_warning_is_framed_on_stderr_to_stand_out_in_a_long_log(capsys):
+    warn("epoch 3: the teacher's entropy is near 0 (collapse)")
+    rule = "!" * 78
+    assert capsys.readouterr() == ("", "\n{}\nWARNING epoch 3: the teacher's entropy is near 0 (collapse)\n{}\n"
+                                   .format(rule, rule))

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Callable, Union
 PathLike = Union[str, Path]
 
 
-def write_atomic(path: PathLike, write: Callable[[Any], None], what: str = "file", text: bool = False) -> None:
+def write_atomic(path: PathLike, write: Callable[[Any], None], what: str, text: bool = False) -> None:
     """``utils.checkpoint.atomic_write`` (temp file in the same folder, fsync, ``os.replace``: a symlink at
     ``path`` is replaced, never followed; a failed write leaves the previous file whole and no temp file), with
     an OSError that names ``path`` (a full disk says only "[Errno 28] No space left on device")."""
@@ -26,7 +26,7 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (s
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def open_regular(path: PathLike, what: str = "file") -> BinaryIO:
+def open_regular(path: PathLike, what: str) -> BinaryIO:
     """Open ``path`` for binary reading if it is a regular file (symlinks followed); anything else -- a FIFO, a
     device, a folder named like an image -- is a ValueError naming it, a missing file a FileNotFoundError
     '<what> not found: <path>'. The open never blocks: it is non-blocking (a FIFO without a writer would otherwise

@@ -104,7 +104,7 @@ class RunLog:
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-                    self.writer.add_scalar(key, value, record.get("epoch", 0))
+                    self.writer.add_scalar(key, value, record["epoch"])
             self.writer.flush()
 
     def image(self, tag: str, png: PathLike, epoch: int) -> None:
