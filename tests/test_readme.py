@@ -20,6 +20,9 @@ STARTS = ("python ", "python3 ", "bash ", "torchrun ", "pip ", "NGPUS=", "for ")
 # (regex on the command, file that runs it, a string that file must contain)
 COVERAGE = [
     (r"^bash demo\.sh$", "tests/test_demo.py", "def test_reduced_demo_writes_the_report"),
+    # the runs are demo.sh's (the line above); the test runs what the tool adds: reading them (--collect)
+    (r"^python -m tools\.demo_spread --seeds [\d ]+ --threads [\d ]+( --collect)?$", "tests/test_demo.py",
+     "def test_demo_spread_reads_each_demos_numbers_and_gives_min_median_max"),
     (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest$", ".ci/run", "python3 -m pytest -q\n"),
