@@ -1,8 +1,9 @@
-"""The README stays true: every command in it is run by a test or by the demo, and its flags exist.
+"""README.md and docs/ stay true: every command they show is run by a test or by the demo, its flags exist, and
+every relative link leads to a file and a heading.
 
 Each command in a ```bash block, and each inline `python ...` / `bash ...` / `torchrun ...` / `pip ...`, must match
 one entry of COVERAGE, which names the file that runs it and a string that file must contain (a test function, the
-script call in demo.sh, the line in .ci/run). A new README command without an entry fails here. Commands that call
+script call in demo.sh, the line in .ci/run). A new command in README.md or docs/*.md without an entry fails here. Commands that call
 one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or removed flag fails.
 """
 import importlib
@@ -142,7 +143,7 @@ def documented_text() -> str:
 def test_every_readme_command_is_run_by_a_test_or_the_demo():
     cmds = readme_commands(documented_text())
     uncovered = [c for c in cmds if not any(re.search(p, c) for p, _, _ in COVERAGE)]
-    assert not uncovered, "README commands that no test or the demo runs (add them to COVERAGE): {}".format(
+    assert not uncovered, "commands of README.md or docs/ that no test or the demo runs (add them to COVERAGE): {}".format(
         uncovered)
 
 
@@ -168,7 +169,7 @@ def test_readme_flags_parse_with_each_scripts_parser():
         try:
             parser.parse_args(argv)
         except SystemExit:
-            pytest.fail("README command does not parse: {}".format(command))
+            pytest.fail("documented command does not parse: {}".format(command))
         checked += 1
     assert checked >= 15
 
@@ -211,3 +212,49 @@ def test_layout_lists_every_file_and_nothing_else():
     tree += ["utils/" + m for m in modules(ROOT / "utils")] + ["tools/" + m for m in modules(ROOT / "tools")]
     assert sorted(listed) == sorted(tree)
     assert len(listed) == len(set(listed))
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _documents():
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+
+
+def test_relative_links_resolve_to_a_file_and_a_heading():
+    """Every relative link of README.md and docs/ names a file that exists and, after '#', one of its headings."""
+    broken = []
+    for doc in _documents():
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.is_file():
+                broken.append("{}: {}".format(doc.name, target))
+                continue
+            if anchor:
+                headings = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", file.read_text(), flags=re.S), re.M)
+                if anchor not in [_anchor(h) for h in headings]:
+                    broken.append("{}: {}".format(doc.name, target))
+    assert not broken, "links that lead nowhere: {}".format(broken)
+
+
+def test_each_guide_says_whom_it_is_for_and_the_readme_lists_it():
+    readme = (ROOT / "README.md").read_text()
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        lines = doc.read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[1] == "", doc.name
+        assert lines[2].startswith("For "), "{}: its first line says who it is for".format(doc.name)
+        assert "](docs/{})".format(doc.name) in readme, "README's index links {}".format(doc.name)
+
+
+def test_the_readme_stays_a_short_guide():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300 and len(text.split()) <= 3000
+    # a student finds there where settings B/D's backbone comes from, and that the course wants a report PDF
+    assert "checkpoints/official_dino_model.pth" in text and "bash hw1_download.sh --dino-official" in text
+    assert "report PDF" in text and "REPORT.md" in text
