@@ -3,8 +3,9 @@ every relative link leads to a file and a heading.
 
 Each command in a ```bash block, and each inline `python ...` / `bash ...` / `torchrun ...` / `pip ...`, must match
 one entry of COVERAGE, which names the file that runs it and a string that file must contain (a test function, the
-script call in demo.sh, the line in .ci/run). A new command in README.md or docs/*.md without an entry fails here. Commands that call
-one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or removed flag fails.
+script call in demo.sh, the line in .ci/run). A new command in README.md or docs/*.md without an entry fails here.
+Commands that call one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or
+removed flag fails.
 """
 import importlib
 import re
@@ -143,8 +144,8 @@ def documented_text() -> str:
 def test_every_readme_command_is_run_by_a_test_or_the_demo():
     cmds = readme_commands(documented_text())
     uncovered = [c for c in cmds if not any(re.search(p, c) for p, _, _ in COVERAGE)]
-    assert not uncovered, "commands of README.md or docs/ that no test or the demo runs (add them to COVERAGE): {}".format(
-        uncovered)
+    assert not uncovered, "commands of README.md or docs/ that no test or the demo runs (add them to COVERAGE): " \
+        "{}".format(uncovered)
 
 
 @pytest.mark.parametrize("pattern, where, needle", COVERAGE)
