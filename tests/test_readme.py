@@ -259,3 +259,13 @@ def test_the_readme_stays_a_short_guide():
     # a student finds there where settings B/D's backbone comes from, and that the course wants a report PDF
     assert "checkpoints/official_dino_model.pth" in text and "bash hw1_download.sh --dino-official" in text
     assert "report PDF" in text and "REPORT.md" in text
+
+
+def test_code_fences_stand_on_their_own_lines():
+    """A fence with text after its language (a rewrapped block) would hide its commands from the checks above."""
+    bad = []
+    for doc in _documents():
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if "```" in line and not re.match(r"^\s*```[a-z]*\s*$", line):
+                bad.append("{}:{}".format(doc.name, number))
+    assert not bad, bad
