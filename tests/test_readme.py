@@ -1,9 +1,11 @@
-"""The README stays true: every command in it is run by a test or by the demo, and its flags exist.
+"""README.md and docs/ stay true: every command they show is run by a test or by the demo, its flags exist, and
+every relative link leads to a file and a heading.
 
 Each command in a ```bash block, and each inline `python ...` / `bash ...` / `torchrun ...` / `pip ...`, must match
 one entry of COVERAGE, which names the file that runs it and a string that file must contain (a test function, the
-script call in demo.sh, the line in .ci/run). A new README command without an entry fails here. Commands that call
-one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or removed flag fails.
+script call in demo.sh, the line in .ci/run). A new command in README.md or docs/*.md without an entry fails here.
+Commands that call one of our Python scripts are also parsed by that script's own argparse parser, so a renamed or
+removed flag fails.
 """
 import importlib
 import re
@@ -20,6 +22,9 @@ STARTS = ("python ", "python3 ", "bash ", "torchrun ", "pip ", "NGPUS=", "for ")
 # (regex on the command, file that runs it, a string that file must contain)
 COVERAGE = [
     (r"^bash demo\.sh$", "tests/test_demo.py", "def test_reduced_demo_writes_the_report"),
+    # the runs are demo.sh's (the line above); the test runs what the tool adds: reading them (--collect)
+    (r"^python -m tools\.demo_spread --seeds [\d ]+ --threads [\d ]+( --collect)?$", "tests/test_demo.py",
+     "def test_demo_spread_reads_each_demos_numbers_and_gives_min_median_max"),
     (r"^pip install -r requirements\.txt -r requirements-dev\.txt && python -m pytest$", ".ci/run",
      "pip install -q -r requirements.txt -r requirements-dev.txt"),
     (r"^python -m pytest$", ".ci/run", "python3 -m pytest -q\n"),
@@ -126,8 +131,9 @@ def _parser_args(command: str):
 
 def test_readme_lists_commands():
     cmds = readme_commands((ROOT / "README.md").read_text())
-    assert len(cmds) >= 30  # the extractor still finds the README's commands
+    assert len(cmds) >= 10  # the extractor still finds the README's commands (the guide keeps the main ones)
     assert "bash demo.sh" in cmds
+    assert len(readme_commands(documented_text())) >= 30  # and those of docs/, where the rest moved
 
 
 def documented_text() -> str:
@@ -138,8 +144,8 @@ def documented_text() -> str:
 def test_every_readme_command_is_run_by_a_test_or_the_demo():
     cmds = readme_commands(documented_text())
     uncovered = [c for c in cmds if not any(re.search(p, c) for p, _, _ in COVERAGE)]
-    assert not uncovered, "README commands that no test or the demo runs (add them to COVERAGE): {}".format(
-        uncovered)
+    assert not uncovered, "commands of README.md or docs/ that no test or the demo runs (add them to COVERAGE): " \
+        "{}".format(uncovered)
 
 
 @pytest.mark.parametrize("pattern, where, needle", COVERAGE)
@@ -164,7 +170,7 @@ def test_readme_flags_parse_with_each_scripts_parser():
         try:
             parser.parse_args(argv)
         except SystemExit:
-            pytest.fail("README command does not parse: {}".format(command))
+            pytest.fail("documented command does not parse: {}".format(command))
         checked += 1
     assert checked >= 15
 
@@ -185,8 +191,9 @@ def test_every_script_explains_its_flags():
 
 
 def test_layout_lists_every_file_and_nothing_else():
-    """README's Layout names each top-level script, each utils/ and tools/ module, one line each, as the tree has them."""
-    text = (ROOT / "README.md").read_text()
+    """docs/development.md's Layout names each top-level script, each utils/ and tools/ module, one line each, as the
+    tree has them (a module by its name, so a file that becomes a package of the same name stays listed)."""
+    text = (ROOT / "docs" / "development.md").read_text()
     section = text[text.index("## Layout"):]
     section = section[:section.index("\n## ")] if "\n## " in section else section
     blocks = re.findall(r"```\n(.*?)```", section, re.S)
@@ -196,8 +203,69 @@ def test_layout_lists_every_file_and_nothing_else():
         for line in block.splitlines():
             names = line.split("  ")[0].strip()
             listed += [prefix + n.strip() for n in names.split(",") if n.strip()]
+
+    def modules(folder):
+        """The modules of a package folder: its .py files but __init__, and its sub-packages, by name."""
+        return sorted([p.stem for p in folder.glob("*.py") if p.name != "__init__.py"]
+                      + [p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()])
+
     tree = sorted(p.name for p in ROOT.iterdir() if p.suffix in (".py", ".sh") and p.is_file()) + ["scripts/"]
-    tree += sorted("utils/" + p.name for p in (ROOT / "utils").glob("*.py") if p.name != "__init__.py")
-    tree += sorted("tools/" + p.name for p in (ROOT / "tools").glob("*.py") if p.name != "__init__.py")
+    tree += ["utils/" + m for m in modules(ROOT / "utils")] + ["tools/" + m for m in modules(ROOT / "tools")]
     assert sorted(listed) == sorted(tree)
     assert len(listed) == len(set(listed))
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _documents():
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+
+
+def test_relative_links_resolve_to_a_file_and_a_heading():
+    """Every relative link of README.md and docs/ names a file that exists and, after '#', one of its headings."""
+    broken = []
+    for doc in _documents():
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.is_file():
+                broken.append("{}: {}".format(doc.name, target))
+                continue
+            if anchor:
+                headings = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", file.read_text(), flags=re.S), re.M)
+                if anchor not in [_anchor(h) for h in headings]:
+                    broken.append("{}: {}".format(doc.name, target))
+    assert not broken, "links that lead nowhere: {}".format(broken)
+
+
+def test_each_guide_says_whom_it_is_for_and_the_readme_lists_it():
+    readme = (ROOT / "README.md").read_text()
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        lines = doc.read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[1] == "", doc.name
+        assert lines[2].startswith("For "), "{}: its first line says who it is for".format(doc.name)
+        assert "](docs/{})".format(doc.name) in readme, "README's index links {}".format(doc.name)
+
+
+def test_the_readme_stays_a_short_guide():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300 and len(text.split()) <= 3000
+    # a student finds there where settings B/D's backbone comes from, and that the course wants a report PDF
+    assert "checkpoints/official_dino_model.pth" in text and "bash hw1_download.sh --dino-official" in text
+    assert "report PDF" in text and "REPORT.md" in text
+
+
+def test_code_fences_stand_on_their_own_lines():
+    """A fence with text after its language (a rewrapped block) would hide its commands from the checks above."""
+    bad = []
+    for doc in _documents():
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if "```" in line and not re.match(r"^\s*```[a-z]*\s*$", line):
+                bad.append("{}:{}".format(doc.name, number))
+    assert not bad, bad
