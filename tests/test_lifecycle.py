@@ -1,6 +1,7 @@
 """The run lifecycle shared by the three trainers (utils/lifecycle.py), under faults: a kill between an epoch's
 writes, SIGINT/SIGTERM mid-epoch, --resume with other flags, --overwrite, and checkpoints that must be refused."""
 import json
+import re
 import signal
 
 import pytest
@@ -226,3 +227,22 @@ def test_nonsense_flags_are_usage_errors(toy_p2, tmp_path, flags):
     proc = run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", tmp_path / "x"] + flags, ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and flags[0] in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("missing", ["scaler", "epoch"])
+def test_a_resumable_checkpoint_without_an_entry_is_refused_naming_the_file_and_the_entry(tmp_path, missing):
+    """Before: a resumable checkpoint (it has an optimizer) without 'epoch' restarted at epoch 0 with the old
+    optimizer state, silently."""
+    from utils.lifecycle import Run
+    from utils.runlog import RunLog
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "epoch": 3}
+    del ckpt[missing]
+    run = Run.__new__(Run)  # restore() alone, on a checkpoint as _decide_resume leaves it
+    run.ckpt, run.resume_path, run.out, run.main = ckpt, tmp_path / "checkpoint.pth", tmp_path, True
+    run.log = RunLog(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint {} has no '{}' entry to resume from".format(
+            re.escape(str(tmp_path / "checkpoint.pth")), missing)):
+        run.restore(model=model, optimizer=optimizer, scaler=torch.nn.Module())

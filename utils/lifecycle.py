@@ -194,10 +194,11 @@ class Run(object):
         if ckpt is None:
             return {}
         resumable = "optimizer" in ckpt
+        for name in (list(objects) + ["epoch"]) if resumable else ():
+            if name not in ckpt:
+                raise ValueError("checkpoint {} has no '{}' entry to resume from".format(self.resume_path, name))
         for name, obj in objects.items():
             if name not in ckpt:
-                if resumable:
-                    raise ValueError("checkpoint {} has no '{}' entry to resume from".format(self.resume_path, name))
                 continue
             if torch.is_tensor(obj):
                 obj.copy_(ckpt[name].to(obj.device))
@@ -209,7 +210,7 @@ class Run(object):
         if self.resume_path.resolve().parent != self.out.resolve():
             # resumed from another folder: its best.pth is not here, so the best is tracked afresh in this one
             self.variables = {k: v for k, v in self.variables.items() if not k.startswith("best_")}
-        self.start_epoch = int(ckpt.get("epoch", 0))
+        self.start_epoch = int(ckpt["epoch"])
         self.partial = int(ckpt.get("partial_steps", 0))  # steps of the next epoch done before a SIGINT/SIGTERM
         self.log.truncate_after(self.start_epoch)
         if self.main:
