@@ -40,24 +40,23 @@ def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size:
     add_flag(g, "--min-scale", 0.25, "random scale-and-crop")
     add_flag(g, "--color-jitter", 0.2, "brightness/contrast/saturation (hue a quarter of it); masks untouched")
     add_flag(g, "--optimizer", optimizer)
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     add_flag(g, "--weight-decay", weight_decay)
     g.add_argument("--schedule", choices=("poly", "cosine"), default=schedule_shape,
-                   help="per-step decay after warm-up: poly (1-t)^0.9 or cosine (default: %(default)s)")
+                   help="per-step decay after warm-up: poly (1-t)^0.9 or cosine")
     add_flag(g, "--warmup-epochs", 1.0)
     g.add_argument("--loss", choices=("ce", "focal", "ce+dice"), default="ce",
-                   help="cross-entropy; focal (gamma 2) for class imbalance; or CE plus soft Dice "
-                        "(default: %(default)s)")
+                   help="cross-entropy; focal (gamma 2) for class imbalance; or CE plus soft Dice")
     g.add_argument("--aux-weight", type=nonnegative_float, default=0.5,
-                   help="weight of the auxiliary head's loss, for models that have one (default: %(default)s)")
+                   help="weight of the auxiliary head's loss, for models that have one")
     g.add_argument("--val-batch-size", type=positive_int, default=4,
-                   help="validation images per process per step, at full tile size (default: %(default)s)")
+                   help="validation images per process per step, at full tile size")
     g.add_argument("--snapshot-epochs", type=positive_int, nargs="*", default=[1, 50, 100],
                    help="epochs (1-based) whose model is kept as snapshot_epochNNN.pth and whose predictions "
-                        "on --snapshot-images go into snapshots.png (default: %(default)s)")
+                        "on --snapshot-images go into snapshots.png")
     g.add_argument("--snapshot-images", nargs="*", default=SNAPSHOT_IMAGES,
                    help="validation images shown in the snapshot grid; missing names are skipped with a "
-                        "warning (default: %(default)s)")
+                        "warning")
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
