@@ -43,9 +43,10 @@ from tqdm import tqdm
 from utils.checkpoint import load_safe
 from utils.datasets import mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.masks import CLASS_NAMES, IGNORE_INDEX, PALETTE, class_to_rgb, read_mask
+from utils.masks import IGNORE_INDEX, class_to_rgb, read_mask
 from utils.cli import HelpFormatter, add_flag, run_cli
 from utils.precision import amp_dtype, autocast
+from utils.segmentation import add_class_key, class_key_height
 
 INSTALL_HINT = "pip install -r requirements-sam.txt"
 SAM_WEIGHTS = {  # model type -> (official file name, image-encoder width, depth)
@@ -211,24 +212,22 @@ def classes_rgb(classes: np.ndarray) -> np.ndarray:
 
 
 def save_figure(path: Path, panels: List[Tuple[str, np.ndarray]], with_legend: bool) -> None:
-    """One row of image panels (title, (H, W, 3) uint8), plus a class legend when a class map is shown."""
+    """One row of image panels (title, (H, W, 3) uint8), plus the class colour key when a class map is shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.6 if with_legend else 4.3),
-                             squeeze=False)
+    key_height = class_key_height(4.0 * len(panels)) if with_legend else 0.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.3 + key_height), squeeze=False)
     for ax, (title, rgb) in zip(axes[0], panels):
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     if with_legend:
-        handles = [Patch(facecolor=PALETTE[i] / 255.0, edgecolor="0.3", label=name)
-                   for i, name in enumerate(CLASS_NAMES)]
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 if with_legend else 0, 1, 1))
+        add_class_key(fig, key_height)
+    else:
+        fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     plt.close(fig)
 
