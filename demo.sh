@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs the requirements, generates a toy dataset in the real layout and runs the pipeline on it
 # on the CPU (no GPU, no download): problem 1 (DINO, a DINO stand-in for the TAs' backbone, settings A-E, t-SNE,
-# hw1_1.sh) and problem 2 (U-Net, its skip ablation, DeepLabV3, hw1_2.sh, graded mIoU). Toy sizes throughout. Usage: bash demo.sh [OUTPUT_DIR]   (default: demo/)
+# hw1_1.sh) and problem 2 (U-Net, its skip ablation, DeepLabV3, hw1_2.sh, graded mIoU). Toy sizes throughout.
+# Usage: bash demo.sh [OUTPUT_DIR]   (default: demo/; bash demo.sh --help says more)
 # DEMO_SKIP_INSTALL=1 skips the pip step; DEMO_EPOCHS sets the training length (default 8) but DINO's, which is
 # DEMO_DINO_EPOCHS (default 4: its recipe, measured to learn); DEMO_SEED (default 0) seeds the data and every run;
 # DEMO_THREADS (default 1) is the number of CPU threads every step computes with (OMP_NUM_THREADS and MKL_NUM_THREADS
@@ -10,6 +11,38 @@
 # count (tools/demo_spread.py measures by how much). One thread: any machine can give it, and a busy machine does
 # not stall it (measured under a load of 6 on 2 cores: DINO at 8 images/s with 1 thread, 1-2 with 2).
 set -euo pipefail
+usage() {
+  cat <<'EOF_USAGE'
+Usage: bash demo.sh [OUTPUT_DIR]        (bash demo.sh -h | --help: this text)
+
+The whole project on generated data, on the CPU (no GPU, no download): installs requirements.txt with pip,
+generates a toy dataset in the course's layout, then runs problem 1 (DINO pre-training, a stand-in for the TAs'
+DINO backbone, settings A-E, t-SNE, hw1_1.sh) and problem 2 (U-Net, the U-Net with one skip dropped,
+DeepLabV3, hw1_2.sh and the graded mIoU), and writes the report: OUTPUT_DIR/report/REPORT.md.
+
+Writes:  everything under OUTPUT_DIR (default: demo/; a relative path is taken from this repository's folder):
+         about 2.4 GB (data, runs with their checkpoints, masks, report). Outside it only the pip step changes
+         anything. A second run in the same folder finds the finished runs and rewrites the report.
+Time:    about 5-10 minutes on an idle 2-core CPU; 25-35 minutes on a busy one (README, Quick start).
+
+Environment variables:
+  DEMO_EPOCHS=8        fine-tuning and segmentation epochs
+  DEMO_DINO_EPOCHS=4   DINO pre-training epochs (the toy recipe, measured to learn)
+  DEMO_SEED=0          seed of the data and of every run
+  DEMO_THREADS=1       CPU threads of every step (sets OMP_NUM_THREADS and MKL_NUM_THREADS); the numbers are
+                       reproducible for one seed, thread count and kind of CPU
+  DEMO_SKIP_INSTALL=1  skip the pip install step
+  PYTHON=python3       the interpreter that runs every step
+  TQDM_DISABLE=1       no progress bars
+EOF_USAGE
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  -*) echo "demo.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+  echo "demo.sh: one OUTPUT_DIR at most, got $#: $*" >&2; usage >&2; exit 2
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 mkdir -p "${1:-demo}"

@@ -36,8 +36,8 @@ from torchvision.transforms import v2
 
 from utils import distributed as dist_utils
 from utils.classify import CLASSIFIER_KIND, build_classifier
-from utils.cli import (add_common_train_args, add_flag, nonnegative_float, nonnegative_int, nonzero_int, run_cli,
-                       unit_float)
+from utils.cli import (HelpFormatter, add_common_train_args, add_flag, nonnegative_float, nonnegative_int,
+                       nonzero_int, run_cli, unit_float)
 from utils.datasets import CsvImages
 from utils.distributed import unwrap
 from utils.lifecycle import Run, checkpoint_state
@@ -69,7 +69,7 @@ MISSING = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Office-Home classification, settings A-E (report problem 1).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_common_train_args(parser, epochs=100, batch_size=64, lr=0.01, lr_ref_batch=None, workers=8,
                           data_dir="data_2025/p1_data/office", output_dir="runs/p1_finetune")
     g = parser.add_argument_group("setting")
@@ -77,17 +77,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="A: random backbone; B/D: DINO on ImageNet-1k (TAs provided); C/E: our DINO backbone (w/o "
                         "label); D/E freeze it (classifier only)")
     g.add_argument("--backbone", default=None,
-                   help="'none' or a PATH to backbone weights; default: the setting's (B/D, DINO on ImageNet-1k "
-                        "(TAs provided): {}; C/E: {})".format(TA_BACKBONE, DEFAULT_BACKBONES["dino"]))
+                   help="'none' or a PATH to backbone weights (default: the setting's: none for A; B/D, DINO on "
+                        "ImageNet-1k (TAs provided): {}; C/E: {})".format(TA_BACKBONE, DEFAULT_BACKBONES["dino"]))
     freeze = g.add_mutually_exclusive_group()
     freeze.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=None,
-                        help="train the classifier only (the default for D and E)")
-    freeze.add_argument("--no-freeze-backbone", dest="freeze_backbone", action="store_false",
-                        help="train the backbone too (the default for A, B and C)")
-    g.add_argument("--train-csv", type=Path, default=None, help="default: DATA_DIR/train.csv")
-    g.add_argument("--train-dir", type=Path, default=None, help="default: DATA_DIR/train")
-    g.add_argument("--val-csv", type=Path, default=None, help="default: DATA_DIR/val.csv")
-    g.add_argument("--val-dir", type=Path, default=None, help="default: DATA_DIR/val")
+                        help="train the classifier only (default: the setting's: on for D and E)")
+    freeze.add_argument("--no-freeze-backbone", dest="freeze_backbone", action="store_false", default=None,
+                        help="train the backbone too (default: the setting's: on for A, B and C)")
+    g.add_argument("--train-csv", type=Path, default=None, help="training images csv (default: DATA_DIR/train.csv)")
+    g.add_argument("--train-dir", type=Path, default=None,
+                   help="folder of --train-csv's images (default: DATA_DIR/train)")
+    g.add_argument("--val-csv", type=Path, default=None, help="validation images csv (default: DATA_DIR/val.csv)")
+    g.add_argument("--val-dir", type=Path, default=None, help="folder of --val-csv's images (default: DATA_DIR/val)")
     g = parser.add_argument_group("model")
     add_flag(g, "--arch", "resnet50", "the classifier's ResNet backbone", choices=CLASSIFIER_BACKBONES)
     add_flag(g, "--num-classes", 65, "Office-Home has 65")
@@ -104,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=unit_float, default=0.1, help="label smoothing of the cross-entropy")
     add_flag(g, "--optimizer", "sgd", "SGD is Nesterov here")
     g.add_argument("--backbone-lr-mult", type=nonnegative_float, default=None,
-                   help="backbone lr = lr x this; default 1.0 for a random backbone (A), 0.1 for a pretrained one")
+                   help="backbone lr = lr x this (default: 1.0 for a random backbone (A, or --backbone none), 0.1 "
+                        "for a pretrained one)")
     add_flag(g, "--weight-decay", 5e-4)
     add_flag(g, "--warmup-epochs", 5.0, "then cosine to 0")
     g.add_argument("--save-epochs", type=nonzero_int, nargs="*", default=[1, -1],

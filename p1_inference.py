@@ -25,7 +25,7 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.cli import add_flag, file_path, run_cli
+from utils.cli import HelpFormatter, add_flag, file_path, run_cli
 from utils.fileio import write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
@@ -35,7 +35,7 @@ FAILED_LABEL = -1  # written for rows whose image cannot be read: an integer, an
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Classify every image listed in a csv (id,filename,label).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_flag(parser, "--csv", more="a 'filename' column is enough; the hidden test csv has label 'None'", required=True)
     add_flag(parser, "--image-dir", required=True)
     parser.add_argument("--output", type=file_path, required=True,

@@ -36,8 +36,8 @@ import torch.nn as nn
 
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, save_atomic
-from utils.cli import (add_common_train_args, add_flag, nonnegative_float, nonnegative_int, positive_float,
-                       positive_int, run_cli, unit_float)
+from utils.cli import (HelpFormatter, add_common_train_args, add_flag, nonnegative_float, nonnegative_int,
+                       positive_float, positive_int, run_cli, unit_float)
 from utils.datasets import CsvImages, InMemoryImages, UnlabeledImages
 from utils.dino import DINO_KIND, DINOLoss, build_dino_net, embedding_spread, train_step
 from utils.gpu_multicrop import BatchedMultiCrop
@@ -92,7 +92,7 @@ class PresetParser(argparse.ArgumentParser):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = PresetParser(description="DINO self-supervised pre-training (report problem 1, part I).",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=HelpFormatter)
     add_common_train_args(parser, epochs=300, batch_size=32, lr=0.04, lr_ref_batch=256, workers=8,
                           data_dir="data_2025/p1_data/mini/train", output_dir="runs/p1_dino")
     parser.set_defaults(save_every=50)
@@ -100,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="a named set of defaults, explicit flags still win: " + "; ".join(
                             "{}: {}".format(k, ", ".join(_flag_text(f, v) for f, v in d.items()))
                             for k, d in sorted(PRESETS.items()))
-                        + " (README, Problem 1, part I: why and what each costs)")
+                        + " (README, Problem 1, part I: why and what each costs) (default: none: the report's "
+                        "recipe)")
     g = parser.add_argument_group("model")
     add_flag(g, "--arch", "resnet50", "the torchvision ResNet backbone (fc replaced by identity); resnet18 for "
                                       "quick runs", choices=CLASSIFIER_BACKBONES)
@@ -111,7 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-bn-in-head", action="store_true",
                    help="BatchNorm in the head's MLP (off in the report, as in DINO's ViT and ResNet-50 recipes)")
     g.add_argument("--no-norm-last-layer", dest="norm_last_layer", action="store_false",
-                   help="let the norm of the prototype layer train (DINO fixes it at 1 for stability)")
+                   help="let the norm of the prototype layer train (default: %(default)s: DINO fixes it at 1 for "
+                        "stability)")
     g = parser.add_argument_group("DINO")
     g.add_argument("--momentum-teacher", type=unit_float, default=0.996,
                    help="EMA momentum at the start; it rises to 1 on a cosine. Use 0.9995+ for small batches")
@@ -141,7 +143,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="area range of the global crops")
     g.add_argument("--local-crops-scale", type=float, nargs=2, default=(0.05, 0.14),
                    help="area range of the local crops")
-    add_flag(g, "--max-images", None, "the first N of the folder")
+    add_flag(g, "--max-images", None, "the first N of the folder", default_text="all")
     g.add_argument("--batched-aug", action="store_true",
                    help="fast data path: decode every image once into memory (uint8; Mini-ImageNet ~0.8 GB) and "
                         "run the multi-crop augmentation batched on the training device (utils/gpu_multicrop.py; "
@@ -149,14 +151,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--workers processes")
     g.add_argument("--image-cache", type=Path, default=None,
                    help="with --batched-aug, keep the decoded images in this .npy file for the next run (rebuilt "
-                        "when the folder changes)")
+                        "when the folder changes) (default: none: decoded again each run)")
     g = parser.add_argument_group("monitoring")
     g.add_argument("--knn-train-csv", type=Path, default=None,
                    help="labeled probe set for weighted k-NN accuracy of the teacher backbone (e.g. Office-Home "
-                        "train.csv); images are read from --knn-train-dir, default: the csv's folder/train")
-    g.add_argument("--knn-train-dir", type=Path, default=None, help="image folder of --knn-train-csv")
-    g.add_argument("--knn-val-csv", type=Path, default=None, help="probe queries (e.g. Office-Home val.csv)")
-    g.add_argument("--knn-val-dir", type=Path, default=None, help="image folder of --knn-val-csv")
+                        "train.csv); its images are read from --knn-train-dir (default: none: no k-NN, which also "
+                        "needs --knn-val-csv)")
+    g.add_argument("--knn-train-dir", type=Path, default=None,
+                   help="image folder of --knn-train-csv (default: the csv's folder/train)")
+    g.add_argument("--knn-val-csv", type=Path, default=None,
+                   help="probe queries (e.g. Office-Home val.csv) (default: none: no k-NN)")
+    g.add_argument("--knn-val-dir", type=Path, default=None,
+                   help="image folder of --knn-val-csv (default: the csv's folder/val)")
     g.add_argument("--knn-every", type=positive_int, default=1, help="epochs between k-NN evaluations")
     add_flag(g, "--knn-k", 20)
     g.add_argument("--knn-temperature", type=positive_float, default=0.07, help="temperature of the vote weights")
@@ -170,7 +176,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write backbone.pth from the checkpoint (--resume or OUTPUT_DIR/checkpoint.pth) and exit")
     g.add_argument("--export-from", choices=("teacher", "student"), default="teacher",
                    help="which network's backbone to export (DINO evaluates the teacher)")
-    g.add_argument("--export-path", type=Path, default=None, help="default: OUTPUT_DIR/backbone.pth")
+    g.add_argument("--export-path", type=Path, default=None,
+                   help="where --export-only writes the backbone (default: OUTPUT_DIR/backbone.pth)")
     return parser
 
 

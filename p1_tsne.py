@@ -43,7 +43,7 @@ import torch
 from utils.classify import eval_transform_for, load_classifier, penultimate_features
 from utils.datasets import CsvImages
 from utils.distributed import resolve_device
-from utils.cli import add_flag, nonnegative_int, positive_float, run_cli
+from utils.cli import HelpFormatter, add_flag, nonnegative_int, positive_float, run_cli
 from utils.knn import knn_classify
 from utils.precision import amp_dtype
 from utils.runlog import RunLog, progress
@@ -56,7 +56,8 @@ CLUSTER_SPREAD = 0.06  # a class is named on a panel when its points lie within 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="t-SNE of classifier penultimate features (report problem 1).")
+    parser = argparse.ArgumentParser(description="t-SNE of classifier penultimate features (report problem 1).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True,
                         help="p1_classifier checkpoints, one panel each, in this order (e.g. setting C's first "
                              "and last epoch)")
@@ -65,19 +66,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "or its file name)")
     add_flag(parser, "--csv", Path("data_2025/p1_data/office/train.csv"), "the images to embed; the report uses the "
                                                                           "train set")
-    add_flag(parser, "--image-dir", None, "default: the csv's folder / the csv's name without .csv, e.g. "
-                                          "office/train for office/train.csv")
+    add_flag(parser, "--image-dir", None, default_text="the csv's folder / the csv's name without .csv, e.g. "
+                                                       "office/train for office/train.csv")
     add_flag(parser, "--output-dir", Path("runs/p1_tsne"), "tsne.png, tsne_metrics.json and tsne_coords.npz")
     parser.add_argument("--perplexity", type=positive_float, default=30.0,
                         help="t-SNE perplexity (~ neighbours per point); capped at (N-1)/3. 30 suits ~60 images "
-                             "per class; lower it for a few images per class (default: %(default)s)")
+                             "per class; lower it for a few images per class")
     parser.add_argument("--pca-dim", type=nonnegative_int, default=50,
                         help="PCA dimensions before t-SNE and for the silhouette (capped at N and the feature size; "
-                             "0 = no PCA). PCA to ~50 removes noise directions and speeds t-SNE up "
-                             "(default: %(default)s)")
+                             "0 = no PCA). PCA to ~50 removes noise directions and speeds t-SNE up")
     add_flag(parser, "--knn-k", 5, "the leave-one-out k-NN accuracy, capped at N-1")
     add_flag(parser, "--seed", 0, "of PCA, t-SNE and the --max-images subset")
-    add_flag(parser, "--max-images", None, "a seeded random subset, for quick looks")
+    add_flag(parser, "--max-images", None, "a seeded random subset, for quick looks", default_text="all")
     add_flag(parser, "--device", "auto")
     add_flag(parser, "--batch-size", 128, "lower it on out-of-memory")
     add_flag(parser, "--workers", min(4, os.cpu_count() or 1), "image decoding; up to 4, no more than the CPU count")

@@ -24,7 +24,7 @@ Snapshots for the report: ``--snapshot-epochs 1 50 100 --snapshot-images 0018_sa
 import argparse
 from typing import Any, Dict
 
-from utils.cli import add_flag, run_cli
+from utils.cli import HelpFormatter, add_flag, run_cli
 from utils.models import RESNET_BACKBONES
 from utils.segmentation import add_seg_train_args, fit
 
@@ -32,7 +32,7 @@ from utils.segmentation import add_seg_train_args, fit
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train DeepLabV3-ResNet for 7-class satellite segmentation (report model B).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     # Recipe: torchvision's segmentation reference for DeepLabV3 (SGD 0.01 at batch 8, momentum 0.9,
     # wd 1e-4, poly decay), COCO-initialised model, 100 epochs at 512x512.
     add_seg_train_args(parser, epochs=100, batch_size=8, lr=0.01, optimizer="sgd", weight_decay=1e-4,
@@ -56,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(rates 6/12/18, ~3.6x fewer FLOPs for DeepLabV3-ResNet101); auto = 8 for deeplabv3, 16 "
                         "for deeplabv3plus (its decoder restores detail from layer1)")
     g.add_argument("--no-aux", dest="aux_loss", action="store_false",
-                   help="drop the auxiliary FCN head on layer3 (DeepLab only)")
+                   help="drop the auxiliary FCN head on layer3 (DeepLab only) (default: %(default)s: the head is "
+                        "trained, its loss weighted by --aux-weight)")
     return parser
 
 

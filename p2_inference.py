@@ -31,7 +31,7 @@ from utils.checkpoint import atomic_temp_target
 from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.cli import add_flag, nonnegative_int, positive_int, run_cli
+from utils.cli import HelpFormatter, add_flag, nonnegative_int, positive_int, run_cli
 from utils.precision import amp_dtype
 from utils.runlog import progress
 from utils.predict import load_segmenter, predict_ensemble, predict_tiled
@@ -39,7 +39,7 @@ from utils.predict import load_segmenter, predict_ensemble, predict_tiled
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a colour mask for every satellite image in a folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--input-dir", type=Path, required=True, help="folder of xxxx_sat.jpg images")
     add_flag(parser, "--output-dir", more="xxxx_mask.png files (created if missing; nothing else is written there)",
              required=True)
@@ -52,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", nargs="?", const=("flip",), default="", type=tta_views, metavar="flip,scale",
                         help="test-time augmentation, averaged in probability space: 'flip' (horizontal flip, 2 "
                              "views; also what a bare --tta means), 'scale' (each of --tta-scales), or "
-                             "'flip,scale' (2 x scales views: 6 with the default scales, ~6x the time)")
+                             "'flip,scale' (2 x scales views: 6 with the default scales, ~6x the time) "
+                             "(default: none: one plain pass)")
     parser.add_argument("--tta-scales", type=float, nargs="+", default=[0.75, 1.0, 1.25],
                         help="image scales for --tta scale; each view's probabilities are resized back to the "
                              "input's size (1.25 costs ~1.6x a plain pass)")

@@ -43,9 +43,10 @@ from tqdm import tqdm
 from utils.checkpoint import load_safe
 from utils.datasets import mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.masks import CLASS_NAMES, IGNORE_INDEX, PALETTE, class_to_rgb, read_mask
-from utils.cli import add_flag, run_cli
+from utils.masks import IGNORE_INDEX, class_to_rgb, read_mask
+from utils.cli import HelpFormatter, add_flag, run_cli
 from utils.precision import amp_dtype, autocast
+from utils.segmentation import add_class_key, class_key_height
 
 INSTALL_HINT = "pip install -r requirements-sam.txt"
 SAM_WEIGHTS = {  # model type -> (official file name, image-encoder width, depth)
@@ -60,43 +61,44 @@ OVERLAY_ALPHA = 0.5
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="SAM automatic masks beside our segmentation model (report part V).")
+        description="SAM automatic masks beside our segmentation model (report part V).",
+        formatter_class=HelpFormatter)
     parser.add_argument("--images", type=Path, nargs="+", required=True,
                         help="images to segment, e.g. validation 0018_sat.jpg 0065_sat.jpg 0109_sat.jpg")
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--sam-weights", type=Path, default=None,
                          help="local official SAM checkpoint, e.g. sam_vit_h_4b8939.pth (never downloaded; see "
-                              "the module docstring for the links). Loaded with weights_only=True")
+                              "the module docstring for the links). Loaded with weights_only=True (default: none: then "
+                              "--random-init is required)")
     weights.add_argument("--random-init", action="store_true",
                          help="random SAM weights instead of --sam-weights: only to test the plumbing, the masks "
                               "are meaningless (use with relaxed thresholds, e.g. 0 and 0)")
     parser.add_argument("--model-type", choices=sorted(SAM_WEIGHTS), default="vit_h",
                         help="SAM image encoder; must match --sam-weights. vit_h is the published default and the "
-                             "best; vit_b is several times cheaper (default: %(default)s)")
+                             "best; vit_b is several times cheaper")
     add_flag(parser, "--output-dir", more="figures, npz files and the summary", required=True)
     add_flag(parser, "--checkpoint", None, "one of our p2 segmentation checkpoints: adds a panel with its "
-                                          "prediction")
+                                          "prediction", default_text="none: no such panel")
     parser.add_argument("--masks-dir", type=Path, default=None,
-                        help="folder with ground-truth <id>_mask.png (id = image stem without _sat): adds a panel")
+                        help="folder with ground-truth <id>_mask.png (id = image stem without _sat): adds a panel "
+                             "(default: none: no such panel)")
     add_flag(parser, "--device", "auto")
     add_flag(parser, "--amp", False, " for SAM's image encoder and our model; faster, but SAM's published results "
                                      "are fp32 so it stays off by default. Ignored on CPU")
     g = parser.add_argument_group("SAM automatic mask generator (defaults = SAM's own)")
     g.add_argument("--points-per-side", type=int, default=32,
                    help="the point grid is N x N prompts; more finds smaller objects, cost grows with N^2 "
-                        "(decoder only; the encoder runs once per image) (default: %(default)s)")
+                        "(decoder only; the encoder runs once per image)")
     g.add_argument("--points-per-batch", type=int, default=64,
-                   help="prompts decoded at once; lower it if the GPU runs out of memory (default: %(default)s)")
+                   help="prompts decoded at once; lower it if the GPU runs out of memory")
     g.add_argument("--pred-iou-thresh", type=float, default=0.88,
-                   help="keep masks whose predicted IoU exceeds this (0..1); lower gives more, worse masks "
-                        "(default: %(default)s)")
+                   help="keep masks whose predicted IoU exceeds this (0..1); lower gives more, worse masks")
     g.add_argument("--stability-score-thresh", type=float, default=0.95,
                    help="keep masks whose IoU between logit cut-offs +-1 is at least this (0..1); lower gives more "
-                        "masks (default: %(default)s)")
+                        "masks")
     g.add_argument("--min-mask-region-area", type=int, default=0,
                    help="if > 0, remove islands and fill holes smaller than this many pixels in every mask; needs "
-                        "OpenCV (pip install opencv-python-headless), which is not needed otherwise "
-                        "(default: %(default)s)")
+                        "OpenCV (pip install opencv-python-headless), which is not needed otherwise")
     add_flag(parser, "--seed", 0, "for --random-init weights and the mask colours")
     return parser
 
@@ -210,24 +212,22 @@ def classes_rgb(classes: np.ndarray) -> np.ndarray:
 
 
 def save_figure(path: Path, panels: List[Tuple[str, np.ndarray]], with_legend: bool) -> None:
-    """One row of image panels (title, (H, W, 3) uint8), plus a class legend when a class map is shown."""
+    """One row of image panels (title, (H, W, 3) uint8), plus the class colour key when a class map is shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.6 if with_legend else 4.3),
-                             squeeze=False)
+    key_height = class_key_height(4.0 * len(panels)) if with_legend else 0.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.3 + key_height), squeeze=False)
     for ax, (title, rgb) in zip(axes[0], panels):
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     if with_legend:
-        handles = [Patch(facecolor=PALETTE[i] / 255.0, edgecolor="0.3", label=name)
-                   for i, name in enumerate(CLASS_NAMES)]
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 if with_legend else 0, 1, 1))
+        add_class_key(fig, key_height)
+    else:
+        fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     plt.close(fig)
 

@@ -23,7 +23,7 @@ import argparse
 import random
 from typing import Any, Dict, List, Tuple, Union
 
-from utils.cli import add_flag, run_cli
+from utils.cli import HelpFormatter, add_flag, run_cli
 from utils.models import RESNET_UNET_SKIPS, UNET_ENCODERS, input_multiple
 from utils.segmentation import add_seg_train_args, fit
 
@@ -31,7 +31,7 @@ from utils.segmentation import add_seg_train_args, fit
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a U-Net from scratch for 7-class satellite segmentation (report model A).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     # Recipe: AdamW 1e-3, cosine, 100 epochs, batch 8 at 512x512; from-scratch U-Nets train stably with Adam
     # at this rate, where SGD needs far more epochs to leave the all-'agriculture' plateau.
     add_seg_train_args(parser, epochs=100, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4,
@@ -53,7 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-skip", type=skip_index, nargs="*", default=[],
                    help="skip connections to remove for the ablation (the 2025 report drops one), 0 = shallowest: "
                         "classic U-Net 0 (full resolution) .. depth-1; ResNet encoder 0 (stem, 1/2) .. 3 (layer3, "
-                        "1/16); 'random' drops one chosen with --seed (recorded in the config and results.json)")
+                        "1/16); 'random' drops one chosen with --seed (recorded in the config and results.json) "
+                        "(default: none: the standard U-Net)")
     g.add_argument("--bilinear", action="store_true",
                    help="classic U-Net: bilinear up-sampling instead of transposed convolutions (fewer parameters)")
     return parser

@@ -146,3 +146,31 @@ def test_demo_spread_reads_each_demos_numbers_and_gives_min_median_max(tmp_path,
     assert summary["c_beats_a"] == ["seed0_threads1", "seed1_threads1"] and len(summary["compared"]) == 3
     assert json.loads((tmp_path / "spread.json").read_text())["c_beats_a"] == summary["c_beats_a"]
     assert "setting C beats setting A in 2 of 3 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_says_what_the_demo_does_where_and_how_long_and_starts_nothing(tmp_path, repo_root, flag):
+    """`bash demo.sh --help` is a newcomer's first command: before, `mkdir -p --help` printed mkdir's help (and
+    `-h` was mkdir's invalid option). A copy of demo.sh runs in tmp_path, so a demo that started anyway would
+    write there, not into the repository."""
+    script = tmp_path / "demo.sh"
+    script.write_text((repo_root / "demo.sh").read_text())
+    proc = subprocess.run(["bash", str(script), flag], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, DEMO_SKIP_INSTALL="1", PYTHON="false"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert text.startswith("Usage: bash demo.sh [OUTPUT_DIR]") and "mkdir" not in text + proc.stderr
+    for words in ("demo/", "2.4 GB", "REPORT.md", "minutes", "DEMO_EPOCHS=8", "DEMO_DINO_EPOCHS=4", "DEMO_SEED=0",
+                  "DEMO_THREADS=1", "DEMO_SKIP_INSTALL=1", "PYTHON"):
+        assert words in text, words
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.sh"]  # nothing made, nothing run
+
+
+def test_an_unknown_option_is_a_usage_error_that_starts_nothing(tmp_path, repo_root):
+    script = tmp_path / "demo.sh"
+    script.write_text((repo_root / "demo.sh").read_text())
+    for argv in (["--epochs", "2"], ["out1", "out2"]):
+        proc = subprocess.run(["bash", str(script)] + argv, cwd=str(tmp_path), capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, DEMO_SKIP_INSTALL="1", PYTHON="false"))
+        assert proc.returncode == 2 and "Usage: bash demo.sh" in proc.stderr, (argv, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.sh"]

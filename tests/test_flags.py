@@ -3,6 +3,7 @@ sentence that opens its help text; a flag in one script only may say what it lik
 import argparse
 import collections
 import importlib
+import re
 
 import pytest
 
@@ -124,3 +125,78 @@ def test_a_missing_required_flag_is_a_usage_error_naming_it(script, given, missi
         parser.parse_args(given)
     assert info.value.code == 2
     assert "the following arguments are required: {}".format(", ".join(missing)) in capsys.readouterr().err
+
+
+def _words(value):
+    """A default as a person types it: items of a list or tuple, a path's text, on/off, 'none' for None or empty."""
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_words(v) for v in value)
+    return str(value)
+
+
+def _real_default(parser, dest):
+    """What parse_args leaves in ``dest`` when no flag of it is given: the first action of that dest decides."""
+    return next(a.default for a in parser._actions if a.dest == dest)
+
+
+REPR = re.compile(r"PosixPath|WindowsPath|\[|\]|\bNone\b|\bTrue\b|\bFalse\b|^$|^\(\)$")
+
+
+def _help_defects(script):
+    """[(flag, defect, help as shown)] of one script's --help: each optional flag shows its real default once, at
+    the end, in plain words; a required flag shows none; a --no-x flag says what it turns off and the true state."""
+    parser = importlib.import_module(script).get_args_parser()
+    formatter = parser._get_formatter()
+    printed = "".join(parser.format_help().split())  # textwrap also breaks after hyphens
+    options = {o: a for a in parser._actions for o in a.option_strings}
+    defects = []
+    for action in parser._actions:
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            continue  # -h/--help
+        flag = action.option_strings[0]
+        text = " ".join(formatter._expand_help(action).split())
+        assert "".join(text.split()) in printed, (script, flag)
+        count = text.lower().count("default:") + len(re.findall(r"\bdefault \d", text))
+        if action.required:
+            if "default" in text.lower():
+                defects.append((flag, "required, yet shows a default", text))
+            continue
+        if count != 1 or not text.endswith(")") or "(default: " not in text:
+            defects.append((flag, "{} default statements, not one closing '(default: ...)'".format(count), text))
+            continue
+        shown = text[text.rindex("(default: ") + len("(default: "):-1]
+        real = _real_default(parser, action.dest)
+        partner = options.get("--" + flag[len("--no-"):]) if flag.startswith("--no-") else None
+        if REPR.search(shown) and not (action.nargs == 0 and shown.startswith(("on", "off"))):
+            defects.append((flag, "a Python repr or nothing: {!r}".format(shown), text))
+        elif partner is not None and partner.dest == action.dest:  # --no-x beside --x
+            if isinstance(real, bool) and shown != "{} is {}".format(partner.option_strings[0], _words(real)):
+                defects.append((flag, "not '{} is {}' (the true state)".format(partner.option_strings[0],
+                                                                               _words(real)), text))
+            elif real is None and shown.startswith(("on", "off", "none", partner.option_strings[0] + " is o")):
+                defects.append((flag, "its default is decided elsewhere, yet it reads {!r}".format(shown), text))
+        elif action.nargs == 0:  # a switch: 'on' when in effect by default
+            want = "on" if real == action.const else "off"
+            if real is None:
+                if shown.startswith(("on", "off", "none")):
+                    defects.append((flag, "decided elsewhere, yet reads {!r}".format(shown), text))
+            elif shown.split(":")[0].split(",")[0] != want:
+                defects.append((flag, "reads {!r}, but the switch is {} by default".format(shown, want), text))
+            elif flag.startswith("--no-") and len(shown) <= len(want):
+                defects.append((flag, "does not say the true state of what it turns off", text))
+        elif real is not None and shown != _words(real) and not shown.startswith(_words(real) + ":"):
+            defects.append((flag, "shows {!r}, the parser's default is {!r}".format(shown, _words(real)), text))
+    return defects
+
+
+def test_every_help_shows_each_real_default_once_in_plain_words():
+    """--help is where a newcomer reads the defaults: each optional flag ends with one '(default: X)', X the value
+    parse_args gives it in words (a list as its items, a switch as on/off, a None explained or 'none'); a required
+    flag shows none; '--no-x' says what it turns off and the state of x."""
+    found = {script: _help_defects(script) for script in SCRIPTS}
+    found = {script: defects for script, defects in found.items() if defects}
+    assert not found, "\n".join("{}: {} -- {}\n    {}".format(s, f, d, t) for s, ds in found.items() for f, d, t in ds)

@@ -417,6 +417,71 @@ def test_the_snapshot_grid_shows_each_tile_its_ground_truth_and_every_snapshot_e
         assert got.shape == want.shape and (got == want).all()
 
 
+def _saved_figures(monkeypatch):
+    """[(figure, path)] of every Figure.savefig from now on, read before the figure is closed."""
+    import matplotlib.figure
+
+    saved = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: saved.append((fig, str(path))) or real_savefig(fig, path, **kw))
+    return saved
+
+
+def colour_key(fig):
+    """[(label, RGB 0..255)] of the figure's legends, in order."""
+    return [(text.get_text(), tuple(int(round(255 * c)) for c in patch.get_facecolor()[:3]))
+            for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+            for text, patch in zip(legend.get_texts(), legend.get_patches())]
+
+
+# the grading contract's colours and names (GRADING.md, "Mask colours"), written out
+CLASS_KEY = [("urban", (0, 255, 255)), ("agriculture", (255, 255, 0)), ("rangeland", (255, 0, 255)),
+             ("forest", (0, 255, 0)), ("water", (0, 0, 255)), ("barren", (255, 255, 255)), ("unknown", (0, 0, 0))]
+
+
+@pytest.mark.parametrize("columns", [1, 5])
+def test_the_snapshot_grid_has_a_colour_key_of_the_seven_classes_inside_the_figure(tmp_path, monkeypatch, columns):
+    """A mask grid without a key leaves the reader guessing which colour is which class: snapshots.png carries a
+    legend of the seven graded colours with their names, drawn inside the figure, for one column or five."""
+    from utils.masks import write_mask
+
+    val = tmp_path / "data" / "validation"
+    val.mkdir(parents=True)
+    names = []
+    for k in range(columns):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(str(val / "{:04d}_sat.jpg".format(k)), "PNG")
+        write_mask(val / "{:04d}_mask.png".format(k), np.full((8, 8), k % 7, dtype=np.uint8))
+        names.append("{:04d}_sat.jpg".format(k))
+    folder = tmp_path / "run" / "snapshots" / "epoch_001"
+    folder.mkdir(parents=True)
+    for k in range(columns):
+        write_mask(folder / "{:04d}_mask.png".format(k), np.zeros((8, 8), dtype=np.uint8))
+    saved = _saved_figures(monkeypatch)
+    segmentation.draw_snapshot_grid(tmp_path / "run", SimpleNamespace(data_dir=str(tmp_path / "data"),
+                                                                      snapshot_images=names))
+    (fig, path), = saved
+    assert path.endswith("snapshots.png") and colour_key(fig) == CLASS_KEY
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    width, height = fig.canvas.get_width_height()
+    assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height  # not cut off
+    for ax in fig.axes:  # and not over a panel
+        assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+
+
+def test_the_sam_figure_has_the_same_colour_key_when_it_shows_class_masks(tmp_path, monkeypatch):
+    """p2_sam.py's figure shows our model's mask and the ground truth in the graded colours: the same key (its own
+    copy before; now one helper); SAM's masks alone, in random colours, get none."""
+    import p2_sam
+
+    saved = _saved_figures(monkeypatch)
+    panel = np.zeros((8, 8, 3), dtype=np.uint8)
+    p2_sam.save_figure(tmp_path / "with.png", [("input", panel), ("SAM", panel), ("ours", panel)], with_legend=True)
+    p2_sam.save_figure(tmp_path / "without.png", [("input", panel), ("SAM", panel)], with_legend=False)
+    assert colour_key(saved[0][0]) == CLASS_KEY and colour_key(saved[1][0]) == []
+
+
 def test_the_model_configs_the_checkpoints_keep_describe_the_seven_class_network_asked_for():
     """The config is all that rebuilds a graded model (hw1_2.sh): every architecture's says 7 classes, and holds the
     flags that shape the network."""

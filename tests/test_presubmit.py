@@ -142,6 +142,46 @@ def test_missing_link_fails_at_the_download(hosted, tmp_path, capsys):
     shutil.rmtree(str(kept))
 
 
+def test_local_checkpoints_rehearse_everything_but_the_download_and_say_so(hosted, repo_root, tmp_path):
+    """Before the upload (no link in the manifest yet) the check stopped at hw1_download_ckpt.sh. With
+    --local-checkpoints (through scripts/presubmit.sh) it copies checkpoints/p1_best.pth and p2_best.pth, which
+    tools.publish wrote there and git ignores, into the clone and runs the rest; the download's row is SKIP and the
+    title and the last line say that this was not a full rehearsal."""
+    manifest = (hosted["repo"] / "checkpoints" / "manifest.csv").read_text()
+    unpublished = "\n".join(line if not line.startswith("grading,") else "grading,,," + line.rsplit(",", 1)[1]
+                            for line in manifest.splitlines()) + "\n"
+    repo = variant(hosted, tmp_path, {"checkpoints/manifest.csv": unpublished})
+    for problem in ("1", "2"):
+        shutil.copyfile(str(hosted["repo"].parent / "upload" / "p{}_best.pth".format(problem)),
+                        str(repo / "checkpoints" / "p{}_best.pth".format(problem)))
+    command = ["bash", str(repo_root / "scripts" / "presubmit.sh"), "--repo", str(repo), "--data",
+               str(hosted["data"]), "--python", sys.executable]
+    proc = subprocess.run(command + ["--local-checkpoints"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = rows(proc.stdout)
+    assert table["committed working tree"] == "PASS"  # the .pth files are ignored: the tree is clean
+    assert table["bash hw1_download_ckpt.sh"] == "SKIP" and table["local checkpoints"] == "PASS"
+    for name in ("bash hw1_1.sh", "hw1_1.sh output contract", "bash hw1_2.sh", "hw1_2.sh output contract"):
+        assert table[name] == "PASS", name
+    assert "copied p1_best.pth" in proc.stdout and "p2_best.pth" in proc.stdout
+    assert score(proc.stdout, "problem 2") == pytest.approx(hosted["submission"]["p2_result"]["best_miou"],
+                                                            abs=1e-4)
+    lines = proc.stdout.strip().splitlines()
+    assert "pre-submission check with LOCAL checkpoints -- NOT a full rehearsal" in proc.stdout
+    assert lines[-1] == presubmit.LOCAL_NOTE and "all checks passed:" not in proc.stdout
+    # a checkpoint not written yet: named, nothing run; and the same repository without the flag stops at the
+    # download, as before
+    (repo / "checkpoints" / "p2_best.pth").unlink()
+    proc = subprocess.run(command + ["--local-checkpoints"], capture_output=True, text=True, timeout=600)
+    table = rows(proc.stdout)
+    assert proc.returncode == 1 and table["local checkpoints"] == "FAIL" and table["grading scripts"] == "SKIP"
+    assert str(repo / "checkpoints" / "p2_best.pth") in proc.stdout and "tools.publish" in proc.stdout
+    assert "bash hw1_1.sh" not in table
+    proc = subprocess.run(command + ["--problems", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and rows(proc.stdout)["bash hw1_download_ckpt.sh"] == "FAIL"
+    assert "LOCAL" not in proc.stdout
+
+
 def test_a_too_slow_script_is_killed_and_fails(hosted, tmp_path, capsys):
     pid_file = tmp_path / "slow.pid"
     slow = ("#!/usr/bin/env bash\npython3 -c \"import os, time; open('{}', 'w').write(str(os.getpid())); "

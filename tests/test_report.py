@@ -230,7 +230,7 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     # every figure found is copied under its report name, and nothing else is left in the folder
     assert sorted(p.name for p in (report_dir / "figures").iterdir()) == sorted([
         "p1_dino_curves.png", "p1_A_curves.png", "p1_tsne.png", "p2_unet_snapshots.png", "p2_unet_curves.png",
-        "p2_deeplab_curves.png", "p2_sam_val0018_sam.png"])
+        "p2_deeplab_curves.png", "p2_sam_val0018_sam.png", "p1_settings_accuracy.png"])  # the last drawn here
     assert (report_dir / "figures" / "p2_unet_snapshots.png").read_bytes() == b"p2_unet/snapshots.png"
     # a report folder that does not exist yet, two levels down
     fresh = write_report(runs, tmp_path / "new" / "report").parent
@@ -398,3 +398,80 @@ def test_report_holds_no_absolute_path_of_this_machine_and_its_paths_resolve_fro
     for rel, path in (("../../runs/p1_C", runs / "p1_C"), ("../../toy/p1.csv", tmp_path / "toy" / "p1.csv"),
                       ("../../pred.csv", tmp_path / "pred.csv")):
         assert os.path.normpath(os.path.join(str(report_dir), rel)) == str(path)
+
+
+def _saved(monkeypatch):
+    """{file name: figure} of every Figure.savefig from now on, read before the report closes the figure."""
+    import matplotlib.figure
+
+    saved = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: saved.__setitem__(
+        os.path.basename(str(path)), fig) or real_savefig(fig, path, **kw))
+    return saved
+
+
+def test_the_settings_are_compared_in_one_bar_chart_of_the_runs_accuracies(runs, tmp_path, monkeypatch):
+    """Before, REPORT.md had the A-E table and one curve figure per setting, nothing side by side: a bar per
+    setting that was run (A and C here, in order), its height that run's best validation accuracy, chance
+    dashed; B is added as soon as its run is there."""
+    saved = _saved(monkeypatch)
+    text = write_report(runs, tmp_path / "report").read_text()
+    assert (tmp_path / "report" / "figures" / "p1_settings_accuracy.png").stat().st_size > 0
+    assert "![Settings A–E side by side: best validation accuracy](figures/p1_settings_accuracy.png)" in \
+        _section(text, "Settings A–E")
+    (ax,) = saved["p1_settings_accuracy.png"].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "C"]
+    assert [p.get_height() for p in ax.patches] == [0.1872, 0.5345]  # p1_A/, p1_C/results.json
+    assert [t.get_text() for t in ax.texts] == ["0.1872", "0.5345"]
+    (chance,) = ax.get_lines()
+    assert list(chance.get_ydata()) == [pytest.approx(0.6)] * 2  # 3 of the 5 validation labels are class 2
+    _json(runs / "p1_B" / "results.json", {"setting": "B", "best_val_acc": 0.8079, "last_val_acc": 0.8})
+    write_report(runs, tmp_path / "report")
+    ax = saved["p1_settings_accuracy.png"].axes[0]
+    assert [(t.get_text(), p.get_height()) for t, p in zip(ax.get_xticklabels(), ax.patches)] == [
+        ("A", 0.1872), ("B", 0.8079), ("C", 0.5345)]
+
+
+def test_the_two_unets_are_compared_side_by_side_curves_and_masks(runs, tmp_path, monkeypatch):
+    """The ablation as figures: both U-Nets' validation mIoU per epoch on one axes (from their log.jsonl), and
+    their masks side by side at the last snapshot epoch both have, beside the input and the ground truth, with
+    the colour key."""
+    from utils.masks import CLASS_NAMES, PALETTE, write_mask
+
+    logs = {"p2_unet": [0.2, 0.45, 0.6101], "p2_unet_drop_skip": [0.1, 0.2101]}
+    for name, mious in logs.items():
+        (runs / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+            {"epoch": e + 1, "train_loss": 1.0, "val_miou": m} for e, m in enumerate(mious)] + [{"note": "x"}]))
+    masks = {}
+    for name, epochs in (("p2_unet", (1, 3)), ("p2_unet_drop_skip", (1, 2))):  # last common epoch: 1
+        for epoch in epochs:
+            for image_id, shape in (("0000", (2, 2)), ("0001", (2, 3))):
+                masks[name, epoch, image_id] = np.full(shape, (epoch + len(name)) % 7, dtype=np.uint8)
+                folder = runs / name / "snapshots" / "epoch_{:03d}".format(epoch)
+                folder.mkdir(parents=True, exist_ok=True)
+                write_mask(folder / (image_id + "_mask.png"), masks[name, epoch, image_id])
+    saved = _saved(monkeypatch)
+    text = write_report(runs, tmp_path / "report").read_text()
+    ablation = _section(text, "U-Net and the skip-connection ablation (one skip dropped)")
+    for name in ("p2_unet_vs_drop_skip_miou.png", "p2_unet_vs_drop_skip_masks.png"):
+        assert "](figures/{})".format(name) in ablation
+        assert (tmp_path / "report" / "figures" / name).stat().st_size > 0
+    (ax,) = saved["p2_unet_vs_drop_skip_miou.png"].axes
+    assert [line.get_xydata().tolist() for line in ax.get_lines()] == [
+        [[e + 1, m] for e, m in enumerate(logs[name])] for name in ("p2_unet", "p2_unet_drop_skip")]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["U-Net", "U-Net, skip 0 (shallowest) dropped"]
+    fig = saved["p2_unet_vs_drop_skip_masks.png"]
+    panels = [(ax.get_title(), ax.get_images()[0].get_array() if ax.get_images() else None) for ax in fig.axes]
+    assert [title for title, _ in panels] == [
+        "0000: input", "ground truth", "U-Net", "U-Net, skip 0 (shallowest) dropped",
+        "0001: input", "ground truth", "U-Net", "U-Net, skip 0 (shallowest) dropped"]
+    truth = {"0000": np.zeros((2, 2), dtype=np.uint8), "0001": np.array([[0, 0, 1], [1, 6, 6]])}  # red: black
+    for row, image_id in enumerate(["0000", "0001"]):
+        assert panels[4 * row][1] is None  # the fixture's empty .jpg cannot be read: an empty panel
+        want = [PALETTE[truth[image_id]], PALETTE[masks["p2_unet", 1, image_id]],
+                PALETTE[masks["p2_unet_drop_skip", 1, image_id]]]
+        for (_, got), expected in zip(panels[4 * row + 1:4 * row + 4], want):
+            assert np.array_equal(np.asarray(got), expected)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASS_NAMES)
+    assert "masks at epoch 1" in ablation

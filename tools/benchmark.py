@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from utils.checkpoint import make_checkpoint, save_atomic
 from utils.classify import build_classifier
-from utils.cli import add_bool_flag, add_flag
+from utils.cli import HelpFormatter, add_bool_flag, add_flag
 from utils.dino import DINOLoss, build_dino_net, ema_update, train_step
 from utils.distributed import resolve_device
 from utils.gpu_multicrop import BatchedMultiCrop
@@ -83,10 +83,10 @@ MEASUREMENTS = ("aug_per_image", "aug_batched", "dino_step", "finetune_step", "s
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Throughput benchmark (one JSON line per measurement).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_flag(parser, "--device", "auto")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), metavar="NAME",
-                        help="measurements to run, from: " + ", ".join(MEASUREMENTS))
+                        help="measurements to run: any of the default's")
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain path and report the ratio")
     parser.add_argument("--steps", "--repeats", dest="repeats", type=int, default=10,
@@ -117,7 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="intra-op threads for the model measurements (default: the cores this process may use)")
     parser.add_argument("--aug-threads", type=int, default=1, help="intra-op threads for the CPU augmentation")
     add_flag(parser, "--seed", 0, "of the synthetic inputs and initial weights")
-    parser.add_argument("--json-out", type=Path, default=None, help="also write every JSON line to this file")
+    parser.add_argument("--json-out", type=Path, default=None,
+                        help="also write every JSON line to this file (default: none: stdout only)")
     return parser
 
 

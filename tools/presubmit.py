@@ -3,6 +3,7 @@
     bash scripts/presubmit.sh                               # the course data in data_2025/, this repository
     bash scripts/presubmit.sh --python /tmp/venv38          # the scripts' python3 from a venv (or an interpreter)
     python -m tools.presubmit --data toy --problems 2 --keep
+    bash scripts/presubmit.sh --local-checkpoints            # before uploading: checkpoints/*.pth, no download
 
 What it does, in order (README, "Submitting"):
 
@@ -22,6 +23,11 @@ What it does, in order (README, "Submitting"):
    prints them beside the course's baselines.
 
 One summary table; the exit status is 1 when any check fails, else 0.
+
+``--local-checkpoints [DIR]`` rehearses the rest before the checkpoints are uploaded: instead of step 3's
+``bash hw1_download_ckpt.sh`` it copies ``p1_best.pth`` / ``p2_best.pth`` from DIR (default: the repository's
+``checkpoints/``, where ``python -m tools.publish`` writes them) into the clone. The summary then says, in its
+title and its last line, that the download was not rehearsed: run it once more without the flag after uploading.
 """
 import argparse
 import csv
@@ -293,6 +299,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-dirty", action="store_true",
                         help="run even with uncommitted changes (a warning instead of a refusal; the clone "
                              "still holds only what is committed)")
+    parser.add_argument("--local-checkpoints", nargs="?", const="", default=None, metavar="DIR",
+                        help="do not run hw1_download_ckpt.sh: copy p1_best.pth / p2_best.pth from DIR (default: "
+                             "the repository's checkpoints/) into the clone, to rehearse everything else before "
+                             "the checkpoints are uploaded. NOT a full rehearsal: the download is not tried")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (clone, inputs, outputs, logs) and print its path")
     return parser
@@ -415,6 +425,31 @@ def _grade_p2(timed: _TimedRunner, data: Path, work: Path, checks: List[Check], 
     return grade_p2(masks, validation)["miou"] if not problems and run is not None else None
 
 
+LOCAL_NOTE = ("NOT a full rehearsal: hw1_download_ckpt.sh was not run (--local-checkpoints); run the check again "
+              "without the flag once the checkpoints are uploaded")
+
+
+def _local_checkpoints(args: argparse.Namespace, repo: Path, clone: Path, checks: List[Check]) -> bool:
+    """--local-checkpoints: the graded checkpoints copied from DIR into the clone, where the scripts read them;
+    False (and a FAIL naming the file) when one is missing."""
+    source = Path(args.local_checkpoints).resolve() if args.local_checkpoints else repo / "checkpoints"
+    checks.append(Check("bash hw1_download_ckpt.sh", "SKIP", "not run (--local-checkpoints): the download the TAs "
+                                                             "run first, and its sha256 check, are not rehearsed"))
+    names = ["p{}_best.pth".format(problem) for problem in sorted(args.problems)]
+    missing = [name for name in names if not (source / name).is_file()]
+    if missing:
+        checks.append(Check("local checkpoints", "FAIL", "no {} (python -m tools.publish RUN/best.pth --problem N "
+                                                         "writes it there)".format(", ".join(
+                                                             str(source / name) for name in missing))))
+        return False
+    (clone / "checkpoints").mkdir(exist_ok=True)
+    for name in names:
+        shutil.copyfile(str(source / name), str(clone / "checkpoints" / name))
+    checks.append(Check("local checkpoints", "PASS", "copied {} from {} into the clone".format(
+        ", ".join("{} ({:.1f} MB)".format(n, (source / n).stat().st_size / 2 ** 20) for n in names), source)))
+    return True
+
+
 def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[str, Any]]:
     """Every check in order; returns the summary rows and the scores (None where not scored)."""
     from tools.toydata import is_generated
@@ -441,10 +476,15 @@ def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[s
                         version.stdout.strip()[-300:]))
     (work / "logs").mkdir()
     timed = _TimedRunner(clone, env, args.time_limit, work / "logs", checks)
-    fetched = timed("bash hw1_download_ckpt.sh", ["bash", "hw1_download_ckpt.sh"])
-    if fetched is None or fetched.returncode != 0:
-        checks.append(Check("grading scripts", "SKIP", "no checkpoints: hw1_download_ckpt.sh failed"))
-        return checks, scores
+    if args.local_checkpoints is not None:
+        if not _local_checkpoints(args, repo, clone, checks):
+            checks.append(Check("grading scripts", "SKIP", "no checkpoints: a local checkpoint is missing"))
+            return checks, scores
+    else:
+        fetched = timed("bash hw1_download_ckpt.sh", ["bash", "hw1_download_ckpt.sh"])
+        if fetched is None or fetched.returncode != 0:
+            checks.append(Check("grading scripts", "SKIP", "no checkpoints: hw1_download_ckpt.sh failed"))
+            return checks, scores
     (work / "inputs").mkdir()
     (work / "outputs").mkdir()
     if "1" in args.problems:
@@ -454,8 +494,8 @@ def presubmit(args: argparse.Namespace, work: Path) -> Tuple[List[Check], Dict[s
     return checks, scores
 
 
-def print_summary(checks: Sequence[Check], scores: Dict[str, Any]) -> None:
-    print("\npre-submission check")
+def print_summary(checks: Sequence[Check], scores: Dict[str, Any], local: bool = False) -> None:
+    print("\npre-submission check" + (" with LOCAL checkpoints -- " + LOCAL_NOTE if local else ""))
     width = max(len(c.name) for c in checks) + 2
     for c in checks:
         seconds = "{:7.1f} s".format(c.seconds) if c.seconds is not None else " " * 9
@@ -485,12 +525,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(str(work), ignore_errors=True)
-    print_summary(checks, scores)
+    local = args.local_checkpoints is not None
+    print_summary(checks, scores, local)
     failed = [c.name for c in checks if c.status == "FAIL"]
     if args.keep:
         print("\nkept: {} (clone, inputs, outputs, logs)".format(work))
-    print("\n{}".format("FAILED: " + ", ".join(failed) if failed else
-                        "all checks passed: the TAs' commands run and their outputs follow the contract"))
+    if failed:
+        print("\nFAILED: " + ", ".join(failed))
+    elif local:
+        print("\nall other checks passed: hw1_1.sh / hw1_2.sh run on the local checkpoints and their outputs follow "
+              "the contract")
+    else:
+        print("\nall checks passed: the TAs' commands run and their outputs follow the contract")
+    if local:
+        print(LOCAL_NOTE)
     return 1 if failed else 0
 
 

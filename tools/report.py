@@ -11,7 +11,9 @@ other ``p2_*`` segmentation run (e.g. ``p2_unet_r34``, ``p2_deeplabv3plus``) goe
 Every segmentation row names its model from the run's saved config ("DeepLabV3-ResNet101 (COCO init, output
 stride 8)", "U-Net (ResNet-34 encoder, ImageNet)", ...).
 Every number is read from the runs' ``results.json`` / logs; every table says which data it comes from (generated
-by ``tools.toydata`` or the course's ``data_2025``), judged from the run's ``--data-dir``.
+by ``tools.toydata`` or the course's ``data_2025``), judged from the run's ``--data-dir``. Besides each run's own
+figures it draws two comparisons: the settings' accuracies as bars side by side, and the U-Net beside the U-Net
+with one skip dropped (validation mIoU per epoch on one axes; masks at their last common snapshot epoch).
 
 Two small helpers record what the grading scripts produced, so the report can show it:
 
@@ -178,6 +180,44 @@ class _Figures:
         shutil.copyfile(str(source), str(target))
         return "![{}](figures/{})\n\n*{}*".format(caption, name, caption)
 
+    def save(self, fig: Any, name: str, caption: str) -> str:
+        """Save a figure drawn from the runs' numbers as figures/NAME, close it, and return its link."""
+        import matplotlib.pyplot as plt
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(str(self.folder / name), dpi=100)
+        plt.close(fig)
+        return "![{}](figures/{})\n\n*{}*".format(caption, name, caption)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def settings_figure(rows: List[Dict[str, Any]], chance: Optional[float], figs: _Figures) -> str:
+    """A bar chart of the settings' best validation accuracies side by side (only those run), chance dashed."""
+    rows = [r for r in rows if r.get("best_val_acc") is not None]
+    if not rows:
+        return ""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 * len(rows) + 2.4, 3.4))
+    bars = ax.bar([r.get("setting", "?") for r in rows], [r["best_val_acc"] for r in rows], color="tab:blue")
+    for bar, r in zip(bars, rows):
+        ax.annotate(_fmt(r["best_val_acc"]), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance ({})".format(_fmt(chance)))
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set(xlabel="setting", ylabel="validation accuracy (best)", ylim=(0, 1.05),
+           title="Settings A–E: validation accuracy")
+    fig.tight_layout()
+    return figs.save(fig, "p1_settings_accuracy.png", "Settings A–E side by side: best validation accuracy")
+
 
 # The DINO runs of the report's table: (folder in the runs folder, what the run stands for). The second is the
 # demo's stand-in for the TAs' backbone of settings B/D (on the course's data that backbone is a provided file).
@@ -227,8 +267,11 @@ def _p1_section(runs: Path, figs: _Figures) -> List[str]:
         out += ["_not run (no p1_A ... p1_E results)_", ""]
     else:
         chance = p1_chance(done[0])
-        out += [settings_table(load_results(done), _source_note(done)), "",
+        rows = load_results(done)
+        out += [settings_table(rows, _source_note(done)), "",
                 "Chance level (always the most frequent validation class): {}.".format(_fmt(chance)), ""]
+        link = settings_figure(rows, chance, figs)
+        out += [link, ""] if link else []
         missing = [d.name for d in setting_dirs if d not in done]
         if missing:
             out += ["Not run yet: {}.".format(", ".join(missing)), ""]
@@ -344,6 +387,12 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
         return lines
 
     out += table(["p2_unet", "p2_unet_drop_skip"], "U-Net and the skip-connection ablation (one skip dropped)")
+    ablation = {k: (results[k].get("model_config") or {}) for k in ("p2_unet", "p2_unet_drop_skip")
+                if results[k] is not None}
+    if len(ablation) == 2:
+        labels = {"p2_unet": "U-Net", "p2_unet_drop_skip": "U-Net, " + skip_phrase(ablation["p2_unet_drop_skip"])}
+        out += [line for link in (unet_curves_figure(runs, labels, figs), unet_masks_figure(runs, labels, figs))
+                if link for line in (link, "")]
     out += table(["p2_unet", "p2_deeplab"], "U-Net vs DeepLabV3")
     if further:
         out += table(further, "Further models (README: Beating the baselines)")
@@ -362,6 +411,73 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
     for f in sam_figs:
         out += [figs.link(f, "p2_sam_" + f.name, "SAM masks: " + f.stem[:-len("_sam")]), ""]
     return out
+
+
+def unet_curves_figure(runs: Path, labels: Dict[str, str], figs: _Figures) -> str:
+    """The U-Net's and the ablated U-Net's validation mIoU per epoch (their log.jsonl) on one axes."""
+    curves = {}
+    for key in labels:
+        log = read_jsonl(runs / key / "log.jsonl") if (runs / key / "log.jsonl").is_file() else []
+        curves[key] = [(r["epoch"], r["val_miou"]) for r in log if r.get("val_miou") is not None and "epoch" in r]
+    if not any(curves.values()):
+        return ""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for key, points in curves.items():
+        ax.plot([e for e, _ in points], [m for _, m in points], marker="o", markersize=3, label=labels[key])
+    ax.set(xlabel="epoch", ylabel="validation mIoU", title="U-Net vs U-Net with one skip dropped")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figs.save(fig, "p2_unet_vs_drop_skip_miou.png",
+                     "U-Net and the U-Net with one skip dropped: validation mIoU per epoch")
+
+
+def unet_masks_figure(runs: Path, labels: Dict[str, str], figs: _Figures) -> str:
+    """The two U-Nets' masks side by side at their last common snapshot epoch: one row per snapshot tile, columns
+    input, ground truth, U-Net, U-Net with one skip dropped (an unreadable input or missing truth: empty panel)."""
+    import numpy as np
+
+    from utils.datasets import read_rgb
+    from utils.masks import PALETTE, read_mask
+    from utils.segmentation import add_class_key, class_key_height
+
+    keys = list(labels)
+    epochs = [{p.name for p in (runs / k / "snapshots").glob("epoch_*") if p.is_dir()} for k in keys]
+    common = sorted(epochs[0] & epochs[1])
+    if not common:
+        return ""
+    folders = [runs / k / "snapshots" / common[-1] for k in keys]
+    ids = sorted({p.name[:-len("_mask.png")] for p in folders[0].glob("*_mask.png")}
+                 & {p.name[:-len("_mask.png")] for p in folders[1].glob("*_mask.png")})
+    if not ids:
+        return ""
+    data_dir = (_read_json(runs / keys[0] / "args.json") or {}).get("data_dir")
+    val_dir = Path(data_dir) / "validation" if data_dir else None
+    colour = lambda classes: PALETTE[np.minimum(classes, len(PALETTE) - 1)]  # noqa: E731 (red, ignored: black)
+    titles = ["input", "ground truth"] + [labels[k] for k in keys]
+    plt = _pyplot()
+    key_height = class_key_height(2.6 * len(titles))
+    fig, axes = plt.subplots(len(ids), len(titles), figsize=(2.6 * len(titles), 2.6 * len(ids) + key_height),
+                             squeeze=False)
+    for row, image_id in enumerate(ids):
+        panels = [None, None] + [colour(read_mask(f / (image_id + "_mask.png"))) for f in folders]
+        if val_dir is not None:
+            try:
+                panels[0] = read_rgb(val_dir / (image_id + "_sat.jpg"))
+            except (OSError, ValueError):
+                pass
+            if (val_dir / (image_id + "_mask.png")).is_file():
+                panels[1] = colour(read_mask(val_dir / (image_id + "_mask.png")))
+        for col, (title, array) in enumerate(zip(titles, panels)):
+            axes[row][col].axis("off")
+            if array is not None:
+                axes[row][col].imshow(array, interpolation="nearest")
+            axes[row][col].set_title("{}: {}".format(image_id, title) if col == 0 else title, fontsize=8)
+    add_class_key(fig, key_height)
+    epoch = int(common[-1].split("_")[1])
+    return figs.save(fig, "p2_unet_vs_drop_skip_masks.png",
+                     "U-Net and the U-Net with one skip dropped side by side: masks at epoch {}".format(epoch))
 
 
 def _grading_section(runs: Path, figs: _Figures) -> List[str]:

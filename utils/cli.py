@@ -3,7 +3,8 @@
 ``FLAGS`` is the registry of every flag that more than one script has: its type and the sentence that says what
 it means. ``add_flag`` builds an argument from it (a script adds only its default and, after the meaning, what is
 particular to it), so ``--workers`` or ``--checkpoint`` cannot mean two things; ``tests/test_flags.py`` checks
-every parser against the registry.
+every parser against the registry. ``HelpFormatter`` (every script's parser uses it) ends each optional flag's
+help with its real default once, in plain words; ``tests/test_flags.py`` reads every --help for that too.
 """
 import argparse
 import errno
@@ -73,8 +74,7 @@ FLAGS = {
     "--compile": ({"action": "store_true"}, "torch.compile the model's forward pass (PyTorch 2)"),
     "--deterministic": ({"action": "store_true"},
                         "deterministic algorithms and no cudnn autotuning: bit-reproducible CPU runs, slower GPU"),
-    "--resume": ({"type": Path}, "checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth when it exists); "
-                                 "its model and recipe flags must match this command's"),
+    "--resume": ({"type": Path}, "checkpoint to resume from; its model and recipe flags must match this command's"),
     "--eval-only": ({"action": "store_true"}, "evaluate the checkpoint (--resume or OUTPUT_DIR's) and exit"),
     "--overwrite": ({"action": "store_true"},
                     "start afresh in an output folder that holds another run: the files that run wrote there are "
@@ -113,27 +113,61 @@ FLAGS = {
 }  # type: Dict[str, Tuple[Dict[str, Any], str]]
 
 
-def add_flag(parser: Any, name: str, default: Any = None, more: str = "", **kwargs: Any) -> argparse.Action:
-    """Add the registered flag ``name`` with this script's ``default``; ``more`` follows the shared meaning."""
+def plain(value: Any) -> str:
+    """A default in plain words, as it would be typed: a list or tuple as its items, a path as its text, a switch as
+    on/off, None and an empty value as 'none' (never a Python repr such as [PosixPath('x')])."""
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(plain(item) for item in value)
+    return str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help with every optional flag's default once, at the end of its help, in plain words (``plain``): a
+    switch reads 'on' when it is in effect by default (so ``--no-aux`` reads 'off' while the head is kept), a
+    required flag shows none, and a help that already says '(default: ...)' in words keeps them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if "%(default)" not in text and "(default:" not in text:
+            text += " (default: %(default)s)"
+        if action.nargs == 0 and action.default is not None:  # a switch: in effect or not
+            shown = "on" if action.default == action.const else "off"
+        else:
+            shown = plain(action.default)
+        return text.replace("%(default)s", shown.replace("%", "%%"))
+
+
+def add_flag(parser: Any, name: str, default: Any = None, more: str = "", default_text: str = "",
+             **kwargs: Any) -> argparse.Action:
+    """Add the registered flag ``name`` with this script's ``default``; ``more`` follows the shared meaning;
+    ``default_text`` says in words what a default of None means (shown as '(default: <default_text>)')."""
     spec, meaning = FLAGS[name]
     options = dict(spec, **kwargs)
     if name == "--amp":
         return add_bool_flag(parser, "amp", default if default is not None else True, meaning + more)
     help_text = meaning + ("; " + more if more else "")
-    if options.get("action") not in ("store_true", "store_false") and not options.get("required"):
-        help_text += " (default: %(default)s)"
+    if default_text:
+        help_text += " (default: {})".format(default_text.replace("%", "%%"))
     if options.get("action") not in ("store_true", "store_false"):
         options.setdefault("default", default)
     return parser.add_argument(name, help=help_text, **options)
 
 
 def add_bool_flag(parser: Any, name: str, default: bool, help: str) -> None:
-    """Add ``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9)."""
+    """Add ``--name`` / ``--no-name`` (argparse.BooleanOptionalAction needs Python 3.9); with ``HelpFormatter``
+    the first reads '(default: on)' or '(default: off)', the second what it turns off and the true state
+    ('(default: --name is on)'). A later ``set_defaults`` of ``name`` would make that text stale."""
     dest = name.replace("-", "_")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--" + name, dest=dest, action="store_true", help=help + " (default: %(default)s)")
+    group.add_argument("--" + name, dest=dest, action="store_true", help=help)
     group.add_argument("--no-" + name, dest=dest, action="store_false",
-                       help="turn --{} off (its default: %(default)s)".format(name))
+                       help="turn --{0} off (default: --{0} is {1})".format(name, plain(default)))
     parser.set_defaults(**{dest: default})
 
 
@@ -156,7 +190,8 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
                                   "so CPU runs stay fp32")
     add_flag(g, "--compile", more="worth it for long GPU runs; the first steps are slow while it compiles")
     add_flag(g, "--deterministic")
-    add_flag(g, "--resume", None)
+    add_flag(g, "--resume", None, default_text="OUTPUT_DIR/checkpoint.pth when it exists, else a fresh "
+                                                "start")
     add_flag(g, "--eval-only")
     add_flag(g, "--overwrite")
     add_flag(g, "--save-every", 0)

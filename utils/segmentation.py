@@ -17,7 +17,7 @@ from utils.cli import add_common_train_args, add_flag, nonnegative_float, positi
 from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.distributed import unwrap
 from utils.lifecycle import Run, checkpoint_state
-from utils.masks import IGNORE_INDEX, NUM_CLASSES, PALETTE, read_mask, write_mask
+from utils.masks import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
 from utils.optim import make_optimizer, scaled_lr, schedule, set_lr, weight_decay_groups
 from utils.precision import autocast, fast_layout, make_grad_scaler, maybe_compile
@@ -40,24 +40,23 @@ def add_seg_train_args(parser: argparse.ArgumentParser, epochs: int, batch_size:
     add_flag(g, "--min-scale", 0.25, "random scale-and-crop")
     add_flag(g, "--color-jitter", 0.2, "brightness/contrast/saturation (hue a quarter of it); masks untouched")
     add_flag(g, "--optimizer", optimizer)
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     add_flag(g, "--weight-decay", weight_decay)
     g.add_argument("--schedule", choices=("poly", "cosine"), default=schedule_shape,
-                   help="per-step decay after warm-up: poly (1-t)^0.9 or cosine (default: %(default)s)")
+                   help="per-step decay after warm-up: poly (1-t)^0.9 or cosine")
     add_flag(g, "--warmup-epochs", 1.0)
     g.add_argument("--loss", choices=("ce", "focal", "ce+dice"), default="ce",
-                   help="cross-entropy; focal (gamma 2) for class imbalance; or CE plus soft Dice "
-                        "(default: %(default)s)")
+                   help="cross-entropy; focal (gamma 2) for class imbalance; or CE plus soft Dice")
     g.add_argument("--aux-weight", type=nonnegative_float, default=0.5,
-                   help="weight of the auxiliary head's loss, for models that have one (default: %(default)s)")
+                   help="weight of the auxiliary head's loss, for models that have one")
     g.add_argument("--val-batch-size", type=positive_int, default=4,
-                   help="validation images per process per step, at full tile size (default: %(default)s)")
+                   help="validation images per process per step, at full tile size")
     g.add_argument("--snapshot-epochs", type=positive_int, nargs="*", default=[1, 50, 100],
                    help="epochs (1-based) whose model is kept as snapshot_epochNNN.pth and whose predictions "
-                        "on --snapshot-images go into snapshots.png (default: %(default)s)")
+                        "on --snapshot-images go into snapshots.png")
     g.add_argument("--snapshot-images", nargs="*", default=SNAPSHOT_IMAGES,
                    help="validation images shown in the snapshot grid; missing names are skipped with a "
-                        "warning (default: %(default)s)")
+                        "warning")
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -169,7 +168,9 @@ def draw_snapshot_grid(out: Path, args: argparse.Namespace) -> Optional[Path]:
     if not images or not epochs:
         return None
     rows = 2 + len(epochs)
-    fig, axes = plt.subplots(rows, len(images), figsize=(2.6 * len(images), 2.6 * rows), squeeze=False)
+    width = 2.6 * len(images)
+    key_height = class_key_height(width)
+    fig, axes = plt.subplots(rows, len(images), figsize=(width, 2.6 * rows + key_height), squeeze=False)
     for col, path in enumerate(images):
         image_id = path.name.replace("_sat.jpg", "")
         panels = [("input", read_rgb(path))]
@@ -185,11 +186,38 @@ def draw_snapshot_grid(out: Path, args: argparse.Namespace) -> Optional[Path]:
             if array is not None:
                 ax.imshow(array, interpolation="nearest")
             ax.set_title("{}: {}".format(image_id, title) if row == 0 else title, fontsize=9)
-    fig.tight_layout()
+    add_class_key(fig, key_height)
     path = out / "snapshots.png"
     fig.savefig(str(path), dpi=90)
     plt.close(fig)
     return path
+
+
+KEY_ENTRY_WIDTH = 1.15  # inches one legend entry takes at fontsize 8 ("agriculture" with its patch)
+KEY_ROW_HEIGHT = 0.3  # inches per legend row
+
+
+def _key_columns(width: float) -> int:
+    return max(1, min(NUM_CLASSES, int(width / KEY_ENTRY_WIDTH)))
+
+
+def class_key_height(width: float) -> float:
+    """Inches to add below the panels of a figure ``width`` inches wide for ``add_class_key``."""
+    rows = -(-NUM_CLASSES // _key_columns(width))
+    return KEY_ROW_HEIGHT * rows + 0.1
+
+
+def add_class_key(fig: Any, key_height: float) -> None:
+    """The masks' colour key: the 7 graded colours with their class names (utils.masks), in the ``key_height``
+    inches left free at the bottom of ``fig``; lays the panels out above it (tight_layout)."""
+    from matplotlib.patches import Patch
+
+    width, height = fig.get_size_inches()
+    handles = [Patch(facecolor=PALETTE[i] / 255.0, edgecolor="0.3", label=name)  # an edge shows white and black
+               for i, name in enumerate(CLASS_NAMES)]
+    fig.legend(handles=handles, loc="lower center", ncol=_key_columns(width), fontsize=8, frameon=False,
+               borderaxespad=0.2, handlelength=1.2, columnspacing=1.0)
+    fig.tight_layout(rect=(0, key_height / height, 1, 1))
 
 
 def _palette_rgb(classes):
