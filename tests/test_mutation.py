@@ -101,7 +101,7 @@ def test_library_table_counts_per_module_with_equivalents_left_out(monkeypatch, 
 ORIGINAL = """
 def f(parser, loader, x, device, path):
     parser.add_argument("--lr", type=float, default=0.1, help="the learning rate")
-    add_flag(parser, "--encoder", "none", "the classic U-Net", choices=("none", "resnet34"))
+    add_flag(parser, "--encoder", "none", "the classic U-Net", choices=("none", "resnet34"), default_text="no encoder")
     group = parser.add_argument_group("common training flags")
     parser2 = argparse.ArgumentParser(description="Train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for batch in progress(loader, desc="epoch {}".format(len(loader)), leave=False):
@@ -135,6 +135,7 @@ def f(parser, loader, x, device, path):
     ('"{:.4f}"', '"XX{:.4f}XX"', "text"),  # a progress bar's label
     ('"the classic U-Net"', '"THE CLASSIC U-NET"', "text"),  # add_flag's positional help
     ('"common training flags"', "None", "text"),  # a --help heading
+    ('default_text="no encoder"', 'default_text="XXno encoderXX"', "text"),  # how --help words a default
     ('group = parser.add_argument_group(', 'group = parser.add_mutually_exclusive_group(', None),
     ('choices=("none", "resnet34")', 'choices=("none", "XXresnet34XX")', None),  # its choices are measured
     ('"--encoder", "none"', '"--encoder", "XXnoneXX"', None),  # and its default

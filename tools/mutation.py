@@ -133,9 +133,10 @@ def semantic(args: argparse.Namespace) -> Dict[str, str]:
 #   text: only what a person reads (help, descriptions, messages, progress-bar labels), not what is computed;
 #   cuda: only where tensors live or what runs on a CUDA device; equivalent on the CPU that runs the suite.
 # (`what=` is the noun utils/fileio.py puts in its messages: "cannot write mask ..."; `begin` is Run.begin, which
-# prints a run's start-up line; `set_postfix`/`set_description` are a progress bar's label)
+# prints a run's start-up line; `set_postfix`/`set_description` are a progress bar's label; `default_text` is how
+# add_flag's --help words a default)
 TEXT_KEYWORDS = {"help", "description", "epilog", "metavar", "desc", "leave", "unit", "postfix", "flush", "what",
-                 "formatter_class", "more"}
+                 "formatter_class", "more", "default_text"}
 # utils.cli.add_flag(parser, name, default, more): its 4th argument is help text too; a group's title and
 # description are --help's headings
 TEXT_ARGUMENTS = {"add_flag": 3, "add_argument_group": 0}
