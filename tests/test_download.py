@@ -249,6 +249,28 @@ def test_dino_group_only_on_request(server, blob, tmp_path):
     assert (root / "checkpoints" / "dino.pth").read_bytes() == b"dino weights"
 
 
+def test_dino_official_lands_where_settings_b_and_d_read_and_never_replaces_a_file(server, tmp_path, capsys):
+    """Before: --dino-official wrote checkpoints/dino_resnet50_pretrain.pth, a name settings B/D never read. Now the
+    shipped row installs DINO's public ResNet-50 at p1_finetune.TA_BACKBONE; a file already there (the TAs') is
+    kept as it is, even when it differs from a pinned sha256 and even with --force."""
+    import p1_finetune
+
+    (row,) = [e for e in dl.read_manifest(dl.DEFAULT_MANIFEST) if e.group == dl.DINO_GROUP]
+    assert row.destination == p1_finetune.TA_BACKBONE == "checkpoints/official_dino_model.pth"
+    assert row.url == "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth"
+    assert "`bash hw1_download.sh --dino-official`" in p1_finetune.MISSING["tas"]  # what B/D say when it is missing
+    weights = b"DINO's public ResNet-50"
+    rows = [("dino-official", server.add("/dino.pth", weights), sha(weights), row.destination)]
+    rc, root = run_main(tmp_path, rows, "--dino-official")
+    assert rc == 0 and (root / row.destination).read_bytes() == weights
+    (root / row.destination).write_bytes(b"the TAs' official_dino_model.pth")
+    for flags in ((), ("--force",)):
+        assert run_main(tmp_path, rows, "--dino-official", *flags)[0] == 0
+        assert (root / row.destination).read_bytes() == b"the TAs' official_dino_model.pth"
+        assert "kept as it is" in capsys.readouterr().out
+    assert server.hits["/dino.pth"] == 1
+
+
 # ---------------------------------------------------------------------------------------------- manifest
 
 def test_read_manifest_comments_and_blank_lines(tmp_path):
