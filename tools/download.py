@@ -109,7 +109,7 @@ def sha256_of(path: str) -> str:
 
 
 def _gdown(url: str, output: str, progress: bool) -> None:
-    """gdown ``url`` to ``output`` (passing the keyword arguments this gdown knows; 4.7.3 has no log_messages),
+    """gdown ``url`` to ``output`` (passing the keyword arguments this gdown knows; 5.0 has no log_messages),
     retrying requests' network errors after RETRY_WAITS; DownloadError when it fails."""
     try:
         import gdown  # imported here: the manifest tools (tools.publish) work without it
