@@ -421,6 +421,7 @@ def test_data_never_unpacks_over_a_folder_already_there(tmp_path, monkeypatch, c
     assert "incomplete" in capsys.readouterr().err and calls == []
     (root / "data_2025" / "p2_data" / "validation").mkdir(parents=True)
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0  # complete: skipped
+    assert "to unpack it again, move it away first" in capsys.readouterr().out
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data", "--force"]) == 1
     assert "move it away" in capsys.readouterr().err and calls == []
     assert folder_names(root / "data_2025") == ["p1_data", "p2_data"]

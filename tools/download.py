@@ -220,7 +220,7 @@ def fetch_data(root: str, flag: str = "--data", force: bool = False, progress: b
     (file_id, name, _), link = DATA[flag], f"https://drive.google.com/uc?id={DATA[flag][0]}"
     target, archive, staging = (os.path.join(root, name + suffix) for suffix in ("", ".zip", ".partial"))
     if os.path.isdir(os.path.join(target, "p2_data", "validation")) and not force:
-        return True, "ok (already present; --force re-downloads and unpacks again)"
+        return True, "ok (already present; to unpack it again, move it away first)"
     try:
         if os.path.exists(target):
             why = "--force unpacks the archive again" if force else "it is incomplete (no p2_data/validation)"
