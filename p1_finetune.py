@@ -59,9 +59,9 @@ PRETRAINING = {"none": "–", "tas": "DINO on ImageNet-1k (TAs provided)",
 FINETUNING = {False: "Train full model (backbone + classifier)", True: "Fix the backbone. Train classifier only"}
 MISSING = {
     "tas": "the TAs' DINO ImageNet-1k ResNet-50 for setting {setting} is not at {path}: put the course's "
-           "official_dino_model.pth there (README, 'Problem 1, part II'), or pass --backbone PATH (DINO's public "
-           "ResNet-50, `bash hw1_download.sh --dino-official` -> checkpoints/dino_resnet50_pretrain.pth, is the same "
-           "kind of file)",
+           "official_dino_model.pth there (README, 'Problem 1, part II'), or run `bash hw1_download.sh "
+           "--dino-official`, which puts DINO's public ResNet-50 (the same network, DINO on ImageNet-1k) at "
+           "checkpoints/official_dino_model.pth, or pass --backbone PATH",
     "dino": "our DINO backbone for setting {setting} is not at {path}: run p1_ssl_pretrain.py first "
             "(scripts/p1_dino.sh), or pass --backbone PATH",
 }

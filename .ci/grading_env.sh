@@ -9,6 +9,7 @@
 #   VENV=path      the virtual environment (default under /tmp; reused when it exists)
 #   PYTHON38=path  the Python 3.8 interpreter (default: python3.8 on PATH, else pyenv's)
 #   OPTIONAL=1     exit 0 with a SKIPPED line when no Python 3.8 is found (what .ci/run does)
+#   GDOWN_VERSION=X.Y.Z  run with that gdown instead (installed beside the environment, first on PYTHONPATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 found=""
@@ -42,4 +43,10 @@ fi
 print("grading environment: Python {}.{}, torch {}, torchvision {}, numpy {}, Pillow {}, matplotlib {}, gdown {}, "
       "no scikit-learn".format(sys.version_info[0], sys.version_info[1], torch.__version__, torchvision.__version__,
                                numpy.__version__, PIL.__version__, matplotlib.__version__, gdown.__version__))'
+if [ -n "${GDOWN_VERSION:-}" ]; then  # e.g. the oldest gdown requirements.txt allows, over the environment's own
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+        --target "$VENV-gdown-$GDOWN_VERSION" "gdown==$GDOWN_VERSION"
+    export PYTHONPATH="$VENV-gdown-$GDOWN_VERSION${PYTHONPATH:+:$PYTHONPATH}"
+    "$VENV/bin/python" -c 'import importlib.metadata as m; print("with gdown", m.version("gdown"))'  # 5.1.0 says 4.7.3
+fi
 "$VENV/bin/python" -m pytest -q "$@"

@@ -180,3 +180,24 @@ def test_a_published_file_that_predicts_otherwise_than_the_run_is_refused(proble
     copy = tmp_path / "copy.pth"
     save_atomic(real_slim(torch.load(str(source), weights_only=True)), copy)
     assert publish.same_predictions(source, copy, kind) is True
+
+
+def test_set_manifest_link_fills_one_row_and_keeps_the_rest(tmp_path):
+    """(moved here with set_manifest_link from tools/download.py, its only user being this tool)"""
+    path = tmp_path / "manifest.csv"
+    path.write_text("# comment kept\ngroup,url,sha256,destination\ngrading,,,checkpoints/p1_best.pth\n"
+                    "grading,,,checkpoints/p2_best.pth\n# another comment\n")
+    link = "https://www.dropbox.com/scl/fi/x/p2_best.pth?rlkey=a,b&dl=0"  # a comma: the csv quotes it
+    publish.set_manifest_link(str(path), "checkpoints/p2_best.pth", link, "AB" * 32)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# comment kept" and lines[2] == "grading,,,checkpoints/p1_best.pth"
+    assert lines[4] == "# another comment"
+    entries = dl.read_manifest(str(path))
+    assert (entries[1].url, entries[1].sha256) == (link, "ab" * 32)
+    with pytest.raises(dl.ManifestError, match="no 'grading' row for checkpoints/p3.pth"):
+        publish.set_manifest_link(str(path), "checkpoints/p3.pth", link, "ab" * 32)
+    with pytest.raises(dl.ManifestError, match="64 hex"):
+        publish.set_manifest_link(str(path), "checkpoints/p1_best.pth", link, "not a hash")
+    assert dl.read_manifest(str(path))[0].url == ""  # the refused edit left the file as it was
+    assert sorted(os.listdir(str(tmp_path))) == ["manifest.csv"]
+

@@ -71,7 +71,7 @@ COVERAGE = [
     (r"^python p2_sam\.py ", "tests/test_sam.py", "def test_cli_real_vit_b_random_init"),
     (r"^bash hw1_download\.sh$", "tests/test_download.py", "def test_download_script_end_to_end"),
     (r"^bash hw1_download\.sh --data$", "tests/test_download.py",
-     "def test_data_without_gdown_uses_the_builtin_drive_client"),
+     "def test_data_downloads_the_2025_archive_with_gdown_and_checks_layout"),
     (r"^bash hw1_download\.sh --data-2024$", "tests/test_download.py", "def test_data_2024_only_behind_its_flag"),
     (r"^bash hw1_download\.sh --dino-official$", "tests/test_download.py", "def test_dino_group_only_on_request"),
     (r"^bash hw1_download_ckpt\.sh$", "tests/test_download.py",

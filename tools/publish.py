@@ -15,14 +15,18 @@ it fills that checkpoint's row of checkpoints/manifest.csv with the link and the
 ``bash scripts/presubmit.sh`` (README, "Submitting").
 """
 import argparse
+import csv
+import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from tools.download import (DEFAULT_MANIFEST, DownloadError, ManifestError, REPO_ROOT, parse_link,
-                            set_manifest_link, sha256_of)
+from tools.download import (DEFAULT_MANIFEST, GRADING_GROUP, REPO_ROOT, DownloadError, ManifestEntry, ManifestError,
+                            read_manifest, resolve_link, sha256_of)
 from tools.presubmit import SIZE_LIMIT
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.classify import CLASSIFIER_KIND, classify, load_classifier
@@ -61,6 +65,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_manifest_link(path: str, destination: str, url: str, sha256: str) -> ManifestEntry:
+    """Fill the url and sha256 of the grading row for ``destination`` in place (comments and other rows kept)."""
+    entries = [e for e in read_manifest(path) if e.group == GRADING_GROUP and e.destination == destination]
+    if not entries:
+        raise ManifestError(f"{path}: no {GRADING_GROUP!r} row for {destination} (expected a line "
+                            f"'{GRADING_GROUP},,,{destination}')")
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    row = io.StringIO()
+    csv.writer(row, lineterminator="").writerow([GRADING_GROUP, url, sha256.lower(), destination])
+    ending = "\n" if not lines[entries[0].line - 1].endswith("\r\n") else "\r\n"
+    lines[entries[0].line - 1] = row.getvalue() + ending
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            f.writelines(lines)
+        read_manifest(tmp)  # never install a manifest the downloader would refuse
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return entries[0]._replace(url=url, sha256=sha256.lower())
+
+
 def slim_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     """Only the entries the grading path reads (see KEPT_KEYS)."""
     return {key: ckpt[key] for key in KEPT_KEYS[ckpt["kind"]] if key in ckpt}
@@ -90,7 +120,7 @@ def publish(args: argparse.Namespace) -> Dict[str, Any]:
     """Write, verify and describe the file to upload; fill the manifest when a link is given."""
     kind = KIND_OF_PROBLEM[args.problem]
     if args.link is not None:
-        parse_link(args.link)  # a folder link, a Dropbox home page...: refused before anything is written
+        resolve_link(args.link)  # a folder link, a Dropbox home page...: refused before anything is written
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.get("kind") not in KEPT_KEYS:
         raise ValueError("{} is a {!r} checkpoint; publish takes a best.pth of p1_finetune.py (kind {!r}) or of "
