@@ -23,7 +23,7 @@ DeepLabV3, hw1_2.sh and the graded mIoU), and writes the report: OUTPUT_DIR/repo
 Writes:  everything under OUTPUT_DIR (default: demo/; a relative path is taken from this repository's folder):
          about 2.4 GB (data, runs with their checkpoints, masks, report). Outside it only the pip step changes
          anything. A second run in the same folder finds the finished runs and rewrites the report.
-Time:    about 5-10 minutes on an idle 2-core CPU; 25-35 minutes on a busy one (README, Quick start).
+Time:    about 5-10 minutes on an idle 2-core CPU; 25-35 minutes on a busy one (docs/demo.md).
 
 Environment variables:
   DEMO_EPOCHS=8        fine-tuning and segmentation epochs
@@ -118,5 +118,5 @@ $dino_epochs), seed $seed, CPU threads: $threads (DEMO_THREADS). B/D use a STAND
 generated unlabeled set twice the size of the mini set, its backbone.pth a plain torchvision state_dict as the TAs' file. \
 Setting C (our DINO) beat setting A (random init) in every demo run measured with seeds 0-2 and 1 or 2 threads, \
 but not on every machine, and by less than the runs differ among themselves: on this toy data the numbers show \
-that the pipeline works, not that DINO pre-training helps (README, Quick start)."
+that the pipeline works, not that DINO pre-training helps (docs/demo.md)."
 echo "demo finished in $(( $(date +%s) - start )) s. Report: $out/report/REPORT.md (figures in $out/report/figures)"

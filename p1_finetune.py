@@ -50,7 +50,7 @@ from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, classify_eval_transfor
 SETTINGS = {  # setting -> (which backbone, frozen)
     "A": ("none", False), "B": ("tas", False), "C": ("dino", False), "D": ("tas", True), "E": ("dino", True),
 }
-# The one documented place of the TAs' DINO ImageNet-1k ResNet-50 (GRADING.md: students name it
+# The one documented place of the TAs' DINO ImageNet-1k ResNet-50 (the course's 2025 page: students name it
 # official_dino_model.pth; a plain torchvision state_dict without fc), and of our own DINO backbone.
 TA_BACKBONE = "checkpoints/official_dino_model.pth"
 DEFAULT_BACKBONES = {"tas": TA_BACKBONE, "dino": "runs/p1_dino/backbone.pth"}
@@ -59,7 +59,7 @@ PRETRAINING = {"none": "–", "tas": "DINO on ImageNet-1k (TAs provided)",
 FINETUNING = {False: "Train full model (backbone + classifier)", True: "Fix the backbone. Train classifier only"}
 MISSING = {
     "tas": "the TAs' DINO ImageNet-1k ResNet-50 for setting {setting} is not at {path}: put the course's "
-           "official_dino_model.pth there (README, 'Problem 1, part II'), or run `bash hw1_download.sh "
+           "official_dino_model.pth there (docs/problem1.md, 'Part II'), or run `bash hw1_download.sh "
            "--dino-official`, which puts DINO's public ResNet-50 (the same network, DINO on ImageNet-1k) at "
            "checkpoints/official_dino_model.pth, or pass --backbone PATH",
     "dino": "our DINO backbone for setting {setting} is not at {path}: run p1_ssl_pretrain.py first "
@@ -116,7 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="LP-FT: train the classifier alone (backbone frozen, BatchNorm statistics fixed) for this many "
                         "epochs, then the whole model; one schedule over the run, the backbone at lr x "
                         "--backbone-lr-mult once it trains (the linear-probe-then-fine-tune schedule of 2025's "
-                        "strongest setting-C results; README, Beating the baselines); 0 = off")
+                        "strongest setting-C results; docs/problem1.md, Options that did best in 2025); 0 = off")
     g.add_argument("--cache-features", action="store_true",
                    help="frozen settings only: compute backbone features once on un-augmented images and train the "
                         "classifier on them (much faster; no augmentation)")

@@ -52,7 +52,7 @@ from utils.transforms import classify_eval_transform
 
 
 # Named sets of defaults (--preset); flags given on the command line still win. Each is a documented departure
-# from the report's recipe: README, "Problem 1, part I", for the reasons and the measured cost.
+# from the report's recipe: docs/problem1.md, "Part I", for the reasons and the measured cost.
 PRESETS = {
     # Mini-ImageNet images are 84 px: 224-px global crops upsample them 2.7x and add no information; 128/64 crops
     # and out_dim 4,096 (38,400 images, ~10 per prototype) cost 33.6 GFLOP per image instead of 102.3 (3.0x less).
@@ -100,7 +100,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="a named set of defaults, explicit flags still win: " + "; ".join(
                             "{}: {}".format(k, ", ".join(_flag_text(f, v) for f, v in d.items()))
                             for k, d in sorted(PRESETS.items()))
-                        + " (README, Problem 1, part I: why and what each costs) (default: none: the report's "
+                        + " (docs/problem1.md, Part I: why and what each costs) (default: none: the report's "
                         "recipe)")
     g = parser.add_argument_group("model")
     add_flag(g, "--arch", "resnet50", "the torchvision ResNet backbone (fc replaced by identity); resnet18 for "

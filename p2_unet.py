@@ -2,7 +2,7 @@
 
 The report's baseline, and its skip-connection ablation (``--drop-skip``). ``--encoder resnet34`` swaps the
 classic encoder for a torchvision ResNet (ImageNet weights with ``--encoder-weights imagenet``) under the
-same kind of decoder: one of the options of README's "Beating the baselines".
+same kind of decoder: one of the options of docs/problem2.md, "Beating the baselines".
 
     # CPU smoke run on generated data
     python -m tools.toydata --out toy && python p2_unet.py --data-dir toy/p2_data --output-dir runs/unet \

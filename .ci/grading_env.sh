@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite again in the grading machine's environment: Python 3.8 with exactly the 2025 course
-# requirements (../shared/GRADING.md, "The grading environment"): imageio 2.21.2, matplotlib 3.7.5, numpy 1.24.4,
+# requirements (the course's 2025 README, docs/development.md): imageio 2.21.2, matplotlib 3.7.5, numpy 1.24.4,
 # Pillow 10.4.0, pandas 2.0.3, scipy 1.10.1, torch 2.4.0, torchvision 0.19.0, tensorboard 2.14.0, timm 1.0.19,
 # gdown (which brings tqdm) -- and NO scikit-learn -- plus pytest to run the tests. vermin checks the syntax;
 # this catches what only runs differently there (numpy's casting rules, torch APIs, kernels that round

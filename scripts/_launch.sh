@@ -32,7 +32,7 @@ SNAPSHOT_IMAGES=${SNAPSHOT_IMAGES:-0013_sat.jpg 0018_sat.jpg 0065_sat.jpg 0104_s
 
 need() {  # need PATH WHAT: a clear error before hours of work when an input is missing
   if [ ! -e "$1" ]; then
-    echo "error: $2 not found: $1 (see README, 'Data')" >&2
+    echo "error: $2 not found: $1 (see docs/data.md)" >&2
     exit 2
   fi
 }

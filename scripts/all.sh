@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every experiment of the report in order, then the report (README: expected times). Each step resumes when run
+# Every experiment of the report in order, then the report (docs/performance.md: expected times). Each step resumes when run
 # again. Same environment variables as the other scripts (scripts/_launch.sh).
 set -euo pipefail
 here=$(dirname "$0")

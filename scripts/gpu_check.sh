@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short, prepared run of every CUDA path and the GPU figures of issue 16 (README, Performance), at the report's
+# One short, prepared run of every CUDA path and the GPU figures of issue 16 (docs/performance.md), at the report's
 # recipe (ResNet-50, 2x224 + 8x96 crops, out_dim 65,536, batch 32):
 #   1. the device and its bf16 support;
 #   2. tools/benchmark.py --reference: the DINO step fp32 vs bf16 + channels_last (ratio, loss agreement), the

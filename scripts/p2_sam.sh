@@ -4,7 +4,7 @@
 # checkpoints/sam_vit_h_4b8939.pth; SAM_MODEL_TYPE vit_h|vit_l|vit_b). Writes $RUNS/p2_sam.
 source "$(dirname "$0")/_launch.sh"
 SAM_CHECKPOINT=${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}
-need "$SAM_CHECKPOINT" "SAM checkpoint (download it from the link in 'python3 p2_sam.py --help')"
+need "$SAM_CHECKPOINT" "SAM checkpoint (its links: docs/problem2.md, SAM)"
 val="$HW1_DATA/p2_data/validation"
 images=()
 for name in $SNAPSHOT_IMAGES; do need "$val/$name" "image"; images+=("$val/$name"); done

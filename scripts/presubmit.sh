@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pre-submission check (README, "Submitting"): in a fresh clone of this repository, run exactly what the TAs
+# Pre-submission check (docs/submitting.md): in a fresh clone of this repository, run exactly what the TAs
 # run -- bash hw1_download_ckpt.sh, bash hw1_1.sh on the office val csv with labels 'None', bash hw1_2.sh on the
 # validation tiles -- timed against the 10-minute limit, check every output against the grading contract, score
 # them and print them beside the course's baselines. Exit status 1 when anything fails.

@@ -17,7 +17,7 @@ from utils.datasets import (
 )
 from utils.masks import read_mask
 
-# GRADING.md's colours, by class
+# docs/data.md's colours, by class
 COLOURS = {0: (0, 255, 255), 1: (255, 255, 0), 2: (255, 0, 255), 3: (0, 255, 0), 4: (0, 0, 255),
            5: (255, 255, 255), 6: (0, 0, 0)}
 

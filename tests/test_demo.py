@@ -11,10 +11,10 @@ import pytest
 # DINO facts checked here are the full demo's own (seed 0, demo.sh's pinned 1 CPU thread, so the same numbers on
 # any machine of one CPU kind): the teacher's k-NN rises above random init (measured: 0.421 -> 0.464, a thin margin
 # over the asserted 0.04; with 2 threads 0.421 -> 0.586, and for seed 1 it ends 0.01 below init: the k-NN peaks at
-# epoch 2, README "Does it learn?") and its entropy stays far below ln(out_dim) (1.24-1.44 over seeds 0-2 and 1-2
+# epoch 2, docs/demo.md) and its entropy stays far below ln(out_dim) (1.24-1.44 over seeds 0-2 and 1-2
 # threads, against 5.5). C > A is not asserted here: 2 fine-tuning epochs (one of them warm-up) leave every
 # setting at chance (0.14; measured); at the full demo's 8, C beat A in every run measured here but not on an
-# outside tester's machine (README).
+# outside tester's machine (docs/demo.md).
 REDUCED = {"DEMO_EPOCHS": "2", "DEMO_SKIP_INSTALL": "1", "TQDM_DISABLE": "1"}
 
 

@@ -656,7 +656,7 @@ def test_submission_without_a_link_fails_naming_manifest_and_readme(tmp_path, ca
     captured = capsys.readouterr()
     assert rc == 1
     assert "manifest.csv" in captured.err and "Submitting" in captured.err and "tools.publish" in captured.err
-    assert 'manifest.csv; see README.md, section "Submitting")' in captured.out and "MISSING (no URL in" in captured.out
+    assert 'manifest.csv; see docs/submitting.md)' in captured.out and "MISSING (no URL in" in captured.out
     # a file here passes: in the TAs' clone it is one git holds (presubmit's fresh clone checks a student's)
     (root / "checkpoints").mkdir(parents=True)
     (root / "checkpoints" / "p1_best.pth").write_bytes(b"committed to git")

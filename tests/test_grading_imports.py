@@ -1,4 +1,4 @@
-"""The grading path imports nothing outside the 2025 grading environment (../shared/GRADING.md): imageio,
+"""The grading path imports nothing outside the 2025 grading environment (docs/development.md, the grading environment): imageio,
 matplotlib, numpy, Pillow, pandas, scipy, torch, torchvision, tensorboard, timm, gdown (+ tqdm, which gdown
 brings) and the standard library. An import hook, installed through a sitecustomize.py on PYTHONPATH, refuses
 any other top-level package that *our* code (the repository's files, or ``python -c``) asks for; what those

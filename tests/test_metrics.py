@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py and utils/masks.py against the course's grading contract (../shared/GRADING.md).
+"""Tests for utils/metrics.py and utils/masks.py against the course's grading contract (docs/data.md).
 
 Every expected value is computed independently in this file (plain numpy counting, the grader's threshold
 rule written out by hand); the code under test is never used to produce an expectation.
@@ -21,7 +21,7 @@ from utils.metrics import ConfusionMatrix, confusion_matrix, iou_from_confusion
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# GRADING.md's table, copied by hand: class -> (name, (R, G, B), code = 4R + 2G + B after thresholding)
+# docs/data.md's table, copied by hand: class -> (name, (R, G, B), code = 4R + 2G + B after thresholding)
 GRADING_TABLE = {
     0: ("urban", (0, 255, 255), 3),
     1: ("agriculture", (255, 255, 0), 6),

@@ -102,7 +102,7 @@ def test_missing_backbones_are_named_with_where_they_come_from(office, tmp_path,
             _run(office, tmp_path / "x", "--setting", setting)
         message = str(err.value)
         assert "DINO ImageNet-1k" in message and p1_finetune.TA_BACKBONE in message
-        assert "official_dino_model.pth" in message and "README" in message
+        assert "official_dino_model.pth" in message and "docs/problem1.md" in message
     with pytest.raises(SystemExit, match="p1_ssl_pretrain.py first"):
         _run(office, tmp_path / "x", "--setting", "C")
     assert not (tmp_path / "x").exists()  # refused before any work

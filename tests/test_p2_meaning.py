@@ -180,7 +180,7 @@ class _ScriptedPredictor(torch.nn.Module):
 
 
 def _graded_miou(preds, labels):
-    # GRADING.md: counts pooled over the whole set; IoU_c = TP / (#pred==c + #label==c - TP) for c in 0..5;
+    # docs/data.md: counts pooled over the whole set; IoU_c = TP / (#pred==c + #label==c - TP) for c in 0..5;
     # unknown (6) not averaged but counted; red (ignore) pixels left out
     pred, label = np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in labels])
     keep = label != IGNORE
@@ -224,7 +224,7 @@ class _Brightness(torch.nn.Module):
 
 
 def test_snapshots_are_predicted_on_the_validation_tiles_of_the_report_names(tmp_path):
-    """The report's mask snapshots show validation images 0018/0065/0109 and 0013/0065/0104 (GRADING.md); a
+    """The report's mask snapshots show validation images 0018/0065/0109 and 0013/0065/0104 (docs/data.md); a
     training tile of the same name is another image and must not be drawn."""
     args = p2_deeplab.get_args_parser().parse_args(["--data-dir", str(tmp_path / "data")])
     assert {"0018_sat.jpg", "0065_sat.jpg", "0109_sat.jpg", "0013_sat.jpg", "0104_sat.jpg"} <= set(
@@ -435,7 +435,7 @@ def colour_key(fig):
             for text, patch in zip(legend.get_texts(), legend.get_patches())]
 
 
-# the grading contract's colours and names (GRADING.md, "Mask colours"), written out
+# the grading contract's colours and names (docs/data.md, "Mask colours"), written out
 CLASS_KEY = [("urban", (0, 255, 255)), ("agriculture", (255, 255, 0)), ("rangeland", (255, 0, 255)),
              ("forest", (0, 255, 0)), ("water", (0, 0, 255)), ("barren", (255, 255, 255)), ("unknown", (0, 0, 0))]
 

@@ -12,7 +12,7 @@ from utils.checkpoint import make_checkpoint, save_atomic
 from utils.models import build_seg_model
 from utils.predict import SEG_KIND
 
-# GRADING.md's table, class index -> (R, G, B): urban cyan, agriculture yellow, rangeland purple, forest green,
+# docs/data.md's table, class index -> (R, G, B): urban cyan, agriculture yellow, rangeland purple, forest green,
 # water blue, barren white, unknown black
 GRADER_COLOURS = [(0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)]
 

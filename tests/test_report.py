@@ -218,7 +218,7 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     versus = _section(text, "U-Net vs DeepLabV3")
     assert [r["Model"] for r in _table(versus, "Model")] == [
         unet_row["Model"], "Model B: DeepLabV3-ResNet101 (COCO init, output stride 8)"]
-    further = _section(text, "Further models (README: Beating the baselines)")
+    further = _section(text, "Further models (docs/problem2.md: Beating the baselines)")
     assert _table(further, "Model")[0]["Model"] == "p2_unet_r34: U-Net (ResNet-34 encoder, random init)"
     assert "![SAM masks: val0018](figures/p2_sam_val0018_sam.png)" in _section(text, "Segment Anything")
 

@@ -9,7 +9,7 @@ reference).
 
     # tiny CPU run (about a minute on 2 cores)
     python -m tools.benchmark --device cpu --batch-size 4 --arch resnet18 --out-dim 1024 --seg-size 128 --steps 3 --warmup 1
-    # the CPU comparison of the README (batch 16, ResNet-50, out_dim 65,536, 2 x 128 + 6 x 64 crops of 84 px)
+    # the CPU comparison of docs/performance.md (batch 16, ResNet-50, out_dim 65,536, 2 x 128 + 6 x 64 crops of 84 px)
     python -m tools.benchmark --device cpu --only aug_per_image aug_batched --reference --batch-size 16 --steps 20 \\
         --warmup 3 --json-out bench_cpu_aug.jsonl
     python -m tools.benchmark --device cpu --cpu-amp --only dino_step --reference --batch-size 16 --steps 5 --warmup 2 \\
@@ -109,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inference-arch", choices=("unet", "deeplabv3"), default="deeplabv3",
                         help="model of the inference measurement (deeplabv3: model B, DeepLabV3-ResNet101 OS 8)")
     add_flag(parser, "--amp", True, " in the fast path")
-    add_flag(parser, "--cpu-amp", more="in the fast path (the CPU figures of the README use it)")
+    add_flag(parser, "--cpu-amp", more="in the fast path (the CPU figures of docs/performance.md use it)")
     add_bool_flag(parser, "channels-last", True, "channels_last models and inputs in the fast path")
     add_flag(parser, "--compile", more="the fast path's models; compile time is spent in the warm-up iterations, "
                                        "so use a larger --warmup")

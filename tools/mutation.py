@@ -357,7 +357,7 @@ def library(args: argparse.Namespace) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Mutation testing: do the default tests notice a planted bug? "
-                                     "(README, Development)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     "(docs/development.md)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sem = sub.add_parser("semantic", help="run the hand-written mutants of tools/mutants/*.patch")
     sem.add_argument("--only", nargs="*", default=[], help="only patches whose name starts with one of these")

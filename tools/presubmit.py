@@ -5,7 +5,7 @@
     python -m tools.presubmit --data toy --problems 2 --keep
     bash scripts/presubmit.sh --local-checkpoints            # before uploading: checkpoints/*.pth, no download
 
-What it does, in order (README, "Submitting"):
+What it does, in order (docs/submitting.md):
 
 1. refuses a working tree with uncommitted changes (a clone would not see them; ``--allow-dirty`` only warns)
    and warns about commits not pushed;

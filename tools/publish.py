@@ -12,7 +12,7 @@ what the run's file predicts. It prints the size and sha256 (and a warning above
 committed to git). With ``--link`` (the share link of the uploaded file: Google Drive, Dropbox or plain https)
 it fills that checkpoint's row of checkpoints/manifest.csv with the link and the sha256, which is what
 ``bash hw1_download_ckpt.sh`` reads on the TAs' machine. Then: commit the manifest, push, and run
-``bash scripts/presubmit.sh`` (README, "Submitting").
+``bash scripts/presubmit.sh`` (docs/submitting.md).
 """
 import argparse
 import csv

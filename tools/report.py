@@ -395,7 +395,7 @@ def _p2_section(runs: Path, figs: _Figures) -> List[str]:
                 if link for line in (link, "")]
     out += table(["p2_unet", "p2_deeplab"], "U-Net vs DeepLabV3")
     if further:
-        out += table(further, "Further models (README: Beating the baselines)")
+        out += table(further, "Further models (docs/problem2.md: Beating the baselines)")
     for k, label in names.items():
         if results[k] is None:
             continue

@@ -186,7 +186,7 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
     add_flag(g, "--device", "auto")
     add_flag(g, "--seed", 0)
     add_flag(g, "--amp", True, "; ignored on the CPU (see --cpu-amp)")
-    add_flag(g, "--cpu-amp", more="about 2x faster DINO steps on such a CPU (README, Performance); off by default "
+    add_flag(g, "--cpu-amp", more="about 2x faster DINO steps on such a CPU (docs/performance.md); off by default "
                                   "so CPU runs stay fp32")
     add_flag(g, "--compile", more="worth it for long GPU runs; the first steps are slow while it compiles")
     add_flag(g, "--deterministic")

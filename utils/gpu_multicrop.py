@@ -38,7 +38,7 @@ How each step is batched:
   faults on the CPU), so one instance must not be called from two threads at once; the outputs are fresh.
 
 Given the same parameters the output matches ``apply_view`` to ~1e-5 (float rounding; ``tests/test_gpu_multicrop.py``
-checks it sample by sample, and the two paths' parameter and output statistics). Speed: README, Performance
+checks it sample by sample, and the two paths' parameter and output statistics). Speed: docs/performance.md
 (``python -m tools.benchmark --only aug_batched --reference``). Its input is a batch of ``InMemoryImages``
 (utils/datasets.py): images decoded once, so a DataLoader only batches uint8 tensors.
 """

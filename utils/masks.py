@@ -70,7 +70,7 @@ def read_mask(path: Union[str, Path]) -> np.ndarray:
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
     if looks_like_class_indices(rgb):
         raise ValueError("mask {} holds class indices (grey levels 0..{}), not class colours: the grader would read "
-                         "every pixel as 'unknown'. Write each class in its colour (README, 'Mask colours': urban "
+                         "every pixel as 'unknown'. Write each class in its colour (docs/data.md, 'Mask colours': urban "
                          "cyan, agriculture yellow, rangeland purple, forest green, water blue, barren white, unknown "
                          "black; utils.masks.class_to_rgb does it)".format(path, NUM_CLASSES - 1))
     return rgb_to_class(rgb)

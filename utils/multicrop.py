@@ -10,7 +10,7 @@ GPU path later:
    ``torchvision.transforms.v2.functional`` (hue excepted: ``adjust_hue`` here is the same map, 2-3x faster).
 
 Run it with one intra-op thread (DataLoader workers already do): on these small tensors threading only adds
-overhead, and on a busy machine OpenMP's spinning threads can make a call 100x slower. Speed: README, Performance.
+overhead, and on a busy machine OpenMP's spinning threads can make a call 100x slower. Speed: docs/performance.md.
 
 Randomness: with ``seed=None`` every draw comes from torch's global RNG, so ``torch.manual_seed`` and DataLoader
 worker seeding make runs reproducible. With an explicit seed the transform owns a ``torch.Generator``; inside a
