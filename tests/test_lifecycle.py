@@ -233,16 +233,45 @@ def test_nonsense_flags_are_usage_errors(toy_p2, tmp_path, flags):
 def test_a_resumable_checkpoint_without_an_entry_is_refused_naming_the_file_and_the_entry(tmp_path, missing):
     """Before: a resumable checkpoint (it has an optimizer) without 'epoch' restarted at epoch 0 with the old
     optimizer state, silently."""
-    from utils.lifecycle import Run
-    from utils.runlog import RunLog
-
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "epoch": 3}
     del ckpt[missing]
-    run = Run.__new__(Run)  # restore() alone, on a checkpoint as _decide_resume leaves it
-    run.ckpt, run.resume_path, run.out, run.main = ckpt, tmp_path / "checkpoint.pth", tmp_path, True
-    run.log = RunLog(tmp_path)
+    run = _bare_run(tmp_path, ckpt=ckpt, resume_path=tmp_path / "checkpoint.pth")
     with pytest.raises(ValueError, match="checkpoint {} has no '{}' entry to resume from".format(
             re.escape(str(tmp_path / "checkpoint.pth")), missing)):
         run.restore(model=model, optimizer=optimizer, scaler=torch.nn.Module())
+
+
+def _bare_run(tmp_path, **attributes):
+    """A Run without __init__ (no process group, no folder checks): for one method at a time."""
+    import argparse
+
+    from utils.lifecycle import Run
+    from utils.runlog import RunLog
+
+    run = Run.__new__(Run)
+    run.out, run.main, run.rank, run.world, run.device = tmp_path, True, 0, 1, torch.device("cpu")
+    run.args = argparse.Namespace(workers=2, seed=0, deterministic=False)
+    run.log = RunLog(tmp_path)
+    for name, value in attributes.items():
+        setattr(run, name, value)
+    return run
+
+
+def test_restore_says_where_it_resumes_and_returns_the_runs_variables(tmp_path, capsys):
+    model = torch.nn.Linear(2, 2)
+    ckpt = {"model": {k: v + 1 for k, v in model.state_dict().items()}, "optimizer": {}, "epoch": 3,
+            "best_metric": 0.5}
+    run = _bare_run(tmp_path, ckpt=ckpt, resume_path=tmp_path / "checkpoint.pth")
+    assert run.restore(model=model) == {"best_metric": 0.5} and (run.start_epoch, run.partial) == (3, 0)
+    assert capsys.readouterr().out == "resumed from {} at epoch 3\n".format(tmp_path / "checkpoint.pth")
+    assert torch.equal(model.weight, ckpt["model"]["weight"])
+
+
+def test_a_loaders_own_worker_count_overrides_workers(tmp_path):
+    """Cached features and DINO's batched augmentation load in the main process (workers=0) whatever --workers."""
+    run = _bare_run(tmp_path)
+    data = torch.utils.data.TensorDataset(torch.arange(8.0))
+    assert [run.loader(data, 2, train=train).num_workers for train in (True, False)] == [2, 2]
+    assert [run.loader(data, 2, train=train, workers=0).num_workers for train in (True, False)] == [0, 0]
