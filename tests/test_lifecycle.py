@@ -275,3 +275,14 @@ def test_a_loaders_own_worker_count_overrides_workers(tmp_path):
     data = torch.utils.data.TensorDataset(torch.arange(8.0))
     assert [run.loader(data, 2, train=train).num_workers for train in (True, False)] == [2, 2]
     assert [run.loader(data, 2, train=train, workers=0).num_workers for train in (True, False)] == [0, 0]
+
+
+def test_a_run_makes_its_nested_output_folder_and_draws_the_curves_of_its_keys(tmp_path):
+    from utils.lifecycle import Run
+
+    args = p2_unet.get_args_parser().parse_args(["--output-dir", str(tmp_path / "runs" / "p2" / "unet"),
+                                                 "--device", "cpu"])
+    run = Run(args, SEG_KIND, {"arch": "unet"}, curve_keys=("val_miou",), title="U-Net")
+    assert run.out.is_dir()
+    run.log.log({"epoch": 1, "val_miou": 0.25})
+    assert (run.out / "curves.png").stat().st_size > 0

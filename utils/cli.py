@@ -165,7 +165,7 @@ def add_bool_flag(parser: Any, name: str, default: bool, help: str) -> None:
     ('(default: --name is on)'). A later ``set_defaults`` of ``name`` would make that text stale."""
     dest = name.replace("-", "_")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--" + name, dest=dest, action="store_true", help=help)
+    group.add_argument("--" + name, action="store_true", help=help)  # its dest: name with "_"
     group.add_argument("--no-" + name, dest=dest, action="store_false",
                        help="turn --{0} off (default: --{0} is {1})".format(name, plain(default)))
     parser.set_defaults(**{dest: default})
