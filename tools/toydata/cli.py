@@ -37,27 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Generate synthetic data in the homework's layout.")
     parser.add_argument("--out", required=True,
                         help="output root; p1_data/ and p2_data/ are created inside it")
-    parser.add_argument("--seed", type=int, default=0, help="non-negative seed; same seed, same bytes")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="non-negative seed; same seed, same bytes (default: %(default)s)")
     parser.add_argument("--parts", nargs="+", default=list(PART_MAKERS), choices=sorted(PART_MAKERS),
-                        help="which problems' data to write (default: all)")
+                        help="which problems' data to write (default: {})".format(" ".join(PART_MAKERS)))
     p1 = parser.add_argument_group("problem 1 (mini / office classification data)")
     p1.add_argument("--p1-kind", choices=P1_KINDS, default="objects",
-                    help="objects: classes of shape x colour x texture under heavy nuisance (default); shapes: "
+                    help="objects: classes of shape x colour x texture under heavy nuisance; shapes: "
                          "upright light shapes on a dark ground, one class per shape (at most 7), the kind on "
-                         "which a short DINO run learns")
+                         "which a short DINO run learns (default: %(default)s)")
     p1.add_argument("--p1-classes", type=int, default=8,
-                    help="latent classes, 1..{} (real: 64 mini, 65 office)".format(P1_MAX_CLASSES))
+                    help="latent classes, 1..{} (real: 64 mini, 65 office) (default: %(default)s)".format(
+                        P1_MAX_CLASSES))
     p1.add_argument("--p1-mini-per-class", type=int, default=40,
-                    help="unlabeled mini images per class (real: 600)")
+                    help="unlabeled mini images per class (real: 600) (default: %(default)s)")
     p1.add_argument("--p1-office-per-class", type=int, default=12,
-                    help="labeled office train images per class (real: ~61)")
+                    help="labeled office train images per class (real: ~61) (default: %(default)s)")
     p1.add_argument("--p1-office-val-per-class", type=int, default=4,
-                    help="labeled office val images per class (real: ~6)")
-    p1.add_argument("--p1-mini-size", type=int, default=84, help="mini image side in pixels (real: 84)")
+                    help="labeled office val images per class (real: ~6) (default: %(default)s)")
+    p1.add_argument("--p1-mini-size", type=int, default=84,
+                    help="mini image side in pixels (real: 84) (default: %(default)s)")
     p2 = parser.add_argument_group("problem 2 (satellite segmentation data)")
-    p2.add_argument("--size", type=int, default=64, help="tile side in pixels (real data: 512)")
-    p2.add_argument("--num", type=int, default=24, help="number of training pairs")
-    p2.add_argument("--num-val", type=int, default=8, help="number of validation pairs")
+    p2.add_argument("--size", type=int, default=64, help="tile side in pixels (real data: 512) (default: %(default)s)")
+    p2.add_argument("--num", type=int, default=24, help="number of training pairs (default: %(default)s)")
+    p2.add_argument("--num-val", type=int, default=8, help="number of validation pairs (default: %(default)s)")
     return parser
 
 
