@@ -185,7 +185,8 @@ def test_every_script_explains_its_flags():
 
 
 def test_layout_lists_every_file_and_nothing_else():
-    """README's Layout names each top-level script, each utils/ and tools/ module, one line each, as the tree has them."""
+    """README's Layout names each top-level script, each utils/ and tools/ module (NAME.py) and package (NAME/), one
+    line each, as the tree has them."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Layout"):]
     section = section[:section.index("\n## ")] if "\n## " in section else section
@@ -197,7 +198,8 @@ def test_layout_lists_every_file_and_nothing_else():
             names = line.split("  ")[0].strip()
             listed += [prefix + n.strip() for n in names.split(",") if n.strip()]
     tree = sorted(p.name for p in ROOT.iterdir() if p.suffix in (".py", ".sh") and p.is_file()) + ["scripts/"]
-    tree += sorted("utils/" + p.name for p in (ROOT / "utils").glob("*.py") if p.name != "__init__.py")
-    tree += sorted("tools/" + p.name for p in (ROOT / "tools").glob("*.py") if p.name != "__init__.py")
+    for folder in ("utils", "tools"):  # a module is listed as NAME.py, a package as NAME/
+        tree += sorted(folder + "/" + p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+        tree += sorted(folder + "/" + p.parent.name + "/" for p in (ROOT / folder).glob("*/__init__.py"))
     assert sorted(listed) == sorted(tree)
     assert len(listed) == len(set(listed))
