@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,14 +41,14 @@ from utils.cli import (add_common_train_args, add_flag, nonnegative_float, nonne
 from utils.datasets import CsvImages, InMemoryImages, UnlabeledImages
 from utils.dino import DINO_KIND, DINOLoss, build_dino_net, embedding_spread, train_step
 from utils.gpu_multicrop import BatchedMultiCrop
-from utils.knn import extract_features, knn_accuracy
+from utils.knn import knn_classify
 from utils.lifecycle import Run, checkpoint_state
 from utils.models import CLASSIFIER_BACKBONES
 from utils.multicrop import MultiCropAugmentation
 from utils.optim import make_optimizer, scaled_lr, schedule, weight_decay_groups
-from utils.precision import fast_layout, make_grad_scaler, maybe_compile
+from utils.precision import autocast, fast_layout, make_grad_scaler, maybe_compile
 from utils.runlog import progress, warn
-from utils.transforms import classify_eval_transform
+from utils.transforms import classify_eval_transform, normalize
 
 
 # Named sets of defaults (--preset); flags given on the command line still win. Each is a documented departure
@@ -202,6 +202,32 @@ def probe_loaders(args: argparse.Namespace, device: torch.device):
                                                    num_workers=min(args.workers, 4),
                                                    pin_memory=device.type == "cuda"))
     return loaders
+
+
+def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                     amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode over a loader of (images in [0, 255], labels); return (N, D) float features, labels."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        feats, labels = [], []
+        for images, target in progress(loader, desc="features", leave=False):
+            x = normalize(images.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                out = model(x)
+            feats.append(out.float())
+            labels.append(torch.as_tensor(target).to(device))
+        model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 accuracy of ``knn_classify`` on labelled test features."""
+    pred = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
+    return float((pred == test_labels.to(pred.device)).float().mean())
 
 
 def run_knn(teacher: nn.Module, loaders, args: argparse.Namespace, device: torch.device,
