@@ -246,9 +246,9 @@ def test_embedding_spread_is_one_for_spread_features_and_zero_for_collapse():
     x = feats.double().numpy()
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     expected = x.std(0, ddof=1).mean() * math.sqrt(32)
-    assert float(dino.embedding_spread(feats)) == pytest.approx(expected, rel=1e-5)
+    assert float(p1_ssl_pretrain.embedding_spread(feats)) == pytest.approx(expected, rel=1e-5)
     assert 0.5 < expected < 1.0
-    assert float(dino.embedding_spread(torch.ones(8, 32) * 3)) == pytest.approx(0.0, abs=1e-6)
+    assert float(p1_ssl_pretrain.embedding_spread(torch.ones(8, 32) * 3)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_per_parameter_gradient_clipping():
