@@ -23,12 +23,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from utils.checkpoint import atomic_temp_target
-from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
+from utils.datasets import IMAGE_SUFFIXES, PathLike, collate_list, mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import write_mask
 from utils.cli import add_flag, nonnegative_int, positive_int, run_cli
@@ -77,6 +77,59 @@ def tta_views(spec: str) -> Tuple[str, ...]:
         raise argparse.ArgumentTypeError("unknown --tta view {}; use flip, scale or flip,scale".format(
             ", ".join(repr(n) for n in unknown)))
     return names
+
+
+def list_input_images(folder: PathLike) -> List[Path]:
+    """Images to segment, sorted: every entry whose name ends in .jpg/.jpeg/.png (any case) but not _mask.png.
+
+    Every image gets a mask: a ``0102_sat.png`` beside the ``*_sat.jpg`` files is included, not skipped. Entries
+    are not opened here; one that is not a regular file (a FIFO, a device, a folder named like an image) is listed
+    and fails when read, naming it. Other files are named in one warning line on stderr.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("input folder not found: {}".format(folder))
+    images, other = [], []
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower()
+        if name.endswith("_mask.png"):
+            continue  # ground truth beside its images (a validation folder)
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
+    if other and images:
+        print("warning: ignoring {} file(s) in {} that are not .jpg/.jpeg/.png images: {}{}".format(
+            len(other), folder, ", ".join(p.name for p in other[:5]), " ..." if len(other) > 5 else ""),
+            file=sys.stderr)
+    return images
+
+
+def mask_names_for(images: Sequence[Path]) -> List[str]:
+    """``mask_name_for`` of each image; a ValueError naming them when two images would write one mask (a.jpg and
+    a.png, or 0001_sat.jpg and 0001.png), so that no mask silently overwrites another."""
+    names = [mask_name_for(p) for p in images]
+    sources = {}  # type: dict
+    for image, name in zip(images, names):
+        sources.setdefault(name, []).append(image.name)
+    clashes = ["{} ({})".format(name, ", ".join(found)) for name, found in sources.items() if len(found) > 1]
+    if clashes:
+        raise ValueError("{} mask name(s) would be written by more than one image of {}: {}; rename or remove all "
+                         "but one of each".format(len(clashes), Path(images[0]).parent, "; ".join(clashes[:5])))
+    return names
+
+
+class InferenceImages(torch.utils.data.Dataset):
+    """Images for prediction; a file that cannot be read yields its error message instead of a tensor."""
+
+    def __init__(self, files: List[Path]) -> None:
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
+        try:
+            return index, to_chw_uint8(read_rgb(self.files[index])), None
+        except (OSError, ValueError) as exc:
+            return index, None, str(exc)
 
 
 def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
