@@ -29,6 +29,7 @@ from tools.toydata.output import MIN_SIZE, PathLike, _Output, _save_jpeg
 
 # Keys p1's per-image random streams (p2's part id is 2, tools/toydata/p2.py), so the two never share a stream.
 P1_PART_ID = 1
+
 P1_SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent")
 # Hue of each colour, as a fraction of the hue circle: red, yellow, green, cyan, blue, magenta.
 P1_HUES = (0.0, 0.15, 0.33, 0.5, 0.64, 0.83)
