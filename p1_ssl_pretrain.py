@@ -29,26 +29,29 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.cli import (HelpFormatter, add_common_train_args, add_flag, nonnegative_float, nonnegative_int,
                        positive_float, positive_int, run_cli, unit_float)
 from utils.datasets import CsvImages, InMemoryImages, UnlabeledImages
-from utils.dino import DINO_KIND, DINOLoss, build_dino_net, embedding_spread, train_step
+from utils.dino import DINOLoss, build_dino_net, train_step
 from utils.gpu_multicrop import BatchedMultiCrop
-from utils.knn import extract_features, knn_accuracy
+from utils.knn import knn_classify
 from utils.lifecycle import Run, checkpoint_state
 from utils.models import CLASSIFIER_BACKBONES
 from utils.multicrop import MultiCropAugmentation
 from utils.optim import make_optimizer, scaled_lr, schedule, weight_decay_groups
-from utils.precision import fast_layout, make_grad_scaler, maybe_compile
-from utils.runlog import progress, warn
-from utils.transforms import classify_eval_transform
+from utils.precision import autocast, fast_layout, make_grad_scaler, maybe_compile
+from utils.runlog import progress
+from utils.transforms import classify_eval_transform, normalize
+
+DINO_KIND = "p1_dino"  # the kind of this trainer's checkpoints: load_checkpoint refuses any other
 
 
 # Named sets of defaults (--preset); flags given on the command line still win. Each is a documented departure
@@ -211,12 +214,44 @@ def probe_loaders(args: argparse.Namespace, device: torch.device):
     return loaders
 
 
+def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                     amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode over a loader of (images in [0, 255], labels); return (N, D) float features, labels."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        feats, labels = [], []
+        for images, target in progress(loader, desc="features", leave=False):
+            x = normalize(images.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                out = model(x)
+            feats.append(out.float())
+            labels.append(torch.as_tensor(target).to(device))
+        model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 accuracy of ``knn_classify`` on labelled test features."""
+    pred = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
+    return float((pred == test_labels.to(pred.device)).float().mean())
+
+
 def run_knn(teacher: nn.Module, loaders, args: argparse.Namespace, device: torch.device,
             dtype: Optional[torch.dtype]) -> float:
     """Weighted k-NN top-1 accuracy of the teacher backbone's features on the probe set."""
     train_f, train_y = extract_features(teacher.backbone, loaders[0], device, dtype)
     val_f, val_y = extract_features(teacher.backbone, loaders[1], device, dtype)
     return knn_accuracy(train_f, train_y, val_f, val_y, args.num_classes, args.knn_k, args.knn_temperature)
+
+
+def embedding_spread(features: torch.Tensor) -> torch.Tensor:
+    """Mean per-dimension std of L2-normalised features, scaled so ~1 is healthy and -> 0 is collapse."""
+    feats = F.normalize(features.float(), dim=1)
+    return feats.std(0).mean() * math.sqrt(feats.shape[1])
 
 
 def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, loader, objects: Dict[str, Any],
@@ -268,6 +303,11 @@ def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss,
             "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
             "interrupted": interrupted, "teacher_temp": dino_loss.teacher_temperature(epoch), "seconds": seconds,
             "images_per_s": count * args.batch_size * run.world / max(seconds, 1e-6)}
+
+
+def warn(message: str) -> None:
+    """A framed warning on stderr (collapse, non-finite values) that stands out in a long log."""
+    print("\n" + "!" * 78 + "\nWARNING " + message + "\n" + "!" * 78, file=sys.stderr, flush=True)
 
 
 def collapse_warning(stats: Dict[str, Any], out_dim: int, epoch: int, warmup_epochs: float = 1) -> Optional[str]:

@@ -18,23 +18,24 @@ memory stays bounded. An unreadable image is reported by name, every other mask 
 code is 1.
 """
 import argparse
+import math
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from utils.checkpoint import atomic_temp_target
-from utils.datasets import InferenceImages, collate_list, list_input_images, mask_names_for
+from utils.datasets import IMAGE_SUFFIXES, PathLike, collate_list, mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import write_mask
 from utils.cli import HelpFormatter, add_flag, nonnegative_int, positive_int, run_cli
 from utils.precision import amp_dtype
 from utils.runlog import progress
-from utils.predict import load_segmenter, predict_ensemble, predict_tiled
+from utils.predict import load_segmenter, predict_probs
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,59 @@ def tta_views(spec: str) -> Tuple[str, ...]:
     return names
 
 
+def list_input_images(folder: PathLike) -> List[Path]:
+    """Images to segment, sorted: every entry whose name ends in .jpg/.jpeg/.png (any case) but not _mask.png.
+
+    Every image gets a mask: a ``0102_sat.png`` beside the ``*_sat.jpg`` files is included, not skipped. Entries
+    are not opened here; one that is not a regular file (a FIFO, a device, a folder named like an image) is listed
+    and fails when read, naming it. Other files are named in one warning line on stderr.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError("input folder not found: {}".format(folder))
+    images, other = [], []
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower()
+        if name.endswith("_mask.png"):
+            continue  # ground truth beside its images (a validation folder)
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
+    if other and images:
+        print("warning: ignoring {} file(s) in {} that are not .jpg/.jpeg/.png images: {}{}".format(
+            len(other), folder, ", ".join(p.name for p in other[:5]), " ..." if len(other) > 5 else ""),
+            file=sys.stderr)
+    return images
+
+
+def mask_names_for(images: Sequence[Path]) -> List[str]:
+    """``mask_name_for`` of each image; a ValueError naming them when two images would write one mask (a.jpg and
+    a.png, or 0001_sat.jpg and 0001.png), so that no mask silently overwrites another."""
+    names = [mask_name_for(p) for p in images]
+    sources = {}  # type: dict
+    for image, name in zip(images, names):
+        sources.setdefault(name, []).append(image.name)
+    clashes = ["{} ({})".format(name, ", ".join(found)) for name, found in sources.items() if len(found) > 1]
+    if clashes:
+        raise ValueError("{} mask name(s) would be written by more than one image of {}: {}; rename or remove all "
+                         "but one of each".format(len(clashes), Path(images[0]).parent, "; ".join(clashes[:5])))
+    return names
+
+
+class InferenceImages(torch.utils.data.Dataset):
+    """Images for prediction; a file that cannot be read yields its error message instead of a tensor."""
+
+    def __init__(self, files: List[Path]) -> None:
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
+        try:
+            return index, to_chw_uint8(read_rgb(self.files[index])), None
+        except (OSError, ValueError) as exc:
+            return index, None, str(exc)
+
+
 def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
     """Split a list of (index, image, error) into runs of equal image size (batched together)."""
     groups, by_shape = [], {}  # type: List[List[Any]], Dict[Any, List[Any]]
@@ -89,6 +143,75 @@ def _groups_by_size(samples: List[Any]) -> List[List[Any]]:
         by_shape.setdefault(tuple(sample[1].shape), []).append(sample)
     groups.extend(by_shape.values())
     return groups
+
+
+def predict_ensemble(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], images: torch.Tensor,
+                     amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
+                     scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Mean of ``predict_probs`` over several (model, config) pairs: a checkpoint ensemble, (B, C, H, W)."""
+    with torch.no_grad():
+        total = None  # type: Optional[torch.Tensor]
+        for model, config in members:
+            probs = predict_probs(model, images, config, amp_dtype, tta, scales)
+            if total is not None and probs.shape != total.shape:
+                raise ValueError("ensemble members disagree on the number of classes: {} vs {}".format(
+                    probs.shape[1], total.shape[1]))
+            total = probs if total is None else total + probs
+        return total / len(members)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
+    """Offsets of the fewest ``tile``-long windows that cover 0..length with neighbours sharing >= ``overlap``
+    pixels, spread evenly: the first at 0, the last ending at ``length``; [0] when one window covers it all."""
+    if length <= tile:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError("tile overlap must lie in 0..{} for tiles of {}, got {}".format(tile - 1, tile, overlap))
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [(i * (length - tile) + (count - 1) // 2) // (count - 1) for i in range(count)]
+
+
+def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], image: torch.Tensor,
+                  amp_dtype: Optional[torch.dtype], tta: bool, scales: Sequence[float], tile: int,
+                  overlap: int) -> torch.Tensor:
+    """uint8 (1, 3, H, W) -> uint8 class map (H, W), on the image's device, from overlapping windows of at most
+    ``tile`` x ``tile`` (``tile_starts``): each window is one ``predict_ensemble`` call, and where windows overlap
+    their class probabilities are averaged before the argmax.
+
+    Memory does not grow with the image's area: one window's forward pass plus the probabilities of one band of
+    window rows (classes x ``tile`` x W), finished into the class map as soon as no further window reaches them.
+    A ``tile`` at least as large as the image is one window: exactly ``predict_ensemble(...).argmax(1)``.
+    """
+    with torch.no_grad():
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError("predict_tiled takes one image (1, 3, H, W), got shape {}".format(tuple(image.shape)))
+        h, w = image.shape[-2:]
+        out = torch.empty((h, w), dtype=torch.uint8, device=image.device)
+        top, total, count = 0, None, None  # rows [top, top + len(count)): summed probabilities, windows per pixel
+
+        def finish(rows: int) -> None:
+            nonlocal top, total, count
+            if rows > 0:  # (the first window's rows are 0: nothing summed yet)
+                out[top:top + rows] = (total[:, :rows] / count[:rows]).argmax(0).to(torch.uint8)
+                total, count, top = total[:, rows:], count[rows:], top + rows
+
+        for y in tile_starts(h, tile, overlap):
+            finish(y - top)  # no later window reaches above y
+            bottom = min(y + tile, h)
+            for x in tile_starts(w, tile, overlap):
+                right = min(x + tile, w)
+                probs = predict_ensemble(members, image[..., y:bottom, x:right], amp_dtype, tta, scales)[0]
+                if total is None:
+                    total = probs.new_zeros((probs.shape[0], 0, w))
+                    count = probs.new_zeros((0, w))
+                grow = bottom - (top + count.shape[0])
+                if grow > 0:
+                    total = torch.cat([total, total.new_zeros((total.shape[0], grow, w))], dim=1)
+                    count = torch.cat([count, count.new_zeros((grow, w))], dim=0)
+                total[:, y - top:bottom - top, x:right] += probs
+                count[y - top:bottom - top, x:right] += 1
+        finish(h - top)
+        return out
 
 
 def check_output_folder(folder: Path, mask_names: List[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for utils/datasets.py: robust image decoding, p2 pair listing, datasets, inference inputs."""
+"""Tests for utils/datasets.py: robust image decoding, p2 pair listing, datasets; and p2_inference.py's inputs."""
 import os
 from pathlib import Path
 
@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from p2_inference import InferenceImages, list_input_images
 from utils.datasets import (
-    InferenceImages,
     SegmentationDataset,
-    list_input_images,
     list_satellite_pairs,
     mask_name_for,
     read_rgb,
@@ -405,7 +404,7 @@ def test_unusable_items_are_counted_and_the_first_five_named_on_stderr_or_in_the
 
 
 def test_two_images_that_would_write_one_mask_are_named_together():
-    from utils.datasets import mask_names_for
+    from p2_inference import mask_names_for
 
     with pytest.raises(ValueError, match=r"^2 mask name\(s\) would be written by more than one image of d: a_mask\.png "
                                          r"\(a\.jpg, a_sat\.png\); b_mask\.png \(b\.jpg, b\.png\); rename"):

@@ -1,10 +1,12 @@
-"""utils/knn.py: weighted cosine k-NN on hand-placed neighbours, where k and the temperature decide the answer."""
+"""utils/knn.py: weighted cosine k-NN on hand-placed neighbours, where k and the temperature decide the answer; and
+p1_ssl_pretrain.py's k-NN monitor built on it (extract_features, knn_accuracy)."""
 import math
 
 import pytest
 import torch
 
-from utils.knn import extract_features, knn_accuracy, knn_classify
+from p1_ssl_pretrain import extract_features, knn_accuracy
+from utils.knn import knn_classify
 from utils.transforms import normalize
 
 

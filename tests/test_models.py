@@ -1,4 +1,4 @@
-"""Tests for utils/models.py: shapes, U-Net skip ablation, DeepLabV3 output stride, weight loading, no network."""
+"""Tests for utils/models/: shapes, U-Net skip ablation, DeepLabV3 output stride, weight loading, no network."""
 import os
 from urllib.parse import urlparse
 

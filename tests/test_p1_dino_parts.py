@@ -246,9 +246,9 @@ def test_embedding_spread_is_one_for_spread_features_and_zero_for_collapse():
     x = feats.double().numpy()
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     expected = x.std(0, ddof=1).mean() * math.sqrt(32)
-    assert float(dino.embedding_spread(feats)) == pytest.approx(expected, rel=1e-5)
+    assert float(p1_ssl_pretrain.embedding_spread(feats)) == pytest.approx(expected, rel=1e-5)
     assert 0.5 < expected < 1.0
-    assert float(dino.embedding_spread(torch.ones(8, 32) * 3)) == pytest.approx(0.0, abs=1e-6)
+    assert float(p1_ssl_pretrain.embedding_spread(torch.ones(8, 32) * 3)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_per_parameter_gradient_clipping():
@@ -347,3 +347,10 @@ def test_the_center_is_the_mean_teacher_output_over_every_process(monkeypatch):
     loss_fn.update_center(teacher_output)
     global_mean = torch.cat([teacher_output, other_rank]).mean(0, keepdim=True)
     torch.testing.assert_close(loss_fn.center, 0.5 * global_mean)
+
+
+def test_a_warning_is_framed_on_stderr_to_stand_out_in_a_long_log(capsys):
+    p1_ssl_pretrain.warn("epoch 3: the teacher's entropy is near 0 (collapse)")
+    rule = "!" * 78
+    assert capsys.readouterr() == ("", "\n{}\nWARNING epoch 3: the teacher's entropy is near 0 (collapse)\n{}\n"
+                                   .format(rule, rule))

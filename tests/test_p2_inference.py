@@ -331,7 +331,8 @@ def test_flip_tta_is_undone_before_averaging(scales):
 
 def test_ensemble_averages_members_and_plain_tta_flag_is_flip():
     import p2_inference
-    from utils.predict import predict_ensemble, predict_probs
+    from p2_inference import predict_ensemble
+    from utils.predict import predict_probs
 
     a, b = _TinySegmenter().eval(), _TinySegmenter().eval()
     torch.nn.init.normal_(b.conv.weight)
@@ -384,7 +385,8 @@ def test_tta_flip_scale_with_two_checkpoints_writes_contract_valid_masks(toy_p2,
     # the masks are the ensemble's mean over both flips and the three default scales, computed here directly
     from utils.datasets import read_rgb, to_chw_uint8
     from utils.masks import read_mask
-    from utils.predict import load_segmenter, predict_ensemble
+    from p2_inference import predict_ensemble
+    from utils.predict import load_segmenter
 
     cpu = torch.device("cpu")
     members = [(m, c["model_config"]) for m, c in (load_segmenter(p, cpu) for p in (checkpoint_a, checkpoint_b))]
@@ -453,7 +455,7 @@ def test_a_full_disk_keeps_every_earlier_mask_and_names_the_file(toy_p2, random_
 
 # ------------------------------------------------------------------------ large images: tiles
 def test_tile_starts_cover_the_length_with_the_overlap():
-    from utils.predict import tile_starts
+    from p2_inference import tile_starts
 
     assert tile_starts(500, 1024, 128) == [0] and tile_starts(1024, 1024, 128) == [0]
     for length, tile, overlap in [(6000, 1024, 128), (1025, 1024, 128), (2048, 1024, 0), (777, 100, 99), (65, 64, 0)]:
@@ -469,7 +471,7 @@ def test_tile_starts_cover_the_length_with_the_overlap():
 def test_tiled_prediction_averages_the_windows_and_one_window_is_the_whole_image(config):
     """A tile >= the image is exactly the whole-image prediction; smaller tiles give the input's size and equal a
     direct computation (every window's probabilities summed into a full-size array, divided by the window count)."""
-    from utils.predict import predict_ensemble, predict_tiled, tile_starts
+    from p2_inference import predict_ensemble, predict_tiled, tile_starts
 
     members = [(_TinySegmenter().eval(), config)]
     torch.manual_seed(1)
@@ -521,7 +523,7 @@ def test_tiled_prediction_holds_one_band_of_window_rows_at_a_time(monkeypatch):
     (rows no later window reaches are finished into the class map at once). A tall image, 10 window rows."""
     import sys
 
-    import utils.predict as predict
+    import p2_inference
 
     held = []
 
@@ -530,10 +532,10 @@ def test_tiled_prediction_holds_one_band_of_window_rows_at_a_time(monkeypatch):
         held.append(0 if count is None else count.shape[0])
         return torch.rand(1, 7, *crop.shape[-2:])
 
-    monkeypatch.setattr(predict, "predict_ensemble", fake_ensemble)
-    out = predict.predict_tiled([], torch.zeros(1, 3, 300, 40, dtype=torch.uint8), None, False, (1.0,), tile=32,
-                                overlap=4)
-    assert out.shape == (300, 40) and len(held) == len(predict.tile_starts(300, 32, 4)) * 2
+    monkeypatch.setattr(p2_inference, "predict_ensemble", fake_ensemble)  # where predict_tiled looks it up
+    out = p2_inference.predict_tiled([], torch.zeros(1, 3, 300, 40, dtype=torch.uint8), None, False, (1.0,),
+                                     tile=32, overlap=4)
+    assert out.shape == (300, 40) and len(held) == len(p2_inference.tile_starts(300, 32, 4)) * 2
     assert 0 < max(held) <= 32, held
 
 

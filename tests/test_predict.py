@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.predict import _pad_to_multiple, predict_classes, predict_ensemble, predict_probs, resize_bilinear, \
-    scaled_size
+from p2_inference import predict_ensemble
+from utils.predict import _pad_to_multiple, predict_classes, predict_probs, resize_bilinear, scaled_size
 
 
 def test_pad_to_multiple_reflects_on_the_bottom_and_right():

@@ -5,7 +5,7 @@ import pytest
 
 import p2_unet
 from helpers import run_main
-from utils.runlog import RunLog, warn
+from utils.runlog import RunLog
 
 
 def test_jsonl_curves_and_truncation(tmp_path):
@@ -98,10 +98,3 @@ def test_the_progress_bar_shows_on_the_main_process_only_unless_tqdm_disable(mon
     monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
     bar = progress(range(3), desc="epoch 1/2")
     assert bar.disable is not shown and list(bar) == [0, 1, 2]  # (a finished bar is closed: disable then)
-
-
-def test_a_warning_is_framed_on_stderr_to_stand_out_in_a_long_log(capsys):
-    warn("epoch 3: the teacher's entropy is near 0 (collapse)")
-    rule = "!" * 78
-    assert capsys.readouterr() == ("", "\n{}\nWARNING epoch 3: the teacher's entropy is near 0 (collapse)\n{}\n"
-                                   .format(rule, rule))

@@ -166,6 +166,22 @@ def test_cli_subprocess_writes_layout(tmp_path: Path) -> None:
         assert img.size == (32, 32)
 
 
+def test_cli_help_shows_every_default() -> None:
+    """--help names the value each optional flag takes when it is not given (--out is required: none)."""
+    from tools.toydata import build_parser
+
+    parser = build_parser()
+    text = " ".join(parser.format_help().split())  # argparse wraps lines: compare with single spaces
+    for action in parser._actions:
+        if not action.option_strings or action.required or action.dest == "help":
+            continue
+        default = " ".join(action.default) if isinstance(action.default, list) else action.default
+        help_text = " ".join((action.help % {"default": action.default}).split())
+        assert help_text.endswith("(default: {})".format(default)), action.dest
+        assert help_text in text, action.dest
+    assert "(default: 24)" in text and "(default: p1 p2)" in text and "(default: objects)" in text
+
+
 def test_cli_rejects_unknown_part(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path), "--parts", "p9"])

@@ -163,65 +163,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-def list_input_images(folder: PathLike) -> List[Path]:
-    """Images to segment, sorted: every entry whose name ends in .jpg/.jpeg/.png (any case) but not _mask.png.
-
-    Every image gets a mask: a ``0102_sat.png`` beside the ``*_sat.jpg`` files is included, not skipped. Entries
-    are not opened here; one that is not a regular file (a FIFO, a device, a folder named like an image) is listed
-    and fails when read, naming it. Other files are named in one warning line on stderr.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError("input folder not found: {}".format(folder))
-    images, other = [], []
-    for path in sorted(folder.iterdir()):
-        name = path.name.lower()
-        if name.endswith("_mask.png"):
-            continue  # ground truth beside its images (a validation folder)
-        (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
-    if other and images:
-        print("warning: ignoring {} file(s) in {} that are not .jpg/.jpeg/.png images: {}{}".format(
-            len(other), folder, ", ".join(p.name for p in other[:5]), " ..." if len(other) > 5 else ""),
-            file=sys.stderr)
-    return images
-
-
 def mask_name_for(image: Path) -> str:
     """0013_sat.jpg -> 0013_mask.png; other.png -> other_mask.png."""
     stem = image.stem
     if stem.endswith("_sat"):
         stem = stem[: -len("_sat")]
     return stem + "_mask.png"
-
-
-def mask_names_for(images: Sequence[Path]) -> List[str]:
-    """``mask_name_for`` of each image; a ValueError naming them when two images would write one mask (a.jpg and
-    a.png, or 0001_sat.jpg and 0001.png), so that no mask silently overwrites another."""
-    names = [mask_name_for(p) for p in images]
-    sources = {}  # type: dict
-    for image, name in zip(images, names):
-        sources.setdefault(name, []).append(image.name)
-    clashes = ["{} ({})".format(name, ", ".join(found)) for name, found in sources.items() if len(found) > 1]
-    if clashes:
-        raise ValueError("{} mask name(s) would be written by more than one image of {}: {}; rename or remove all "
-                         "but one of each".format(len(clashes), Path(images[0]).parent, "; ".join(clashes[:5])))
-    return names
-
-
-class InferenceImages(torch.utils.data.Dataset):
-    """Images for prediction; a file that cannot be read yields its error message instead of a tensor."""
-
-    def __init__(self, files: List[Path]) -> None:
-        self.files = list(files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
-        try:
-            return index, to_chw_uint8(read_rgb(self.files[index])), None
-        except (OSError, ValueError) as exc:
-            return index, None, str(exc)
 
 
 def collate_list(batch: list) -> list:

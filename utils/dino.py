@@ -13,8 +13,6 @@ from utils import distributed as dist_utils
 from utils.models import build_resnet_backbone
 from utils.precision import autocast
 
-DINO_KIND = "p1_dino"
-
 
 class DINOHead(nn.Module):
     """MLP (GELU) -> L2-normalise -> prototype layer whose rows have unit norm (weight norm with g fixed at 1)."""
@@ -176,9 +174,3 @@ def train_step(student: nn.Module, teacher: nn.Module, loss_fn: DINOLoss, optimi
     scaler.update()
     ema(dist_utils.unwrap(teacher), plain_student, momentum)
     return res, student_res["features"][: crops[0].shape[0]]
-
-
-def embedding_spread(features: torch.Tensor) -> torch.Tensor:
-    """Mean per-dimension std of L2-normalised features, scaled so ~1 is healthy and -> 0 is collapse."""
-    feats = F.normalize(features.float(), dim=1)
-    return feats.std(0).mean() * math.sqrt(feats.shape[1])

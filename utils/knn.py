@@ -1,35 +1,13 @@
-"""Weighted k-NN classification on frozen features, DINO's monitor of what self-supervision learned.
+"""Weighted k-NN classification on frozen features: DINO's monitor of what self-supervision learned
+(``p1_ssl_pretrain.py``) and the separability of the t-SNE features (``p1_tsne.py``).
 
 Each test feature votes with its k nearest training features (cosine similarity), each vote weighted by
 exp(similarity / T); k=20 and T=0.07 as in DINO's ``eval_knn.py``.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-from utils.precision import autocast
-from utils.runlog import progress
-from utils.transforms import normalize
-
-
-def extract_features(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                     amp_dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` in eval mode over a loader of (images in [0, 255], labels); return (N, D) float features, labels."""
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        feats, labels = [], []
-        for images, target in progress(loader, desc="features", leave=False):
-            x = normalize(images.to(device, non_blocking=True))
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                out = model(x)
-            feats.append(out.float())
-            labels.append(torch.as_tensor(target).to(device))
-        model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
 
 
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -56,10 +34,3 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             votes.scatter_add_(1, train_labels[top_idx].to(torch.int64), weights)
             preds.append(votes.argmax(1))
         return torch.cat(preds)
-
-
-def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> float:
-    """Top-1 accuracy of ``knn_classify`` on labelled test features."""
-    pred = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
-    return float((pred == test_labels.to(pred.device)).float().mean())

@@ -1,7 +1,6 @@
 """Segmentation prediction shared by training snapshots, ``p2_inference.py`` and ``p2_sam.py``."""
-import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,75 +81,6 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, config: Mapping[
                 probs = resize_bilinear(probs.flip(-1) if flip else probs, (h, w))
                 total = probs if total is None else total + probs
         return total / (len(scales) * len(flips))
-
-
-def predict_ensemble(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], images: torch.Tensor,
-                     amp_dtype: Optional[torch.dtype] = None, tta: bool = False,
-                     scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-    """Mean of ``predict_probs`` over several (model, config) pairs: a checkpoint ensemble, (B, C, H, W)."""
-    with torch.no_grad():
-        total = None  # type: Optional[torch.Tensor]
-        for model, config in members:
-            probs = predict_probs(model, images, config, amp_dtype, tta, scales)
-            if total is not None and probs.shape != total.shape:
-                raise ValueError("ensemble members disagree on the number of classes: {} vs {}".format(
-                    probs.shape[1], total.shape[1]))
-            total = probs if total is None else total + probs
-        return total / len(members)
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
-    """Offsets of the fewest ``tile``-long windows that cover 0..length with neighbours sharing >= ``overlap``
-    pixels, spread evenly: the first at 0, the last ending at ``length``; [0] when one window covers it all."""
-    if length <= tile:
-        return [0]
-    if not 0 <= overlap < tile:
-        raise ValueError("tile overlap must lie in 0..{} for tiles of {}, got {}".format(tile - 1, tile, overlap))
-    count = math.ceil((length - tile) / (tile - overlap)) + 1
-    return [(i * (length - tile) + (count - 1) // 2) // (count - 1) for i in range(count)]
-
-
-def predict_tiled(members: Sequence[Tuple[torch.nn.Module, Mapping[str, Any]]], image: torch.Tensor,
-                  amp_dtype: Optional[torch.dtype], tta: bool, scales: Sequence[float], tile: int,
-                  overlap: int) -> torch.Tensor:
-    """uint8 (1, 3, H, W) -> uint8 class map (H, W), on the image's device, from overlapping windows of at most
-    ``tile`` x ``tile`` (``tile_starts``): each window is one ``predict_ensemble`` call, and where windows overlap
-    their class probabilities are averaged before the argmax.
-
-    Memory does not grow with the image's area: one window's forward pass plus the probabilities of one band of
-    window rows (classes x ``tile`` x W), finished into the class map as soon as no further window reaches them.
-    A ``tile`` at least as large as the image is one window: exactly ``predict_ensemble(...).argmax(1)``.
-    """
-    with torch.no_grad():
-        if image.dim() != 4 or image.shape[0] != 1:
-            raise ValueError("predict_tiled takes one image (1, 3, H, W), got shape {}".format(tuple(image.shape)))
-        h, w = image.shape[-2:]
-        out = torch.empty((h, w), dtype=torch.uint8, device=image.device)
-        top, total, count = 0, None, None  # rows [top, top + len(count)): summed probabilities, windows per pixel
-
-        def finish(rows: int) -> None:
-            nonlocal top, total, count
-            if rows > 0:  # (the first window's rows are 0: nothing summed yet)
-                out[top:top + rows] = (total[:, :rows] / count[:rows]).argmax(0).to(torch.uint8)
-                total, count, top = total[:, rows:], count[rows:], top + rows
-
-        for y in tile_starts(h, tile, overlap):
-            finish(y - top)  # no later window reaches above y
-            bottom = min(y + tile, h)
-            for x in tile_starts(w, tile, overlap):
-                right = min(x + tile, w)
-                probs = predict_ensemble(members, image[..., y:bottom, x:right], amp_dtype, tta, scales)[0]
-                if total is None:
-                    total = probs.new_zeros((probs.shape[0], 0, w))
-                    count = probs.new_zeros((0, w))
-                grow = bottom - (top + count.shape[0])
-                if grow > 0:
-                    total = torch.cat([total, total.new_zeros((total.shape[0], grow, w))], dim=1)
-                    count = torch.cat([count, count.new_zeros((grow, w))], dim=0)
-                total[:, y - top:bottom - top, x:right] += probs
-                count[y - top:bottom - top, x:right] += 1
-        finish(h - top)
-        return out
 
 
 def predict_classes(model: torch.nn.Module, images: torch.Tensor, config: Mapping[str, Any],

@@ -1,7 +1,6 @@
 """What a run reports: progress bars, one JSON line per epoch, PNG curves, and optional TensorBoard."""
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Union
@@ -123,8 +122,3 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def warn(message: str) -> None:
-    """A framed warning on stderr (collapse, non-finite values) that stands out in a long log."""
-    print("\n" + "!" * 78 + "\nWARNING " + message + "\n" + "!" * 78, file=sys.stderr, flush=True)

@@ -1,7 +1,4 @@
-"""Synthetic stand-in for the homework data, written in exactly the real directory layout.
-
-The real data cannot be downloaded here, so tests and the demo run on images this module generates.
-Problem 1 (self-supervised pre-training, then classification) mimics::
+"""Problem 1's generated data (self-supervised pre-training, then classification), in the real layout::
 
     OUT/p1_data/mini/train/00000.jpg, ...        unlabeled RGB 84x84 (real: 38,400 images, 64 classes x 600)
     OUT/p1_data/office/train/{label}_{k}.jpg     labeled, sizes vary (real: 3,951 images, 65 classes)
@@ -14,284 +11,24 @@ background, lighting, clutter). The same latent classes generate the unlabeled "
 labeled "office" images (label == latent class), so features learned on mini transfer to office; the
 office domain has plain, light, desk-like backgrounds and varying non-square sizes. Mini files are
 named by a zero-padded index and their classes are shuffled, so a name reveals nothing about the class.
+Office images do not depend on how many are generated; a mini image's class does, as it comes from one
+seeded shuffle of all mini images.
 
-Problem 2 (land-cover segmentation) mimics::
-
-    OUT/p2_data/train/0000_sat.jpg, 0000_mask.png, ...       (real: 2000 pairs, 512x512)
-    OUT/p2_data/validation/0000_sat.jpg, 0000_mask.png, ...  (real: 257 pairs)
-
-Each tile is a warped Voronoi partition whose cells get land-cover classes; the satellite image
-renders every class with its own mean colour *and* texture, so a small network can learn it while a
-pure colour lookup cannot solve it completely. Generation is deterministic: every image draws from its
-own ``numpy.random.default_rng`` keyed by (seed, part, split, index), so the same seed gives
-byte-identical files and images are independent of each other. p2 tiles and office images do not depend
-on how many are generated either; a mini image's class does, as it comes from one seeded shuffle of all
-mini images.
-
-Usage::
-
-    python -m tools.toydata --out DIR [--parts p1 p2] [--seed S] [--p1-kind objects|shapes]
-        [--p1-classes K] [--p1-mini-per-class N] [--p1-office-per-class N] [--p1-office-val-per-class N]
-        [--p1-mini-size PX] [--size PX] [--num N] [--num-val M]
-
-``--p1-kind shapes`` swaps the latent classes for the DINO sanity set's upright light shapes on a dark ground
+Kind "shapes" swaps the latent classes for the DINO sanity set's upright light shapes on a dark ground
 (``p1_sanity_image``) in both mini and office, the kind on which a short CPU run of DINO learns.
-
-DIR must be new, empty, or a folder this module made: it refuses anything else (a file, or a non-empty folder
-such as the course's data) with a one-line error and touches nothing. The marker file it writes first,
-``GENERATED_BY_TOYDATA.txt``, lists every file it writes; a rerun deletes those files of the parts it rewrites
-and nothing else.
-
-New parts plug in by adding a ``make_*`` function and an entry in ``PART_MAKERS``.
 """
-import argparse
 import colorsys
 import math
-import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from utils.masks import NUM_CLASSES, write_mask
+from tools.toydata.output import MIN_SIZE, PathLike, _Output, _save_jpeg
 
-PathLike = Union[str, Path]
-
-# Ids that key the per-image random streams; each part has its own id so streams never collide.
+# Keys p1's per-image random streams (p2's part id is 2, tools/toydata/p2.py), so the two never share a stream.
 P1_PART_ID = 1
-P2_PART_ID = 2
-SPLIT_IDS = {"train": 0, "validation": 1}
-P2_SPLITS = ("train", "validation")
-JPEG_QUALITY = 90
-MIN_SIZE = 16  # below this the textures (periods of several pixels) stop meaning anything
-
-# Class priors, roughly like real land cover: agriculture and urban dominate, unknown is rare.
-# Order: urban, agriculture, rangeland, forest, water, barren, unknown.
-P2_CLASS_PROBS = np.array([0.22, 0.34, 0.11, 0.12, 0.09, 0.09, 0.03])
-
-# Mean RGB per class. Rangeland, green-ish crops and urban/barren sit close on purpose, so that
-# colour alone is ambiguous and texture has to disambiguate.
-_URBAN_RGB = np.array([128.0, 126.0, 130.0])
-_AGRI_DRY_RGB = np.array([186.0, 166.0, 96.0])  # ripe / bare fields
-_AGRI_GREEN_RGB = np.array([138.0, 150.0, 82.0])  # growing crops, overlaps rangeland
-_RANGE_RGB = np.array([158.0, 150.0, 106.0])
-_FOREST_RGB = np.array([56.0, 86.0, 46.0])
-_WATER_RGB = np.array([40.0, 64.0, 80.0])  # greenish-dark, near forest
-_BARREN_RGB = np.array([196.0, 181.0, 146.0])
-_UNKNOWN_RGB = np.array([12.0, 12.0, 14.0])
-
-
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
-    """Return an (H, W) float32 field of unit-std value noise with features about ``cell`` pixels wide."""
-    cell = max(float(cell), 1.0)
-    gh = int(np.ceil(height / cell)) + 2
-    gw = int(np.ceil(width / cell)) + 2
-    grid = rng.standard_normal((gh, gw)).astype(np.float32)
-    # A random sub-cell phase so the lattice of the coarse grid does not line up across fields.
-    ys = (np.arange(height, dtype=np.float32) + rng.uniform(0, cell)) / cell
-    xs = (np.arange(width, dtype=np.float32) + rng.uniform(0, cell)) / cell
-    y0 = np.floor(ys).astype(np.int64)
-    x0 = np.floor(xs).astype(np.int64)
-    fy = ys - y0
-    fx = xs - x0
-    # Smoothstep weights avoid the visible creases of plain bilinear interpolation.
-    fy = (fy * fy * (3 - 2 * fy))[:, None]
-    fx = (fx * fx * (3 - 2 * fx))[None, :]
-    g00 = grid[y0][:, x0]
-    g01 = grid[y0][:, x0 + 1]
-    g10 = grid[y0 + 1][:, x0]
-    g11 = grid[y0 + 1][:, x0 + 1]
-    out = (g00 * (1 - fx) + g01 * fx) * (1 - fy) + (g10 * (1 - fx) + g11 * fx) * fy
-    return (out - out.mean()) / (out.std() + 1e-6)
-
-
-def _p2_cells(rng: np.random.Generator, size: int,
-              force_class: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Return (cell id map (H, W), class per cell): warped Voronoi cells, each with a land-cover class."""
-    num_cells = int(rng.integers(3, 8))
-    seeds = rng.uniform(0, size, (num_cells, 2)).astype(np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    # Coarse warp bends the straight Voronoi edges; a finer one makes them ragged like real borders.
-    py = yy + 0.12 * size * _smooth_noise(rng, size, size, size / 3) \
-        + 0.025 * size * _smooth_noise(rng, size, size, size / 12)
-    px = xx + 0.12 * size * _smooth_noise(rng, size, size, size / 3) \
-        + 0.025 * size * _smooth_noise(rng, size, size, size / 12)
-    d2 = (py[..., None] - seeds[:, 0]) ** 2 + (px[..., None] - seeds[:, 1]) ** 2
-    cells = np.argmin(d2, axis=-1)
-    cell_classes = rng.choice(NUM_CLASSES, size=num_cells, p=P2_CLASS_PROBS)
-    if force_class is not None:
-        # The largest cell is certainly non-empty, so the forced class is certainly present.
-        counts = np.bincount(cells.ravel(), minlength=num_cells)
-        cell_classes[int(np.argmax(counts))] = force_class
-    return cells, cell_classes.astype(np.uint8)
-
-
-def _render_cell(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarray, fine: np.ndarray,
-                 med: np.ndarray, low: np.ndarray, scale: float) -> np.ndarray:
-    """Return (N, 3) float colours for the N pixels of one cell of class ``cls``."""
-    # Per-cell tint so two fields of one class are not identical.
-    tint = rng.normal(0.0, 10.0, 3)
-    if cls == 0:  # urban: grey rooftops on a rotated block grid, darker roads between blocks
-        period = rng.uniform(5.0, 9.0) * scale
-        theta = rng.uniform(0, np.pi / 2)
-        u = (xx * np.cos(theta) + yy * np.sin(theta)) / period + rng.uniform(0, 1)
-        v = (-xx * np.sin(theta) + yy * np.cos(theta)) / period + rng.uniform(0, 1)
-        roof = rng.normal(0.0, 24.0, (16, 16))
-        bu = np.floor(u).astype(np.int64) % 16
-        bv = np.floor(v).astype(np.int64) % 16
-        road = ((u - np.floor(u)) < 0.2) | ((v - np.floor(v)) < 0.2)
-        lum = np.where(road, -38.0, roof[bu, bv]) + 6.0 * fine
-        base = _URBAN_RGB
-    elif cls == 1:  # agriculture: parallel furrows of a random orientation and period
-        period = rng.uniform(3.5, 7.0) * scale
-        theta = rng.uniform(0, np.pi)
-        u = xx * np.cos(theta) + yy * np.sin(theta)
-        lum = 16.0 * np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)) + 5.0 * med
-        base = _AGRI_DRY_RGB + rng.uniform(0, 1) * (_AGRI_GREEN_RGB - _AGRI_DRY_RGB)
-    elif cls == 2:  # rangeland: grass with scattered dark shrubs (about 1 pixel in 12)
-        lum = 10.0 * med + 8.0 * low + 4.0 * fine - 36.0 * (fine > 1.4)
-        base = _RANGE_RGB
-    elif cls == 3:  # forest: dark, high-frequency canopy noise
-        lum = 18.0 * fine + 10.0 * med
-        base = _FOREST_RGB
-    elif cls == 4:  # water: dark and smooth, only a faint large-scale gradient
-        lum = 6.0 * low + 1.5 * fine
-        base = _WATER_RGB
-    elif cls == 5:  # barren: light sand with gentle dunes
-        lum = 12.0 * low + 5.0 * med + 3.0 * fine
-        base = _BARREN_RGB
-    else:  # unknown: near-black no-data
-        lum = 3.0 * fine
-        base = _UNKNOWN_RGB
-        tint = tint * 0.25
-    return (base + tint)[None, :] + lum[:, None]
-
-
-def p2_tile(size: int, seed: int, split: str, index: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Return one (image (H, W, 3) uint8, classes (H, W) uint8) pair, fixed by (seed, split, index)."""
-    rng = np.random.default_rng([seed, P2_PART_ID, SPLIT_IDS[split], index])
-    # The first NUM_CLASSES tiles of every split each force one class, so each split has all of them.
-    force = index if index < NUM_CLASSES else None
-    cells, cell_classes = _p2_cells(rng, size, force_class=force)
-    classes = cell_classes[cells]
-    # Texture periods are in pixels of a 128 px tile; bigger tiles get proportionally bigger features.
-    scale = max(1.0, size / 128.0)
-    fine = rng.standard_normal((size, size)).astype(np.float32)
-    med = _smooth_noise(rng, size, size, 2.5 * scale)
-    low = _smooth_noise(rng, size, size, size / 2.0)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    flat = cells.ravel()
-    image = np.empty((size * size, 3), dtype=np.float64)
-    # Each cell gets its own texture instance (e.g. its own furrow direction), so neighbouring fields
-    # of one class still look like separate fields, as in real imagery.
-    for cell, cls in enumerate(cell_classes):
-        idx = np.flatnonzero(flat == cell)
-        if idx.size == 0:
-            continue  # a seed can be warped out of the tile entirely
-        image[idx] = _render_cell(rng, int(cls), yy.ravel()[idx], xx.ravel()[idx], fine.ravel()[idx],
-                                  med.ravel()[idx], low.ravel()[idx], scale)
-    # Whole-tile lighting: brightness gain and a slight colour cast, like different acquisitions.
-    image = image * rng.uniform(0.8, 1.2) + rng.normal(0.0, 6.0, 3)
-    img = Image.fromarray(np.clip(image, 0, 255).reshape(size, size, 3).astype(np.uint8))
-    # A little blur softens region edges the way optics and resampling do in real imagery.
-    img = img.filter(ImageFilter.GaussianBlur(radius=0.6 * scale))
-    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 4.0, (size, size, 3)).astype(np.float32)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), classes
-
-
-# ---------------------------------------------------------------------------------------------------
-# The output folder: never one this module did not make, and a rerun deletes only what it wrote
-# ---------------------------------------------------------------------------------------------------
-
-GENERATED_MARKER = "GENERATED_BY_TOYDATA.txt"  # in the output root: lets reports say "generated data"
-_MARKER_NOTE = "Generated by tools.toydata: synthetic data in the real layout, not the course's data."
-_MANIFEST_HEADER = "Files written by tools.toydata, relative to this folder (a rerun deletes these and only these):"
-
-
-class OutputError(ValueError):
-    """The output root cannot be written: an existing file, or a non-empty folder this module did not make."""
-
-
-class _Output:
-    """The output root of one maker call, checked before anything is written.
-
-    A new or empty folder becomes ours: the marker ``GENERATED_BY_TOYDATA.txt`` goes in first, and every file is
-    listed in it before it is written. A folder whose marker has that list is ours too; anything else (a file, a
-    non-empty folder without the marker such as the course's data, or a folder marked by an older version that
-    kept no list) raises OutputError. Rewriting a part deletes only the files the list names under that part."""
-
-    def __init__(self, out_dir: PathLike) -> None:
-        self.root = Path(out_dir)
-        self.marker = self.root / GENERATED_MARKER
-        self.files = []  # type: List[str]
-        if self.root.exists() and not self.root.is_dir():
-            raise OutputError("--out {} is an existing file; give a new or empty folder".format(self.root))
-        if self.root.is_dir() and any(self.root.iterdir()):
-            lines = self.marker.read_text().splitlines() if self.marker.is_file() else []
-            if _MANIFEST_HEADER not in lines:
-                raise OutputError("{} is not empty and holds no list of files written by tools.toydata ({}): "
-                                  "refusing to write into it (it may be real data); give a new or empty folder"
-                                  .format(self.root, GENERATED_MARKER))
-            self.files = [f for f in lines[lines.index(_MANIFEST_HEADER) + 1:] if f]
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._save()
-
-    def _save(self) -> None:
-        self.marker.write_text("\n".join([_MARKER_NOTE, _MANIFEST_HEADER] + self.files) + "\n")
-
-    def replace_part(self, part: str) -> Path:
-        """Delete the files an earlier run listed under ROOT/PART (nothing else); return ROOT/PART."""
-        keep = []
-        for name in self.files:
-            rel = Path(name)
-            if rel.parts[:1] != (part,):
-                keep.append(name)
-            elif not rel.is_absolute() and ".." not in rel.parts and (self.root / rel).is_file():
-                (self.root / rel).unlink()
-        self.files = keep
-        self._save()
-        return self.root / part
-
-    def add(self, path: Path) -> Path:
-        """List ``path`` (inside the root) in the marker before the caller writes it; returns ``path``."""
-        name = path.relative_to(self.root).as_posix()
-        self.files.append(name)
-        with open(str(self.marker), "a") as f:
-            f.write(name + "\n")
-        return path
-
-
-def is_generated(path: PathLike) -> bool:
-    """True when ``path`` lies in (or is) a folder written by this module: a marker in it or an ancestor."""
-    path = Path(path).resolve()
-    return any((p / GENERATED_MARKER).is_file() for p in [path] + list(path.parents))
-
-
-def make_p2_data(out_dir: PathLike, size: int = 64, num_train: int = 24, num_val: int = 8,
-                 seed: int = 0) -> Path:
-    """Write OUT/p2_data/{train,validation}/NNNN_sat.jpg + NNNN_mask.png and return the p2_data path."""
-    if size < MIN_SIZE:
-        raise ValueError("size must be at least {} px, got {}".format(MIN_SIZE, size))
-    if num_train < 0 or num_val < 0:
-        raise ValueError("tile counts must be non-negative, got {} and {}".format(num_train, num_val))
-    if seed < 0:
-        raise ValueError("seed must be non-negative, got {}".format(seed))
-    out = _Output(out_dir)
-    root = out.replace_part("p2_data")
-    for split, count in zip(P2_SPLITS, (num_train, num_val)):
-        split_dir = root / split
-        split_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            image, classes = p2_tile(size, seed, split, index)
-            _save_jpeg(image, out.add(split_dir / "{:04d}_sat.jpg".format(index)))
-            write_mask(out.add(split_dir / "{:04d}_mask.png".format(index)), classes)
-    return root
-
-
-# ---------------------------------------------------------------------------------------------------
-# Problem 1: latent object classes, unlabeled "mini" images and labeled "office" images
-# ---------------------------------------------------------------------------------------------------
 
 P1_SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent")
 # Hue of each colour, as a fraction of the hue circle: red, yellow, green, cyan, blue, magenta.
@@ -558,10 +295,6 @@ def make_p1_sanity_data(out_dir: PathLike, size: int = 32, num_classes: int = 7,
     return root
 
 
-def _save_jpeg(image: np.ndarray, path: Path) -> None:
-    """Write an (H, W, 3) uint8 image as a JPEG of the project's quality."""
-    Image.fromarray(image).save(str(path), format="JPEG", quality=JPEG_QUALITY)
-
 
 def make_p1_data(out_dir: PathLike, mini_size: int = 84, num_classes: int = 8, mini_per_class: int = 40,
                  office_train_per_class: int = 12, office_val_per_class: int = 4, seed: int = 0,
@@ -612,82 +345,3 @@ def make_p1_data(out_dir: PathLike, mini_size: int = 84, num_classes: int = 8, m
 
         _write_office_split(out, root, split, num_classes, per_class, first_k[split], draw_office)
     return root
-
-
-def _make_p1_from_args(args: argparse.Namespace) -> str:
-    """Run make_p1_data for the CLI and return its part of the summary line."""
-    root = make_p1_data(args.out, mini_size=args.p1_mini_size, num_classes=args.p1_classes,
-                        mini_per_class=args.p1_mini_per_class,
-                        office_train_per_class=args.p1_office_per_class,
-                        office_val_per_class=args.p1_office_val_per_class, seed=args.seed, kind=args.p1_kind)
-    return "p1 ({}): {} classes, {} mini {}x{} + {} office train + {} office val images in {}".format(
-        args.p1_kind, args.p1_classes, args.p1_classes * args.p1_mini_per_class, args.p1_mini_size, args.p1_mini_size,
-        args.p1_classes * args.p1_office_per_class, args.p1_classes * args.p1_office_val_per_class, root)
-
-
-def _make_p2_from_args(args: argparse.Namespace) -> str:
-    """Run make_p2_data for the CLI and return its part of the summary line."""
-    root = make_p2_data(args.out, size=args.size, num_train=args.num, num_val=args.num_val, seed=args.seed)
-    return "p2: {} train + {} validation {}x{} pairs in {}".format(args.num, args.num_val, args.size,
-                                                                  args.size, root)
-
-
-# CLI part name -> maker, in the order the parts are written by default.
-PART_MAKERS: Dict[str, Callable[[argparse.Namespace], str]] = {"p1": _make_p1_from_args,
-                                                               "p2": _make_p2_from_args}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command-line parser."""
-    parser = argparse.ArgumentParser(prog="python -m tools.toydata",
-                                     description="Generate synthetic data in the homework's layout.")
-    parser.add_argument("--out", required=True,
-                        help="output root; p1_data/ and p2_data/ are created inside it")
-    parser.add_argument("--seed", type=int, default=0, help="non-negative seed; same seed, same bytes")
-    parser.add_argument("--parts", nargs="+", default=list(PART_MAKERS), choices=sorted(PART_MAKERS),
-                        help="which problems' data to write (default: all)")
-    p1 = parser.add_argument_group("problem 1 (mini / office classification data)")
-    p1.add_argument("--p1-kind", choices=P1_KINDS, default="objects",
-                    help="objects: classes of shape x colour x texture under heavy nuisance (default); shapes: "
-                         "upright light shapes on a dark ground, one class per shape (at most 7), the kind on "
-                         "which a short DINO run learns")
-    p1.add_argument("--p1-classes", type=int, default=8,
-                    help="latent classes, 1..{} (real: 64 mini, 65 office)".format(P1_MAX_CLASSES))
-    p1.add_argument("--p1-mini-per-class", type=int, default=40,
-                    help="unlabeled mini images per class (real: 600)")
-    p1.add_argument("--p1-office-per-class", type=int, default=12,
-                    help="labeled office train images per class (real: ~61)")
-    p1.add_argument("--p1-office-val-per-class", type=int, default=4,
-                    help="labeled office val images per class (real: ~6)")
-    p1.add_argument("--p1-mini-size", type=int, default=84, help="mini image side in pixels (real: 84)")
-    p2 = parser.add_argument_group("problem 2 (satellite segmentation data)")
-    p2.add_argument("--size", type=int, default=64, help="tile side in pixels (real data: 512)")
-    p2.add_argument("--num", type=int, default=24, help="number of training pairs")
-    p2.add_argument("--num-val", type=int, default=8, help="number of validation pairs")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.size < MIN_SIZE or args.num < 0 or args.num_val < 0 or args.seed < 0:
-        parser.error("need --size >= {} and non-negative --num, --num-val and --seed".format(MIN_SIZE))
-    max_classes = P1_MAX_CLASSES if args.p1_kind == "objects" else len(P1_SHAPES)
-    if not 1 <= args.p1_classes <= max_classes or args.p1_mini_size < MIN_SIZE \
-            or min(args.p1_mini_per_class, args.p1_office_per_class, args.p1_office_val_per_class) < 0:
-        parser.error("need --p1-classes in 1..{} (--p1-kind {}), --p1-mini-size >= {} and non-negative p1 "
-                     "counts".format(max_classes, args.p1_kind, MIN_SIZE))
-    try:
-        _Output(args.out)  # refuse a file or a folder that is not ours before any part writes
-        # dict.fromkeys drops repeated parts while keeping the order they were given in.
-        summaries = [PART_MAKERS[part](args) for part in dict.fromkeys(args.parts)]
-    except OutputError as e:
-        print("toydata: error: {}".format(e), file=sys.stderr)
-        return 2
-    print("toydata: seed {}; {}".format(args.seed, "; ".join(summaries)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
