@@ -150,7 +150,7 @@ def add_flag(parser: Any, name: str, default: Any = None, more: str = "", defaul
     spec, meaning = FLAGS[name]
     options = dict(spec, **kwargs)
     if name == "--amp":
-        return add_bool_flag(parser, "amp", default if default is not None else True, meaning + more)
+        return add_bool_flag(parser, "amp", default, meaning + more)
     help_text = meaning + ("; " + more if more else "")
     if default_text:
         help_text += " (default: {})".format(default_text.replace("%", "%%"))
