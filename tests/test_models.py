@@ -144,11 +144,15 @@ def test_deeplabv3_bad_backbone():
 def test_backbone_weights_from_path(tmp_path, resnet50_state, no_network):
     path = tmp_path / "r50.pth"
     torch.save(resnet50_state, str(path))
-    loaded = build_resnet_features("resnet50", str(path), output_stride=16).state_dict()
     expected = {k: v for k, v in resnet50_state.items() if not k.startswith("fc.")}
-    assert set(loaded) == set(expected)
-    for key, value in expected.items():
-        assert torch.equal(loaded[key], value), key
+    for spec in (str(path), path):  # a Path as well as its text
+        loaded = build_resnet_features("resnet50", spec, output_stride=16).state_dict()
+        assert set(loaded) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(loaded[key], value), key
+    with pytest.raises(ValueError, match=r"^unknown ResNet encoder 'vit_b_16'; valid: \['resnet18', 'resnet34', "
+                                         r"'resnet50', 'resnet101'\]$"):
+        build_resnet_features("vit_b_16")
 
 
 def test_backbone_weights_mismatch_names_keys(tmp_path, resnet50_state):
@@ -298,9 +302,14 @@ def test_fcn32s_shape_and_path_rejected(no_network):
     # VGG16 is slow to build, so this one build also covers build_seg_model and "none" without network
     model = build_seg_model({"arch": "fcn32s", "backbone_weights": None}).eval()
     assert isinstance(model, models.FCN32s)
+    scores = []
+    model.score.register_forward_hook(lambda module, inputs, output: scores.append(output))
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 64, 64))
-    assert set(out) == {"out"} and out["out"].shape == (1, 7, 64, 64)
+        out = model(torch.randn(1, 3, 64, 96))
+    assert set(out) == {"out"} and out["out"].shape == (1, 7, 64, 96)
+    # the 1/32 scores (2 x 3) upsampled bilinearly to the input, corners not aligned (torchvision's FCN)
+    torch.testing.assert_close(out["out"], torch.nn.functional.interpolate(scores[0], size=(64, 96), mode="bilinear",
+                                                                            align_corners=False))
     with pytest.raises(ValueError, match="fcn32s"):
         build_fcn32s(backbone_weights="/some/vgg.pth")  # rejected before anything is built
 
@@ -540,3 +549,34 @@ def test_classifier_backbones_are_torchvisions_resnets_without_fc_and_others_are
     with pytest.raises(ValueError, match=r"^unknown backbone 'vit_b_16'; choose from \['resnet18', 'resnet34', "
                                          r"'resnet50', 'resnet101'\]$"):
         build_resnet_backbone("vit_b_16")
+
+
+def test_weight_files_with_nothing_to_load_or_keys_that_clash_are_named(tmp_path):
+    empty = tmp_path / "empty.pth"
+    torch.save({}, str(empty))
+    with pytest.raises(ValueError, match=r"^backbone weights from .*empty\.pth hold no state_dict"):
+        load_resnet_state_dict(empty)
+    clash = tmp_path / "clash.pth"
+    torch.save({"module.conv1.weight": torch.zeros(1), "conv1.weight": torch.ones(1)}, str(clash))
+    with pytest.raises(ValueError, match=r"^backbone weights from .*clash\.pth: keys 'module\.conv1\.weight' and "
+                                         r"'conv1\.weight' both map to 'conv1\.weight' after stripping prefixes"):
+        load_resnet_state_dict(clash)
+
+
+def test_every_chain_of_wrapper_prefixes_is_stripped_whatever_its_order(tmp_path):
+    """A Lightning-style "model." around DDP's "module." comes off as well as DINO's "module.backbone."."""
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {"model.module.conv1.weight": torch.ones(2), "module.backbone.bn1.bias": torch.zeros(2)}},
+               str(path))
+    assert sorted(load_resnet_state_dict(path)) == ["bn1.bias", "conv1.weight"]
+
+
+def test_a_deeplab_without_its_auxiliary_head_loads_a_file_that_has_one(tmp_path, no_network):
+    torch.manual_seed(0)
+    full = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                              aux_loss=True).state_dict()
+    path = tmp_path / "deeplabv3_resnet50.pth"
+    torch.save(full, str(path))
+    model = build_deeplabv3("resnet50", aux_loss=False, weights=str(path))
+    assert model.aux_classifier is None
+    assert torch.equal(model.state_dict()["backbone.layer4.2.conv3.weight"], full["backbone.layer4.2.conv3.weight"])
