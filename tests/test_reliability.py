@@ -302,6 +302,11 @@ def test_out_of_memory_names_the_flags_to_lower(monkeypatch, capsys):
     from utils.cli import is_out_of_memory
 
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("allocation failed"))  # the type decides, not the words
+    # a main that stops with SystemExit("error: ...") prints that line and exits 2, as a bad input does
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda a: (_ for _ in ()).throw(SystemExit("error: no backbone at x.pth")), argparse.ArgumentParser())
+    assert info.value.code == 2 and capsys.readouterr() == ("", "error: no backbone at x.pth\n")
     # other runtime errors are not disguised as out-of-memory
     monkeypatch.setattr(sys, "argv", ["x"])
     with pytest.raises(RuntimeError, match="shape mismatch"):

@@ -98,3 +98,20 @@ def test_the_progress_bar_shows_on_the_main_process_only_unless_tqdm_disable(mon
     monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
     bar = progress(range(3), desc="epoch 1/2")
     assert bar.disable is not shown and list(bar) == [0, 1, 2]  # (a finished bar is closed: disable then)
+
+
+def test_tensorboard_gets_each_numeric_value_but_the_epoch_as_a_scalar_at_that_epoch(tmp_path):
+    class Writer(object):
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, key, value, step):
+            self.scalars.append((key, value, step))
+
+        def flush(self):
+            pass
+
+    log = RunLog(tmp_path)
+    log.writer = Writer()
+    log.log({"epoch": 2, "loss": 0.5, "val_miou": 1, "collapsed": True, "note": "text", "val_iou": [0.1, 0.2]})
+    assert log.writer.scalars == [("loss", 0.5, 2), ("val_miou", 1, 2)]
