@@ -103,6 +103,11 @@ def test_resnet_unet_bad_drop_skip_index(bad):
     with pytest.raises(ValueError, match=r"^ResNet U-Net drop_skip index {} is invalid: valid skip indices are "
                                          r"0\.\.3 \(0 = shallowest, 3 = deepest\) for a ResNet encoder$".format(bad)):
         build_resnet_unet("resnet18", drop_skip=(bad,))
+    from utils.models.unet import ResNetUNet
+
+    with pytest.raises(ValueError, match=r"^ResNet U-Net drop_skip index {} is invalid: valid skip indices are 0\.\.3 "
+                                         r"\(0 = shallowest, 3 = deepest\) for a ResNet encoder \(0 = stem".format(bad)):
+        ResNetUNet(build_resnet_features("resnet18"), 7, (bad,))  # built directly, as well as by its builder
 
 
 # ----------------------------------------------------------------------------------------- DeepLabV3
