@@ -448,7 +448,7 @@ def test_image_csv_bad_labels_and_empty_filenames_are_named_by_line(tmp_path, ca
     # (Latin-1 files and duplicate ids or filenames: test_reliability.py)
 
 
-def test_csv_images_need_labels_for_training_and_give_image_label_pairs(tmp_path):
+def test_csv_images_need_labels_for_training_and_give_image_label_pairs(tmp_path, capsys):
     from utils.datasets import CsvImages, to_chw_uint8
 
     _write_jpg(tmp_path / "a.jpg", _blocks(8, 8))
@@ -463,6 +463,11 @@ def test_csv_images_need_labels_for_training_and_give_image_label_pairs(tmp_path
     assert label == 2 and image.dtype == torch.float32 and image.shape == (3, 8, 8)
     assert torch.equal(image, to_chw_uint8(read_rgb(tmp_path / "a.jpg")).float() / 255)
     assert ds[1][1] == -1
+    (tmp_path / "b.jpg").write_bytes(b"not a jpeg")  # by default an unreadable image is skipped, and named
+    ds = CsvImages(csv_path, tmp_path, require_labels=False)
+    assert ds.labels == [2] and "b.jpg" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="b.jpg"):
+        CsvImages(csv_path, tmp_path, require_labels=False, strict=True)
 
 
 def test_unlabeled_images_apply_the_transform_when_given(tmp_path):

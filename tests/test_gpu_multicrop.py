@@ -416,7 +416,7 @@ def test_in_memory_images_name_the_first_odd_sized_and_corrupt_files(tmp_path):
     write_images(tmp_path / "imgs", 1, size=(10, 10), start=3)  # and 0003.png with a 10x10 one
     with pytest.raises(ValueError, match="0002.png") as info:
         InMemoryImages(tmp_path / "imgs")
-    assert "0003.png" not in str(info.value) and "30x20" in str(info.value)
+    assert "0003.png" not in str(info.value) and "0002.png is 30x20 but 0000.png is 24x20" in str(info.value)
     (tmp_path / "bad").mkdir()
     write_images(tmp_path / "bad", 2)
     (tmp_path / "bad" / "0001.png").write_bytes(b"not an image")

@@ -113,7 +113,7 @@ def test_clear_errors(tmp_path, repo_root, trained):
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = _hw1_2(repo_root, empty, tmp_path / "o1", checkpoint)
-    assert proc.returncode != 0 and "no images" in proc.stderr
+    assert proc.returncode != 0 and "error: no images (*_sat.jpg, .jpg, .png) in {}".format(empty) in proc.stderr
     bad_ckpt = tmp_path / "bad.pth"
     bad_ckpt.write_bytes(os.urandom(1000))
     Image.new("RGB", (32, 32)).save(str(empty / "x_sat.jpg"))
@@ -152,7 +152,8 @@ def test_an_output_folder_holding_pngs_this_run_does_not_write_is_refused_before
     (out_dir / ".0000_mask.png.abc123.tmp").write_bytes(b"half a mask")
     proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: ") and "9999_mask.png" in proc.stderr
+    assert proc.stderr.startswith("error: the output folder {} holds 1 .png file(s) this run does not write: "
+                                  "9999_mask.png;".format(out_dir)), proc.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == [".0000_mask.png.abc123.tmp", "9999_mask.png", "notes.txt"]
     (out_dir / "9999_mask.png").unlink()
     proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)

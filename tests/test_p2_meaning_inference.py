@@ -65,8 +65,10 @@ def test_tta_flags_select_exactly_the_views_they_name_and_masks_are_the_argmax_i
     monkeypatch.setattr(p2_inference, "predict_tiled", fake_tiled)
     size_flags = ["--tile-threshold", "8", "--tile-size", "8", "--tile-overlap", "2"] if tiled else []
     out = tmp_path / "out"
-    run_main(p2_inference, ["--input-dir", images, "--output-dir", out, "--checkpoint", checkpoint, "--device",
-                            "cpu", "--workers", "0"] + flags + size_flags)
+    record = run_main(p2_inference, ["--input-dir", images, "--output-dir", out, "--checkpoint", checkpoint,
+                                     "--device", "cpu", "--workers", "0"] + flags + size_flags)
+    assert (record["written"], record["failed"], record["checkpoints"], record["scales"]) == \
+        (2, [], [str(checkpoint)], scales)  # the run's own account of what it used
     assert calls and all((tta, s) == (flip, scales) for tta, s, _ in calls), [(c[0], c[1]) for c in calls]
     fed = torch.cat([batch for _, _, batch in calls])
     assert fed.dtype == torch.uint8
