@@ -1,6 +1,6 @@
 """Datasets and image reading with one-line errors that name the file.
 
-Training datasets check every file before the first step (``verify=True``): each image (and mask) is decoded once,
+Training datasets check every file when they are built, before the first step: each image (and mask) is decoded once,
 in threads, and a file that cannot be used is skipped with one warning line naming it, or is an error when
 ``strict=True`` (the trainers' ``--strict``). Nothing fails hours into a run because of one bad file.
 """
@@ -81,20 +81,6 @@ def list_satellite_pairs(folder: PathLike) -> List[Tuple[Path, Path]]:
     return pairs
 
 
-def check_pair_sizes(pairs: List[Tuple[Path, Path]]) -> None:
-    """Read only the headers and fail on the first image whose mask has another size (names both)."""
-    for image, mask in pairs:
-        try:
-            with Image.open(image) as a, Image.open(mask) as b:
-                if a.size != b.size:
-                    raise ValueError("mask {} is {}x{} but its image {} is {}x{}".format(
-                        mask, b.size[0], b.size[1], image, a.size[0], a.size[1]))
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise ValueError("cannot read {} / {}: {}".format(image, mask, exc)) from exc
-
-
 def _problem(check: Callable[[], None]) -> Optional[str]:
     """None when ``check()`` passes, else its one-line message (the file name is in it)."""
     try:
@@ -135,16 +121,11 @@ def verify_items(items: Sequence, check: Callable, what: str, strict: bool, work
 class SegmentationDataset(torch.utils.data.Dataset):
     """p2 split of (xxxx_sat.jpg, xxxx_mask.png) pairs -> (uint8 image (3, H, W), int64 mask (H, W))."""
 
-    def __init__(self, folder: PathLike, transform: Optional[Callable] = None, verify: bool = True,
-                 strict: bool = False) -> None:
+    def __init__(self, folder: PathLike, transform: Optional[Callable] = None, strict: bool = False) -> None:
         self.folder = Path(folder)
         self.pairs = list_satellite_pairs(self.folder)
-        if verify:
-            keep = verify_items(self.pairs, _check_pair, what="image/mask pairs in {}".format(self.folder),
-                                strict=strict)
-            self.pairs = [self.pairs[i] for i in keep]
-        else:
-            check_pair_sizes(self.pairs)
+        keep = verify_items(self.pairs, _check_pair, what="image/mask pairs in {}".format(self.folder), strict=strict)
+        self.pairs = [self.pairs[i] for i in keep]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -191,13 +172,12 @@ class UnlabeledImages(torch.utils.data.Dataset):
     """Every image of a folder (e.g. Mini-ImageNet ``mini/train``) -> ``transform(uint8 (3, H, W) tensor)``."""
 
     def __init__(self, folder: PathLike, transform: Optional[Callable] = None,
-                 max_images: Optional[int] = None, verify: bool = True, strict: bool = False) -> None:
+                 max_images: Optional[int] = None, strict: bool = False) -> None:
         self.files = list_images(folder)
         if max_images is not None:
             self.files = self.files[:max_images]
-        if verify:
-            keep = verify_items(self.files, read_rgb, what="images in {}".format(folder), strict=strict)
-            self.files = [self.files[i] for i in keep]
+        keep = verify_items(self.files, read_rgb, what="images in {}".format(folder), strict=strict)
+        self.files = [self.files[i] for i in keep]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -310,8 +290,7 @@ class CsvImages(torch.utils.data.Dataset):
     """Images listed in a csv -> (``transform(uint8 (3, H, W))``, label or -1)."""
 
     def __init__(self, csv_path: PathLike, image_dir: PathLike, transform: Optional[Callable] = None,
-                 num_classes: Optional[int] = None, require_labels: bool = True, verify: bool = True,
-                 strict: bool = False) -> None:
+                 num_classes: Optional[int] = None, require_labels: bool = True, strict: bool = False) -> None:
         self.rows = read_image_csv(csv_path, num_classes)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
@@ -325,10 +304,9 @@ class CsvImages(torch.utils.data.Dataset):
             if unlabeled:
                 raise ValueError("csv {} has rows without a label (lines {}); training and probing need "
                                  "labels".format(csv_path, unlabeled[:5]))
-        if verify:
-            keep = verify_items([self.image_dir / r.filename for r in self.rows], read_rgb,
-                                what="images listed in {}".format(csv_path), strict=strict)
-            self.rows = [self.rows[i] for i in keep]
+        keep = verify_items([self.image_dir / r.filename for r in self.rows], read_rgb,
+                            what="images listed in {}".format(csv_path), strict=strict)
+        self.rows = [self.rows[i] for i in keep]
         self.transform = transform
 
     def __len__(self) -> int:

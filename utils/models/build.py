@@ -44,7 +44,7 @@ def build_seg_model(config: Mapping[str, Any]) -> nn.Module:
     """
     arch = _arch_of(config)
     num_classes = config.get("num_classes", 7)
-    weights = config.get("backbone_weights", "none")
+    weights = config.get("backbone_weights")  # None: no weights, as "none" (each builder reads it so)
     drop_skip = config.get("drop_skip") if config.get("drop_skip") is not None else ()
     if arch == "unet" and config.get("encoder") is not None:
         return build_resnet_unet(config["encoder"], num_classes, drop_skip, weights)

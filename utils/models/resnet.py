@@ -15,7 +15,7 @@ CLASSIFIER_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 _RESNET_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 
 
-def build_resnet_backbone(arch: str = "resnet50") -> nn.Module:
+def build_resnet_backbone(arch: str) -> nn.Module:
     """A randomly initialised torchvision ResNet with ``fc`` replaced by identity (returns pooled features).
 
     Its state_dict keys are exactly torchvision's minus ``fc.*``, so an exported backbone loads into
