@@ -213,8 +213,11 @@ def test_wrapped_state_dict_and_missing_num_batches_tracked(tmp_path, resnet50_s
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(bytes(range(256)) * 8)
-    with pytest.raises(ValueError, match=r"cannot load .*corrupt\.pth.*corrupt, truncated or not a torch file"):
+    with pytest.raises(ValueError, match=r"cannot load .*corrupt\.pth.*corrupt, truncated or not a torch file") as info:
         load_resnet_state_dict(bad)
+    with pytest.raises(Exception) as direct:  # torch's own reason, read independently
+        torch.load(str(bad), map_location="cpu", weights_only=True)
+    assert str(info.value).endswith("{}: {})".format(type(direct.value).__name__, direct.value))
     with pytest.raises(ValueError, match=r"cannot load DeepLabV3 weights from .*corrupt\.pth"):
         build_deeplabv3("resnet50", weights=str(bad))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
@@ -323,6 +326,7 @@ def test_build_seg_model_each_arch(no_network):
     unet = build_seg_model({"arch": "unet", "base_width": 4, "depth": 2, "drop_skip": [1], "num_classes": 3})
     assert isinstance(unet, UNet) and unet.drop_skip == (1,)
     assert unet.eval()(torch.randn(1, 3, 32, 32))["out"].shape == (1, 3, 32, 32)
+    assert build_seg_model({"arch": "unet", "base_width": 4}).depth == 4  # the report's U-Net when unsaid
     deeplab = build_seg_model({"arch": "deeplabv3", "aux_loss": True, "lr": 0.01})  # extra keys ignored
     assert deeplab.aux_classifier is not None
     assert set(SEG_ARCHS) == {"unet", "deeplabv3", "deeplabv3plus", "fcn32s"}
@@ -439,8 +443,15 @@ def test_coco_without_cache_or_network_is_one_clear_error(tmp_path, monkeypatch,
     assert "\n" not in msg and "--weights PATH" in msg
     assert "(AssertionError: network access attempted)" in msg  # why the download failed, its first line
     assert str(tmp_path / "empty_home" / "hub" / "checkpoints" / "deeplabv3_resnet101_coco-586e9e4e.pth") in msg
-    with pytest.raises(ValueError, match="'coco' weights exist for DeepLabV3 only"):
+    with pytest.raises(ValueError, match="'coco' weights exist for DeepLabV3 only; a resnet34 encoder takes"):
         build_seg_model({"arch": "unet", "encoder": "resnet34", "backbone_weights": "coco"})
+
+    def silent_failure(self, *args, **kwargs):
+        raise RuntimeError()  # an error without a message still gives a one-line reason
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", silent_failure)
+    with pytest.raises(FileNotFoundError, match=r"download from \S+ failed \(RuntimeError: \); put the file at"):
+        build_deeplabv3("resnet101", weights="coco")
 
 
 # -------------------------------------------------------------------------------------- DeepLabV3+
@@ -559,7 +570,8 @@ def test_classifier_backbones_are_torchvisions_resnets_without_fc_and_others_are
 def test_weight_files_with_nothing_to_load_or_keys_that_clash_are_named(tmp_path):
     empty = tmp_path / "empty.pth"
     torch.save({}, str(empty))
-    with pytest.raises(ValueError, match=r"^backbone weights from .*empty\.pth hold no state_dict"):
+    with pytest.raises(ValueError, match=r"^backbone weights from .*empty\.pth hold no state_dict: expected a dict of "
+                                         r"tensors or one wrapped under \['"):
         load_resnet_state_dict(empty)
     clash = tmp_path / "clash.pth"
     torch.save({"module.conv1.weight": torch.zeros(1), "conv1.weight": torch.ones(1)}, str(clash))

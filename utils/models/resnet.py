@@ -37,7 +37,7 @@ class ResNetFeatures(nn.Module):
     ``stages`` returns all five feature maps, shallowest first (the ResNet U-Net's skips and bottleneck).
     """
 
-    def __init__(self, resnet: nn.Module, arch: str, return_aux: bool = True, return_low: bool = False) -> None:
+    def __init__(self, resnet: nn.Module, arch: str, return_aux: bool, return_low: bool) -> None:
         """Take over the stem and layer1..4 of a torchvision ResNet (avgpool and fc are dropped)."""
         super().__init__()
         self.arch = arch
