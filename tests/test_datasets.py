@@ -445,6 +445,9 @@ def test_image_csv_bad_labels_and_empty_filenames_are_named_by_line(tmp_path, ca
     path.write_text("id,filename,label\n0,a.jpg,1\n1,,2\n")
     with pytest.raises(ValueError, match=r"^csv {} line 3: empty filename$".format(path)):
         read_image_csv(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"^csv {} is empty$".format(path)):
+        read_image_csv(path)
     # (Latin-1 files and duplicate ids or filenames: test_reliability.py)
 
 
