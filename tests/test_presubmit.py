@@ -135,7 +135,7 @@ def test_missing_link_fails_at_the_download(hosted, tmp_path, capsys):
     out = capsys.readouterr().out
     table = rows(out)
     assert table["bash hw1_download_ckpt.sh"] == "FAIL" and table["grading scripts"] == "SKIP"
-    assert 'section "Submitting"' in out and "checkpoints/manifest.csv" in out
+    assert "docs/submitting.md" in out and "checkpoints/manifest.csv" in out
     kept = Path(out.split("kept: ")[1].split(" ")[0])
     assert (kept / "clone" / "hw1_download_ckpt.sh").is_file()
     assert (kept / "logs" / "hw1_download_ckpt.sh.log").is_file()

@@ -22,6 +22,7 @@ STARTS = ("python ", "python3 ", "bash ", "torchrun ", "pip ", "NGPUS=", "for ")
 # (regex on the command, file that runs it, a string that file must contain)
 COVERAGE = [
     (r"^bash demo\.sh$", "tests/test_demo.py", "def test_reduced_demo_writes_the_report"),
+    (r"^bash demo\.sh --help$", "tests/test_demo.py", "def test_help_says_what_the_demo_does_where_and_how_long"),
     # the runs are demo.sh's (the line above); the test runs what the tool adds: reading them (--collect)
     (r"^python -m tools\.demo_spread --seeds [\d ]+ --threads [\d ]+( --collect)?$", "tests/test_demo.py",
      "def test_demo_spread_reads_each_demos_numbers_and_gives_min_median_max"),
@@ -80,6 +81,8 @@ COVERAGE = [
      "def test_cli_as_documented"),
     (r"^bash scripts/presubmit\.sh( --python \S+)?$", "tests/test_presubmit.py",
      "def test_presubmit_sh_passes_on_a_published_submission"),
+    (r"^bash scripts/presubmit\.sh --local-checkpoints$", "tests/test_presubmit.py",
+     "def test_local_checkpoints_rehearse_everything_but_the_download_and_say_so"),
     (r"^python -m tools\.presubmit --help$", "tests/test_readme.py", "\"tools.presubmit\""),
     (r"^python -m tools\.toydata --out \S+$", "tests/test_toydata.py", "def test_p1_cli_subprocess_writes_layout"),
     (r"^python -m tools\.benchmark( |$)", "tests/test_benchmark.py", "tools.benchmark"),
