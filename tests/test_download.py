@@ -749,3 +749,8 @@ def test_download_ckpt_script_with_no_arguments_from_any_folder(server, blob, tm
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert result.returncode == 1
     assert "checkpoints/manifest.csv" in result.stdout and "docs/submitting.md" in result.stdout
+    # a manifest with no grading row (here mistyped) is a failure too, not "0 of 0 present"
+    write_manifest(repo / "checkpoints" / "manifest.csv", [("gradng", asset, sha(blob), "checkpoints/p1_best.pth")])
+    result = subprocess.run(["bash", str(repo / "hw1_download_ckpt.sh")], cwd=str(elsewhere), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert result.returncode == 1 and "no 'grading' rows" in result.stdout, result.stdout
