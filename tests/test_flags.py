@@ -4,10 +4,11 @@ import argparse
 import collections
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 
-from utils.cli import FLAGS, add_flag
+from utils.cli import FLAGS, add_flag, plain
 
 SCRIPTS = ["p1_ssl_pretrain", "p1_finetune", "p1_tsne", "p1_inference", "p2_unet", "p2_deeplab", "p2_inference",
            "p2_sam", "tools.benchmark"]
@@ -127,15 +128,11 @@ def test_a_missing_required_flag_is_a_usage_error_naming_it(script, given, missi
     assert "the following arguments are required: {}".format(", ".join(missing)) in capsys.readouterr().err
 
 
-def _words(value):
-    """A default as a person types it: items of a list or tuple, a path's text, on/off, 'none' for None or empty."""
-    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return " ".join(_words(v) for v in value)
-    return str(value)
+def test_a_default_in_plain_words_is_what_a_person_types():
+    """The words the help check below compares with, pinned here by example."""
+    cases = [(None, "none"), ("", "none"), ([], "none"), (True, "on"), (False, "off"), ([1, 50, 100], "1 50 100"),
+             ((0.14, 1.0), "0.14 1.0"), ([Path("checkpoints/p2_best.pth")], "checkpoints/p2_best.pth"), (8, "8")]
+    assert [(value, plain(value)) for value, _ in cases] == cases
 
 
 def _real_default(parser, dest):
@@ -174,9 +171,9 @@ def _help_defects(script):
         if REPR.search(shown) and not (action.nargs == 0 and shown.startswith(("on", "off"))):
             defects.append((flag, "a Python repr or nothing: {!r}".format(shown), text))
         elif partner is not None and partner.dest == action.dest:  # --no-x beside --x
-            if isinstance(real, bool) and shown != "{} is {}".format(partner.option_strings[0], _words(real)):
+            if isinstance(real, bool) and shown != "{} is {}".format(partner.option_strings[0], plain(real)):
                 defects.append((flag, "not '{} is {}' (the true state)".format(partner.option_strings[0],
-                                                                               _words(real)), text))
+                                                                               plain(real)), text))
             elif real is None and shown.startswith(("on", "off", "none", partner.option_strings[0] + " is o")):
                 defects.append((flag, "its default is decided elsewhere, yet it reads {!r}".format(shown), text))
         elif action.nargs == 0:  # a switch: 'on' when in effect by default
@@ -188,12 +185,12 @@ def _help_defects(script):
                 defects.append((flag, "reads {!r}, but the switch is {} by default".format(shown, want), text))
             elif flag.startswith("--no-") and len(shown) <= len(want):
                 defects.append((flag, "does not say the true state of what it turns off", text))
-        elif real is not None and shown != _words(real) and not shown.startswith(_words(real) + ":"):
-            defects.append((flag, "shows {!r}, the parser's default is {!r}".format(shown, _words(real)), text))
+        elif real is not None and shown != plain(real) and not shown.startswith(plain(real) + ":"):
+            defects.append((flag, "shows {!r}, the parser's default is {!r}".format(shown, plain(real)), text))
     return defects
 
 
-def test_every_help_shows_each_real_default_once_in_plain_words():
+def test_every_help_shows_each_real_default_once_in_plainplain():
     """--help is where a newcomer reads the defaults: each optional flag ends with one '(default: X)', X the value
     parse_args gives it in words (a list as its items, a switch as on/off, a None explained or 'none'); a required
     flag shows none; '--no-x' says what it turns off and the state of x."""
