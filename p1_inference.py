@@ -26,7 +26,7 @@ from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.cli import HelpFormatter, add_flag, file_path, run_cli
-from utils.fileio import write_atomic
+from utils.fileio import check_target, write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
 
@@ -67,15 +67,24 @@ class CsvRowImages(torch.utils.data.Dataset):
             return index, None, "csv line {} ({}): {}".format(row.line, row.filename, exc)
 
 
-def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
-    """Write a csv atomically (temp file in the same folder + os.replace: a symlink at ``path`` is replaced, not
-    written through); a failed write keeps the file already there and raises an OSError naming ``path``."""
+OUTPUT_HEADER = ("id", "filename", "label")
+
+
+def output_rules(args: argparse.Namespace) -> Dict[str, Any]:
+    """What the output csv may replace: only a prediction csv (its header), never the checkpoint or the input csv."""
+    return {"signature": ",".join(OUTPUT_HEADER).encode(), "inputs": (args.csv, args.checkpoint)}
+
+
+def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]], **check: Any) -> None:
+    """Write a csv through ``utils.fileio.write_atomic`` (``check``: its rules for what may be replaced): a symlink
+    at ``path`` is replaced, not written through; a failed write keeps the file already there and raises an OSError
+    naming ``path``."""
     def write(f: Any) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(records)
 
-    write_atomic(path, write, what="csv", text=True)
+    write_atomic(path, write, what="csv", text=True, **check)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
@@ -94,6 +103,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if args.output.resolve() in {(args.image_dir / r.filename).resolve() for r in rows}:
         raise ValueError("output {} is an input image listed in {}; it would be overwritten: give another path".format(
             args.output, args.csv))
+    check_target(args.output, "prediction csv", **output_rules(args))  # the checkpoint, a user's file: refused
     try:  # early: a bad output path fails before the work
         args.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission
@@ -119,8 +129,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             labels = classify(model, images, ckpt, dtype).argmax(dim=1).tolist()
             for (index, _, _), label in zip(good, labels):
                 preds[index] = int(label)
-    write_csv_atomic(args.output, ["id", "filename", "label"],
-                     [[r.id, r.filename, p] for r, p in zip(rows, preds)])
+    write_csv_atomic(args.output, list(OUTPUT_HEADER), [[r.id, r.filename, p] for r, p in zip(rows, preds)],
+                     **output_rules(args))
 
     result = {"rows": len(rows), "failed": failed, "seconds": round(time.time() - t0, 2),
               "checkpoint": str(args.checkpoint), "output": str(args.output)}  # type: Dict[str, Any]

@@ -43,6 +43,7 @@ import torch
 from utils.classify import eval_transform_for, load_classifier, penultimate_features
 from utils.datasets import CsvImages
 from utils.distributed import resolve_device
+from utils.fileio import make_folder, save_figure, write_atomic, write_text
 from utils.cli import HelpFormatter, add_flag, nonnegative_int, positive_float, run_cli
 from utils.knn import knn_classify
 from utils.precision import amp_dtype
@@ -217,8 +218,10 @@ def plot_panels(coords: Sequence[np.ndarray], labels: np.ndarray, titles: Sequen
     fig.legend(handles=handles, loc="center right", ncol=legend_cols, fontsize=6.5, title="class",
                title_fontsize=7, frameon=False, handletextpad=0.1, columnspacing=0.6, labelspacing=0.25)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
-    fig.savefig(str(path), dpi=150)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, "t-SNE figure", dpi=150)
+    finally:
+        plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
@@ -245,7 +248,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         indices = np.sort(rng.choice(len(all_rows), size=args.max_images, replace=False))
     rows = all_rows if indices is None else [all_rows[i] for i in indices]
     device = resolve_device(args.device)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(args.output_dir)
 
     results, coords, titles, names = [], [], [], []
     labels = None  # type: Optional[np.ndarray]
@@ -283,17 +286,17 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         log.image("tsne", figure, 0)
         log.close()
     coords_path = args.output_dir / "tsne_coords.npz"
-    np.savez(str(coords_path), coords=np.stack(coords), labels=labels,
-             filenames=np.array([r.filename for r in rows]), names=np.array(names),
-             checkpoints=np.array([str(p) for p in args.checkpoints]))
+    write_atomic(coords_path, lambda f: np.savez(f, coords=np.stack(coords), labels=labels,
+                                                 filenames=np.array([r.filename for r in rows]), names=np.array(names),
+                                                 checkpoints=np.array([str(p) for p in args.checkpoints])),
+                 "t-SNE coordinates")
     summary = {
         "checkpoints": results, "csv": str(args.csv), "image_dir": str(image_dir), "num_images": len(rows),
         "max_images": args.max_images, "perplexity": args.perplexity, "pca_dim": args.pca_dim, "knn_k": args.knn_k,
         "seed": args.seed, "figure": str(figure), "coords": str(coords_path), "seconds": round(time.time() - t0, 2),
     }
     metrics_path = args.output_dir / "tsne_metrics.json"
-    with open(metrics_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_text(metrics_path, json.dumps(summary, indent=2), "t-SNE metrics")
     summary["metrics"] = str(metrics_path)
     print("wrote {}, {} and {} in {:.1f} s".format(figure, coords_path, metrics_path, summary["seconds"]))
     return summary

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from utils.checkpoint import load_safe
 from utils.datasets import mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
+from utils.fileio import make_folder, save_figure as write_figure, write_atomic, write_text
 from utils.masks import IGNORE_INDEX, class_to_rgb, read_mask
 from utils.cli import HelpFormatter, add_flag, run_cli
 from utils.precision import amp_dtype, autocast
@@ -228,8 +229,10 @@ def save_figure(path: Path, panels: List[Tuple[str, np.ndarray]], with_legend: b
         add_class_key(fig, key_height)
     else:
         fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
-    plt.close(fig)
+    try:
+        write_figure(fig, path, "SAM figure")
+    finally:
+        plt.close(fig)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -330,12 +333,11 @@ def process_image(args: argparse.Namespace, path: Path, generator: Any, ours: Tu
     height, width = image.shape[:2]
     masks, seconds = timed_masks(generator, image, device)
     labels = label_image(masks, height, width)
-    np.savez_compressed(
-        str(args.output_dir / "{}_sam_masks.npz".format(path.stem)), labels=labels,
-        areas=np.array([m["area"] for m in masks], dtype=np.int64),
+    write_atomic(args.output_dir / "{}_sam_masks.npz".format(path.stem), lambda f: np.savez_compressed(
+        f, labels=labels, areas=np.array([m["area"] for m in masks], dtype=np.int64),
         predicted_iou=np.array([m["predicted_iou"] for m in masks], dtype=np.float32),
         stability_score=np.array([m["stability_score"] for m in masks], dtype=np.float32),
-        bboxes=np.array([m["bbox"] for m in masks], dtype=np.int64).reshape(-1, 4))
+        bboxes=np.array([m["bbox"] for m in masks], dtype=np.int64).reshape(-1, 4)), "SAM masks")
     sam_title = "SAM {}: {} mask{}".format(args.model_type, len(masks), "" if len(masks) == 1 else "s")
     panels = [("input {}".format(path.name), image), (sam_title, overlay_masks(image, masks, args.seed))]
     model, config = ours
@@ -360,7 +362,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     check_inputs(args)
     device = resolve_device(args.device)
     dtype = amp_dtype(device, args.amp)  # None (fp32) on CPU
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(args.output_dir)
     ours = load_our_model(args, device)
     generator = make_generator(args, device, dtype)
     summary = {
@@ -377,8 +379,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         except (OSError, ValueError) as exc:  # an unreadable image: named, and the others still run
             tqdm.write("error: {} (skipped)".format(exc), file=sys.stderr)
             summary["failed"].append({"image": str(path), "error": str(exc)})
-    with open(args.output_dir / "sam_summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    write_text(args.output_dir / "sam_summary.json", json.dumps(summary, indent=2), "SAM summary")
     print("SAM masks: {} image(s) done, {} failed -> {}".format(
         len(summary["images"]), len(summary["failed"]), args.output_dir))
     return summary

@@ -47,3 +47,12 @@ def stop_mid_epoch(args, sig, marker="epoch 1/"):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + int(sig), stderr
     return stderr
+
+
+def figure_target(target):
+    """The file name a Figure.savefig call writes: ``target`` is a path or, through utils.fileio's atomic write, the
+    open temp file named after its target ('.curves.png.x1y2.tmp' -> 'curves.png')."""
+    from utils.checkpoint import atomic_temp_target
+
+    base = os.path.basename(str(getattr(target, "name", target)))
+    return atomic_temp_target(base) or base

@@ -427,3 +427,74 @@ def test_a_load_error_is_named_by_its_type_and_first_line_even_without_a_message
     with pytest.raises(ValueError) as info:
         load_safe(path)
     assert str(info.value) == "cannot load checkpoint {}: corrupt or truncated {}".format(path, shown)
+
+
+def test_a_file_name_near_the_limit_is_written_and_its_temp_name_maps_back(tmp_path):
+    """Before: a legal 248-character image name failed with 'File name too long' (the temp name was the name plus
+    14 characters) and stopped the run. The temp name's middle is cut; it still ends as the target does, so a
+    leftover temp file of a mask is recognised as one."""
+    name = "x" * 239 + "_mask.png"  # 248 characters
+    checkpoint.atomic_write(tmp_path / name, lambda f: f.write(b"png"))
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == b"png"
+    prefix = checkpoint._temp_prefix(name)
+    assert len((prefix + "abcdefgh.tmp").encode()) <= 255
+    assert checkpoint.atomic_temp_target(prefix + "abcdefgh.tmp").endswith("_mask.png")
+    assert checkpoint._temp_prefix("0000_mask.png") == ".0000_mask.png."  # short names as before
+
+
+def test_write_atomic_replaces_only_files_of_its_kind(tmp_path):
+    """utils.fileio.write_atomic, the one way the project writes: an existing file is replaced only when it starts
+    as the project's files of that kind do (by suffix, or the caller's signature), or is empty; an input of the
+    command (also through a link) and a folder reached through a symlink are refused; nothing is changed."""
+    from utils.fileio import NotOurs, write_text
+
+    ckpt = tmp_path / "model.pth"
+    save_atomic(_sample(), ckpt)
+    kept = ckpt.read_bytes()
+    for target, check in [(ckpt, {"signature": b"id,filename,label"}),  # a csv written over a checkpoint
+                          (tmp_path / "link.csv", {"inputs": [ckpt]}),  # the same file through a link
+                          (tmp_path / "results.json", {})]:  # a .json that is not a JSON object
+        if target.name == "link.csv":
+            target.symlink_to(ckpt)
+        if target.name == "results.json":
+            target.write_text("my notes\n")
+        before = os.path.realpath(str(target)), open(str(target), "rb").read()
+        with pytest.raises(NotOurs, match=str(target.name)):
+            write_text(target, "id,filename,label\n", "csv", **check)
+        assert open(before[0], "rb").read() == before[1]
+    assert ckpt.read_bytes() == kept
+    (tmp_path / "mine.txt").write_text("a user's text")  # a suffix without a signature: any content is refused
+    with pytest.raises(NotOurs, match="mine.txt"):
+        write_text(tmp_path / "mine.txt", "x", "text")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(NotOurs, match="symbolic link"):
+        write_text(tmp_path / "run" / "sub" / "a.json", "{}", "json", root=tmp_path / "run")
+    assert list(outside.iterdir()) == []
+    # what is ours is replaced: a JSON object, an empty file, a csv with the caller's header, a symlink itself
+    (tmp_path / "ok.json").write_text('  {"a": 1}')
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "pred.csv").write_text("id,filename,label\n0,a.jpg,1\n")
+    for target, check in [(tmp_path / "ok.json", {}), (tmp_path / "empty.txt", {}),
+                          (tmp_path / "pred.csv", {"signature": b"id,filename,label"})]:
+        write_text(target, "{}", "file", **check)
+        assert target.read_text() == "{}"
+    (tmp_path / "to_ckpt.pth").symlink_to(ckpt)
+    write_text(tmp_path / "to_ckpt.pth", "new", "file", ours=lambda p: True)  # the link is replaced, not followed
+    assert not (tmp_path / "to_ckpt.pth").is_symlink() and ckpt.read_bytes() == kept
+
+
+def test_a_dangling_symlink_output_folder_is_named_not_errno_17(tmp_path):
+    """Before: an output folder that is a dangling symlink (or a loop) gave '[Errno 17] File exists'. make_folder,
+    which every script's output folder goes through, names the link and its target; a file in the way is named."""
+    from utils.fileio import NotOurs, make_folder
+
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "file").write_text("x")
+    for name, words in (("out", "gone"), ("loop", "loops"), ("file", "not a folder")):
+        with pytest.raises(NotOurs, match=words):
+            make_folder(tmp_path / name)
+    assert make_folder(tmp_path / "a" / "b").is_dir()

@@ -453,6 +453,25 @@ def test_in_memory_images_cache_round_trip_and_invalidation(tmp_path):
     cache.write_bytes(b"garbage")
     fourth = InMemoryImages(folder, cache_path=cache)
     assert not fourth.from_cache and torch.equal(fourth.images, third.images)
-    # a removed key file (an interrupted write) also means re-decoding
-    os.unlink(str(cache) + ".json")
+    # a write killed between the key's "being written" and the array is re-decoded: the key matches nothing
+    Path(str(cache) + ".json").write_text(json.dumps({"key": None, "count": None, "shape": None, "folder": "x"}))
     assert not InMemoryImages(folder, cache_path=cache).from_cache
+
+
+@pytest.mark.parametrize("case", ["user_npy", "csv", "user_npy_and_json"])
+def test_an_image_cache_path_holding_a_file_we_did_not_write_is_refused_before_decoding(tmp_path, case):
+    """Before: `p1_ssl_pretrain.py --batched-aug --image-cache PATH` overwrote whatever file was at PATH (a user's
+    .npy, office/train.csv by a slip). A file there is replaced only with our key file beside it."""
+    folder = tmp_path / "imgs"
+    write_images(folder, 2)
+    cache = tmp_path / ("train.csv" if case == "csv" else "mine.npy")
+    if case == "csv":
+        cache.write_text("id,filename,label\n0,a.jpg,1\n")
+    else:
+        np.save(str(cache), np.arange(5))
+    if case == "user_npy_and_json":
+        Path(str(cache) + ".json").write_text('{"note": "mine"}')
+    before = cache.read_bytes()
+    with pytest.raises(ValueError, match="refusing to replace {}".format(cache)):
+        InMemoryImages(folder, cache_path=cache)
+    assert cache.read_bytes() == before

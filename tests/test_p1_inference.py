@@ -378,3 +378,27 @@ def test_predictions_use_the_checkpoints_own_size_and_normalisation(p1, tmp_path
     assert expected != imagenet  # the statistics change some predictions, so the check can see them ignored
     _, out = _read_output(out_csv)
     assert [(o[0], o[1], int(o[2])) for o in out] == [(r["id"], r["filename"], e) for r, e in zip(rows, expected)]
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "user_file", "prediction"])
+def test_the_output_csv_replaces_only_a_prediction_csv(p1, tmp_path, repo_root, target):
+    """Before: `hw1_1.sh val.csv val checkpoints/p1_best.pth` (output = the checkpoint) replaced the model file with
+    the csv, exit 0. The output may replace an earlier prediction csv (its header id,filename,label) and nothing
+    else: the checkpoint and a user's file are refused before any work, byte for byte unchanged."""
+    val_csv, image_dir, checkpoint = p1
+    ckpt = tmp_path / "p1_best.pth"
+    shutil.copy(str(checkpoint), str(ckpt))
+    out = {"checkpoint": ckpt, "user_file": tmp_path / "notes.csv", "prediction": tmp_path / "pred.csv"}[target]
+    if target == "user_file":
+        out.write_text("name,score\nalice,3\n")
+    if target == "prediction":
+        out.write_text("id,filename,label\n0,x.jpg,3\n")
+    before = out.read_bytes()
+    proc = _hw1_1(repo_root, val_csv, image_dir, out, ckpt)
+    if target == "prediction":
+        assert proc.returncode == 0, proc.stderr
+        assert len(out.read_text().splitlines()) == len(_val_rows(val_csv)) + 1
+        return
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(out) in proc.stderr and "refusing" in proc.stderr
+    assert out.read_bytes() == before

@@ -418,13 +418,16 @@ def test_the_snapshot_grid_shows_each_tile_its_ground_truth_and_every_snapshot_e
 
 
 def _saved_figures(monkeypatch):
-    """[(figure, path)] of every Figure.savefig from now on, read before the figure is closed."""
+    """[(figure, file name)] of every Figure.savefig from now on, read before the figure is closed."""
     import matplotlib.figure
+
+    from helpers import figure_target
 
     saved = []
     real_savefig = matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, path, **kw: saved.append((fig, str(path))) or real_savefig(fig, path, **kw))
+                        lambda fig, path, **kw: saved.append((fig, figure_target(path))) or
+                        real_savefig(fig, path, **kw))
     return saved
 
 

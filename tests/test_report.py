@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tools.report import GENERATED_NOTE, REAL_NOTE, describe_model, grade_p1, write_report
+from tools.report import FIGURES_MARKER, GENERATED_NOTE, REAL_NOTE, describe_model, grade_p1, write_report
 from tools.report import main as report_main
 
 
@@ -175,7 +175,9 @@ def runs(tmp_path):
 def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
     report_dir = tmp_path / "report"
     (report_dir / "figures").mkdir(parents=True)
-    (report_dir / "figures" / "stale.png").write_bytes(b"an earlier report's")
+    (report_dir / "figures" / "stale.png").write_bytes(b"an earlier report's")  # listed by that report
+    (report_dir / "figures" / FIGURES_MARKER).write_text(
+        "Files written by tools.report, relative to this folder (a rerun deletes these and only these):\nstale.png\n")
     text = write_report(str(runs), str(report_dir), note="seed 0, one GPU").read_text()
     assert text.startswith("# HW1 report\n\nBuilt by `python -m tools.report` from the results of the runs in "
                            "`../runs`;")
@@ -228,7 +230,7 @@ def test_the_whole_report_is_read_from_the_runs_files(runs, tmp_path):
         {"Script": "hw1_2.sh", "Output": "masks", "Score": "mIoU 0.5000 (3 masks)"}]
     assert GENERATED_NOTE in grading
     # every figure found is copied under its report name, and nothing else is left in the folder
-    assert sorted(p.name for p in (report_dir / "figures").iterdir()) == sorted([
+    assert sorted(p.name for p in (report_dir / "figures").iterdir()) == sorted([FIGURES_MARKER,
         "p1_dino_curves.png", "p1_A_curves.png", "p1_tsne.png", "p2_unet_snapshots.png", "p2_unet_curves.png",
         "p2_deeplab_curves.png", "p2_sam_val0018_sam.png", "p1_settings_accuracy.png"])  # the last drawn here
     assert (report_dir / "figures" / "p2_unet_snapshots.png").read_bytes() == b"p2_unet/snapshots.png"
@@ -404,10 +406,12 @@ def _saved(monkeypatch):
     """{file name: figure} of every Figure.savefig from now on, read before the report closes the figure."""
     import matplotlib.figure
 
+    from helpers import figure_target
+
     saved = {}
     real_savefig = matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: saved.__setitem__(
-        os.path.basename(str(path)), fig) or real_savefig(fig, path, **kw))
+        figure_target(path), fig) or real_savefig(fig, path, **kw))
     return saved
 
 
@@ -475,3 +479,23 @@ def test_the_two_unets_are_compared_side_by_side_curves_and_masks(runs, tmp_path
             assert np.array_equal(np.asarray(got), expected)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASS_NAMES)
     assert "masks at epoch 1" in ablation
+
+
+def test_the_report_replaces_only_what_it_made(runs, tmp_path):
+    """Before: `python -m tools.report RUNS -o DIR` deleted DIR/figures/ whole, even when the report had not made it
+    (a user's figures folder), and replaced any DIR/REPORT.md. Now figures/ is cleared only of the files an earlier
+    report listed in it, a folder without that list is refused, and REPORT.md is replaced only when it is a report."""
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "figures" / "plot.png").write_bytes(b"a user's figure")
+    with pytest.raises(ValueError, match="holds no list of files written by tools.report"):
+        write_report(runs, mine)
+    assert (mine / "figures" / "plot.png").read_bytes() == b"a user's figure"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "REPORT.md").write_text("# My own notes\n")
+    with pytest.raises(ValueError, match="refusing to replace {}".format(notes / "REPORT.md")):
+        write_report(runs, notes)
+    assert (notes / "REPORT.md").read_text() == "# My own notes\n"
+    again = write_report(runs, write_report(runs, tmp_path / "ours").parent)  # a report replaces its own
+    assert again.read_text().startswith("# HW1 report")

@@ -42,7 +42,7 @@ def test_the_curves_are_one_panel_per_logged_key_against_epoch_titled_by_the_run
     log.log({"epoch": 1, "loss": 2.0, "val_miou": None})
     log.log({"epoch": 2, "loss": 1.5, "val_miou": 0.25})
     fig, options = saved[-1]
-    assert options == {"dpi": 100} and fig._suptitle.get_text() == "U-Net, 7 classes"
+    assert options == {"dpi": 100, "format": "png"} and fig._suptitle.get_text() == "U-Net, 7 classes"
     assert [(ax.get_title(), ax.get_xlabel()) for ax in fig.axes] == [("loss", "epoch"), ("val_miou", "epoch")]
     assert [ax.lines[0].get_xydata().tolist() for ax in fig.axes] == [[[1, 2.0], [2, 1.5]], [[2, 0.25]]]
     assert all(ax.lines[0].get_marker() == "o" for ax in fig.axes)  # val_miou's one point shows as a dot

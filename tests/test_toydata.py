@@ -568,3 +568,37 @@ def test_p1_shapes_kind_from_the_cli(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "c"), "--parts", "p1", "--p1-kind", "shapes", "--p1-classes", "8"])
     assert exc.value.code == 2
+
+
+def test_a_part_folder_symlinked_to_real_data_is_refused_and_the_data_kept(tmp_path: Path) -> None:
+    """Before: only the output root was checked; with OUT/p2_data a symlink to real data, a rerun (as demo.sh does
+    every time) deleted the real tiles its list named and wrote new ones through the link. Now a symlinked folder
+    inside the output is refused, one line naming it, before anything is deleted or written."""
+    out = tmp_path / "demo"
+    make_p2_data(out, size=32, num_train=2, num_val=1)
+    real = tmp_path / "data_2025" / "p2_data"
+    before = _fake_real_dataset(tmp_path / "data_2025")
+    import shutil
+    shutil.rmtree(str(out / "p2_data"))
+    (out / "p2_data").symlink_to(real, target_is_directory=True)
+    (real / "train").mkdir(parents=True, exist_ok=True)
+    (real / "train" / "0000_sat.jpg").write_bytes(b"a real tile")  # named as the generator names its own
+    before = _read_bytes(tmp_path / "data_2025")
+    result = subprocess.run([sys.executable, "-m", "tools.toydata", "--out", str(out), "--parts", "p2", "--num", "2",
+                             "--num-val", "1", "--size", "32"], cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "symbolic link" in result.stderr and str(out / "p2_data") in result.stderr
+    assert _read_bytes(tmp_path / "data_2025") == before
+
+
+def test_an_output_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """Before: toydata on a folder it cannot write (read-only, a full disk; here the parent is a file, which fails
+    alike for root) ended in a raw OSError traceback. Now one line naming the path, exit 1."""
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "demo"
+    result = subprocess.run([sys.executable, "-m", "tools.toydata", "--out", str(out), "--parts", "p2", "--num", "1",
+                             "--num-val", "0", "--size", "32"], cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and str(out) in result.stderr and result.stderr.startswith("toydata: error")

@@ -66,6 +66,7 @@ from utils.classify import build_classifier
 from utils.cli import HelpFormatter, add_bool_flag, add_flag
 from utils.dino import DINOLoss, build_dino_net, ema_update, train_step
 from utils.distributed import resolve_device
+from utils.fileio import check_target
 from utils.gpu_multicrop import BatchedMultiCrop
 from utils.models import CLASSIFIER_BACKBONES, build_seg_model
 from utils.multicrop import MultiCropAugmentation
@@ -539,6 +540,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     out = None
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        check_target(args.json_out, "benchmark log", signature=b"{")  # written line by line as figures come
         out = open(args.json_out, "w")
     records = []
     try:

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from utils.fileio import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,8 +109,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             table[key] = demo_numbers(out)
     summary = summarize(table)
     summary["seeds"], summary["threads"] = args.seeds, args.threads
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "spread.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(args.out / "spread.json", json.dumps(summary, indent=2) + "\n", "spread summary")
     print_summary(summary, list(table))
     return summary
 

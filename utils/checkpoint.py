@@ -30,15 +30,28 @@ def atomic_temp_target(name: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
+def _temp_prefix(name: str, limit: int = 255 - 13) -> str:
+    """'.' + ``name`` + '.', the middle of a long name cut (keeping its end, e.g. '_mask.png') so that the temp
+    file's name (prefix + 8 random characters + '.tmp') stays within the usual 255-byte limit of a file name."""
+    prefix = "." + name + "."
+    if len(prefix.encode("utf-8")) <= limit:
+        return prefix
+    head, tail = name, name[-24:]
+    while len(("." + head + "~" + tail + ".").encode("utf-8")) > limit:
+        head = head[:-1]
+    return "." + head + "~" + tail + "."
+
+
 def atomic_write(path: PathLike, write: Callable[[Any], None], text: bool = False) -> None:
     """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, fsync, then os.replace it:
     a kill at any moment leaves either the old file or the new one, and a symlink at ``path`` is replaced, never
     followed. The temp file never outlives the call."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+        os.close(fd)  # reopened by name: the file object's ``name`` is the temp file's path, not a number
+        with open(tmp, "w" if text else "wb", **({"newline": "", "encoding": "utf-8"} if text else {})) as f:
             try:
                 write(f)
                 f.flush()
@@ -65,9 +78,12 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], text: bool = Fals
         pass
 
 
-def save_atomic(obj: Any, path: PathLike) -> None:
-    """torch.save ``obj`` to ``path`` atomically (``atomic_write``)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+def save_atomic(obj: Any, path: PathLike, what: str = "checkpoint", **check: Any) -> None:
+    """torch.save ``obj`` to ``path`` through ``utils.fileio.write_atomic`` (``check``: its rules for what may be
+    replaced; by default only a torch file)."""
+    from utils.fileio import write_atomic
+
+    write_atomic(path, lambda f: torch.save(obj, f), what, **check)
 
 
 def load_safe(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:

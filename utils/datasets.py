@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from utils.checkpoint import atomic_write
-from utils.fileio import open_regular
+from utils.fileio import check_target, open_regular, write_atomic, write_text
 from utils.masks import read_mask
 
 PathLike = Union[str, Path]
@@ -339,7 +338,9 @@ class InMemoryImages(torch.utils.data.Dataset):
     All images must have one size (Mini-ImageNet: 84x84), else a ValueError names the first file that differs.
     ``cache_path`` (e.g. ``mini_train.npy``) keeps the decoded array on disk: it is reused while the folder's
     sorted file list (names and byte sizes) is unchanged, and rewritten otherwise; the key lives in
-    ``<cache_path>.json``, written after the array, so an interrupted write is never mistaken for a valid cache.
+    ``<cache_path>.json``, written before the array as "being written" and completed after it, so an interrupted
+    write is never mistaken for a valid cache; a file at ``cache_path`` without that key beside it (a user's .npy,
+    a csv given by a slip) is not ours: refused before decoding, left as it is.
     """
 
     def __init__(self, folder: PathLike, cache_path: Optional[PathLike] = None,
@@ -354,6 +355,9 @@ class InMemoryImages(torch.utils.data.Dataset):
         self.from_cache = False
         key = file_list_key(self.files)
         array = self._load_cache(key) if self.cache_path is not None else None
+        if array is None and self.cache_path is not None:  # before decoding: a file that is not our cache stays
+            check_target(self.cache_path, "image cache", ours=self._is_cache)
+            check_target(self._key_path(), "image cache key", ours=self._is_cache_key)
         if array is None:
             array = self._decode(workers)
             if self.cache_path is not None:
@@ -388,6 +392,19 @@ class InMemoryImages(torch.utils.data.Dataset):
         assert self.cache_path is not None
         return Path(str(self.cache_path) + ".json")
 
+    def _is_cache_key(self, path: Path) -> bool:
+        try:
+            with open(str(path), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and {"key", "count", "shape", "folder"} <= set(meta)
+
+    def _is_cache(self, path: Path) -> bool:
+        """An existing file at ``cache_path`` may be replaced only with our key file beside it (a user's .npy, a
+        csv given by a slip, have none)."""
+        return self._is_cache_key(self._key_path())
+
     def _load_cache(self, key: str) -> Optional[np.ndarray]:
         """The cached array when its key matches this file list, else None (also for a damaged cache)."""
         key_path = self._key_path()
@@ -409,11 +426,12 @@ class InMemoryImages(torch.utils.data.Dataset):
     def _save_cache(self, array: np.ndarray, key: str) -> None:
         """Array first, key last: a crash in between leaves no key, hence no stale cache."""
         key_path = self._key_path()
-        if key_path.exists():
-            key_path.unlink()
-        atomic_write(self.cache_path, lambda f: np.save(f, array, allow_pickle=False))
-        meta = {"key": key, "count": len(self.files), "shape": list(array.shape), "folder": str(self.folder)}
-        atomic_write(key_path, lambda f: f.write(json.dumps(meta).encode("utf-8")))
+        meta = {"key": None, "count": None, "shape": None, "folder": str(self.folder)}  # being written: matches none
+        write_text(key_path, json.dumps(meta), "image cache key", ours=self._is_cache_key)
+        write_atomic(self.cache_path, lambda f: np.save(f, array, allow_pickle=False), "image cache",
+                     ours=self._is_cache)
+        meta.update(key=key, count=len(self.files), shape=list(array.shape))
+        write_text(key_path, json.dumps(meta), "image cache key", ours=self._is_cache_key)
 
     @property
     def nbytes(self) -> int:

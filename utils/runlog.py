@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Union
 
+from utils.fileio import save_figure, write_text
+
 PathLike = Union[str, Path]
 
 
@@ -53,8 +55,10 @@ def plot_curves(records: Sequence[Dict[str, Any]], keys: Iterable[str], path: Pa
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, "curves")
+    finally:
+        plt.close(fig)
 
 
 def tensorboard_writer(log_dir: PathLike) -> Any:
@@ -88,9 +92,7 @@ class RunLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) <= epoch]
-        with open(self.path, "w") as f:
-            for r in kept:
-                f.write(json.dumps(r) + "\n")
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept), "run log")
 
     def log(self, record: Dict[str, Any]) -> None:
         """Append ``record`` (with a timestamp), redraw the curves, and add its numbers to TensorBoard."""

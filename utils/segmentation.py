@@ -16,6 +16,7 @@ from utils import distributed as dist_utils
 from utils.cli import add_common_train_args, add_flag, nonnegative_float, positive_int
 from utils.datasets import SegmentationDataset, read_rgb, to_chw_uint8
 from utils.distributed import unwrap
+from utils.fileio import save_figure
 from utils.lifecycle import Run, checkpoint_state
 from utils.masks import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, read_mask, write_mask
 from utils.metrics import ConfusionMatrix
@@ -188,8 +189,10 @@ def draw_snapshot_grid(out: Path, args: argparse.Namespace) -> Optional[Path]:
             ax.set_title("{}: {}".format(image_id, title) if row == 0 else title, fontsize=9)
     add_class_key(fig, key_height)
     path = out / "snapshots.png"
-    fig.savefig(str(path), dpi=90)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, "snapshot figure", dpi=90)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -82,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OutputError as e:
         print("toydata: error: {}".format(e), file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only folder, a full disk: one line naming the file
+        print("toydata: error: cannot write {}: {}".format(e.filename or args.out, e.strerror or e), file=sys.stderr)
+        return 1
     print("toydata: seed {}; {}".format(args.seed, "; ".join(summaries)))
     return 0
 
