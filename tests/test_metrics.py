@@ -573,3 +573,98 @@ def test_class_index_detection_needs_every_pixel_grey_and_values_1_to_6(tmp_path
         rgb[0, 0] = pixel
         Image.fromarray(rgb).save(str(path))
         assert (read_mask(path) == 6).all(), pixel  # every channel < 128: black, "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class indices in other disguises: a 255 "ignore" border, a palette image whose indices are the classes
+# ----------------------------------------------------------------------------------------------------------
+
+# The PASCAL VOC colour map (bit-interleaved), the palette most segmentation tools write index masks with.
+def _voc_palette():
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _indices_with_ignore_border():
+    classes = np.random.default_rng(3).integers(0, 7, (8, 10)).astype(np.uint8)
+    classes[0, :] = classes[-1, :] = classes[:, 0] = classes[:, -1] = 255  # the "ignore" border
+    return classes
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "P-grey", "P-voc"])
+def test_class_indices_with_a_255_ignore_border_are_refused(tmp_path, mode):
+    """Before: indices 0..6 with a 255 border decoded to 'unknown' + 'barren' and trained silently to mIoU 0."""
+    classes = _indices_with_ignore_border()
+    path = tmp_path / "0000_mask.png"
+    if mode == "L":
+        Image.fromarray(classes).save(str(path))
+    elif mode == "I;16":
+        Image.fromarray(classes.astype(np.uint16)).save(str(path))
+    elif mode == "RGB":
+        Image.fromarray(np.dstack([classes] * 3)).save(str(path))
+    else:
+        image = Image.fromarray(classes, "P")
+        image.putpalette([v for i in range(256) for v in (i, i, i)] if mode == "P-grey" else _voc_palette())
+        image.save(str(path))
+    with pytest.raises(ValueError) as info:
+        read_mask(path)
+    message = str(info.value)
+    assert "0000_mask.png" in message and "class indices" in message and "docs/data.md#mask-colours" in message
+
+
+@pytest.mark.parametrize("palette", ["voc", "none", "tab10"])
+def test_palette_masks_whose_indices_are_the_classes_are_refused(tmp_path, palette):
+    """Before: a 'P' mask of indices 0..6 went through its palette (VOC: black, dark red, dark green, ...) and
+    decoded to permuted classes (or, with no palette, to all 'unknown')."""
+    classes = np.random.default_rng(4).integers(0, 7, (6, 9)).astype(np.uint8)
+    path = tmp_path / "0007_mask.png"
+    image = Image.fromarray(classes, "P")
+    if palette == "voc":
+        image.putpalette(_voc_palette())
+    elif palette == "tab10":  # matplotlib's default colours
+        image.putpalette([31, 119, 180, 255, 127, 14, 44, 160, 44, 214, 39, 40, 148, 103, 189, 140, 86, 75,
+                          227, 119, 194])
+    image.save(str(path))
+    with pytest.raises(ValueError) as info:
+        read_mask(path)
+    message = str(info.value)
+    assert "0007_mask.png" in message and "class indices" in message and "palette" in message
+    assert "docs/data.md#mask-colours" in message
+
+
+def test_palette_masks_in_the_course_colours_and_black_and_white_grey_masks_decode_as_before(tmp_path):
+    """A 'P' mask whose palette gives the course's colours (in any order, red included, unused entries anything)
+    and a grey mask of only 0 and 255 (black 'unknown' and white 'barren') are colour masks: they decode by PIL's
+    RGB conversion + the grader's threshold rule, as before."""
+    classes = np.random.default_rng(5).integers(0, 7, (6, 9)).astype(np.uint8)
+    order = [3, 6, 0, 5, 1, 4, 2]  # palette index i holds the colour of class order[i]
+    inverse = np.argsort(order).astype(np.uint8)
+    colours = [v for cls in order for v in GRADING_TABLE[cls][1]] + [255, 0, 0]  # entry 7: red
+    indices = inverse[classes].copy()
+    indices[0, 0] = 7  # one red pixel
+    image = Image.fromarray(indices, "P")
+    image.putpalette(colours + _voc_palette()[len(colours):])
+    image.save(str(tmp_path / "course.png"))
+    expected = classes.copy()
+    expected[0, 0] = IGNORE_INDEX
+    np.testing.assert_array_equal(read_mask(tmp_path / "course.png"), expected)
+    # the course's palette in the table's order: index i is class i's colour
+    image = Image.fromarray(classes, "P")
+    image.putpalette([v for cls in range(7) for v in GRADING_TABLE[cls][1]])
+    image.save(str(tmp_path / "table.png"))
+    np.testing.assert_array_equal(read_mask(tmp_path / "table.png"), classes)
+    bw = np.where(classes == 5, 255, 0).astype(np.uint8)
+    Image.fromarray(bw).save(str(tmp_path / "bw.png"))
+    np.testing.assert_array_equal(read_mask(tmp_path / "bw.png"), np.where(classes == 5, 5, 6))
+    for name in ("course.png", "table.png", "bw.png"):
+        expected = rgb_to_class(np.asarray(Image.open(str(tmp_path / name)).convert("RGB")))
+        np.testing.assert_array_equal(read_mask(tmp_path / name), expected, err_msg=name)

@@ -85,6 +85,32 @@ def test_class_index_masks_stop_training_before_the_first_step(toy_p2, tmp_path)
     assert "0000_mask.png" in str(info.value) and "Mask colours" in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["ignore-border", "voc-palette"])
+def test_class_index_masks_with_ignore_or_a_palette_stop_training_before_the_first_step(toy_p2, tmp_path, kind):
+    """Before: indices with a 255 'ignore' border (grey) decoded to 'unknown' + 'barren', and indices in a VOC
+    palette image to permuted classes; both trained silently. Now the trainer exits 2 naming a mask, no checkpoint."""
+    from utils.masks import read_mask
+
+    data = tmp_path / "p2"
+    train, _ = _copy_split(toy_p2 / "train", data / "train"), _copy_split(toy_p2 / "validation", data / "validation")
+    for mask in train.glob("*_mask.png"):
+        classes = read_mask(mask)
+        if kind == "ignore-border":
+            classes[0, :] = classes[:, 0] = 255
+            Image.fromarray(classes, "L").save(str(mask))
+            continue
+        image = Image.fromarray(classes, "P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128])  # VOC
+        image.save(str(mask))
+    proc = subprocess.run([sys.executable, "p2_unet.py", "--data-dir", str(data), "--output-dir",
+                           str(tmp_path / "run"), "--epochs", "1"] + UNET,
+                          cwd=str(ROOT), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: 24 of 24 image/mask pairs") and "class indices" in proc.stderr
+    assert "0000_mask.png" in proc.stderr and "docs/data.md#mask-colours" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
 def test_trainer_with_strict_stops_before_training_and_names_the_file(toy_p2, tmp_path):
     data = tmp_path / "p2"
     _copy_split(toy_p2 / "train", data / "train")

@@ -367,6 +367,7 @@ def test_dino_table_without_our_run_says_so(tmp_path):
     runs.mkdir()
     dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
     assert "_not run (no ../runs/p1_dino/results.json)_" in dino and "| Run |" not in dino
+    (tmp_path / "somewhere").mkdir()  # data that exist, not generated: the course's (a folder gone is unknown)
     _dino_run(runs / "p1_dino_standin", tmp_path / "somewhere", (0.43, 0.6), [1.0, 0.5], 4096)
     dino = write_report(runs, tmp_path / "report").read_text().split("### DINO pre-training")[1].split("###")[0]
     assert "_not run (no ../runs/p1_dino/results.json)_" in dino
@@ -499,3 +500,110 @@ def test_the_report_replaces_only_what_it_made(runs, tmp_path):
     assert (notes / "REPORT.md").read_text() == "# My own notes\n"
     again = write_report(runs, write_report(runs, tmp_path / "ours").parent)  # a report replaces its own
     assert again.read_text().startswith("# HW1 report")
+
+
+# ---------------------------------------------------------------- what the data were, what setting C really used
+
+def _settings_source(text):
+    settings = _section(text, "Settings A–E")
+    return [note for note in (GENERATED_NOTE, REAL_NOTE) if note in settings], settings
+
+
+def test_a_run_recorded_as_generated_is_labelled_generated_after_its_data_folder_is_deleted(runs, tmp_path):
+    """Before: the report asked tools.toydata.is_generated(--data-dir) at report time, so a generated data folder
+    moved or deleted after training made the runs "the course's data". Now results.json's "data" record decides;
+    without it and without the folder, the source is unknown, never the course's."""
+    data = tmp_path / "gone"
+    for setting in ("A", "C"):
+        _json(runs / ("p1_" + setting) / "args.json", {"data_dir": str(data / "office")})
+        record = json.loads((runs / ("p1_" + setting) / "results.json").read_text())
+        record["data"] = {"root": str(data / "office"), "generated": True, "count": 10, "fingerprint": "abc"}
+        _json(runs / ("p1_" + setting) / "results.json", record)
+    notes, _ = _settings_source(write_report(runs, tmp_path / "report").read_text())
+    assert notes == [GENERATED_NOTE]
+    for setting in ("A", "C"):  # results.json without the record, data folder gone: unknown
+        record = json.loads((runs / ("p1_" + setting) / "results.json").read_text())
+        del record["data"]
+        _json(runs / ("p1_" + setting) / "results.json", record)
+    notes, settings = _settings_source(write_report(runs, tmp_path / "report").read_text())
+    assert notes == [] and "Source: unknown" in settings
+    # the record says the course's data: so it is, although the folder is gone
+    record = json.loads((runs / "p1_A" / "results.json").read_text())
+    record["data"] = {"root": "/data_2025/p1_data/office", "generated": False, "count": 10, "fingerprint": "abc"}
+    for setting in ("A", "C"):
+        _json(runs / ("p1_" + setting) / "results.json", dict(record, setting=setting))
+    notes, _ = _settings_source(write_report(runs, tmp_path / "report").read_text())
+    assert notes == [REAL_NOTE]
+
+
+def test_setting_c_or_e_without_our_dino_backbone_is_not_called_the_ssl_backbone(tmp_path):
+    """Before: `p1_finetune.py --setting C --backbone none` wrote "w/o label (your SSL pre-trained backbone)" and
+    the report showed it as such. Now the cell says what was used: random init, or the backbone of a run that is
+    not DINO; C with our DINO run's backbone keeps its text."""
+    runs = tmp_path / "runs"
+    ours = _dino_run(runs / "p1_dino", tmp_path / "data", (0.4, 0.5), [1.0], 256)
+    _json(runs / "p1_A" / "args.json", {"setting": "A", "data_dir": str(tmp_path / "data")})  # a classifier run
+    ssl = "w/o label (your SSL pre-trained backbone)"
+    for setting, backbone in (("A", "none"), ("C", "none"), ("D", str(ours)),
+                              ("E", str(runs / "p1_A" / "backbone.pth"))):
+        _json(runs / ("p1_" + setting) / "results.json", {
+            "setting": setting, "backbone": backbone, "pretraining": ssl if setting in "CE" else "-",
+            "finetuning": "full", "best_val_acc": 0.5, "last_val_acc": 0.5})
+    cells = {r["Setting"]: r["Pre-training"] for r in _table(write_report(runs, tmp_path / "report").read_text(),
+                                                              "Setting")}
+    assert cells["C"] == "random init (run with --backbone none), not the SSL pre-trained backbone"
+    assert cells["E"] == "from p1_A/backbone.pth (not a DINO run), not the SSL pre-trained backbone"
+    # the backbone of our DINO run: the SSL backbone, as recorded; an older results.json without "backbone"
+    # takes the choice from the run's args.json
+    _json(runs / "p1_E" / "results.json", {"setting": "E", "backbone": str(ours), "pretraining": ssl,
+                                           "finetuning": "frozen", "best_val_acc": 0.5, "last_val_acc": 0.5})
+    _json(runs / "p1_C" / "results.json", {"setting": "C", "pretraining": ssl, "finetuning": "full",
+                                           "best_val_acc": 0.5, "last_val_acc": 0.5})
+    _json(runs / "p1_C" / "args.json", {"setting": "C", "backbone": "none"})
+    cells = {r["Setting"]: r["Pre-training"] for r in _table(write_report(runs, tmp_path / "report").read_text(),
+                                                              "Setting")}
+    assert cells["E"] == ssl
+    assert cells["C"] == "random init (run with --backbone none), not the SSL pre-trained backbone"
+
+
+WRONG_TYPES = [  # (file in the runs folder, field, a value of the wrong type)
+    ("p2_unet/results.json", "best_iou", "0.61"),
+    ("p2_unet/results.json", "best_iou", [["0.61"]]),
+    ("p2_unet/results.json", "best_miou", "0.61"),
+    ("p2_unet/results.json", "model_config", "unet"),
+    ("p2_unet/results.json", "model_config", {"arch": "unet", "depth": "four", "drop_skip": [1]}),
+    ("p2_unet/results.json", "model_config", {"arch": "unet", "drop_skip": 3}),
+    ("p1_dino/args.json", "out_dim", [256]),
+    ("p1_dino/results.json", "final_loss", {"value": 2}),
+    ("p1_A/results.json", "best_val_acc", "0.5"),
+    ("p1_A/results.json", "setting", 5),
+    ("p1_A/args.json", "data_dir", ["data"]),
+    ("p1_A/results.json", "data", "generated"),
+    ("p1_tsne/tsne_metrics.json", "checkpoints", "last"),
+    ("grading_p1.json", "accuracy", "0.75"),
+]
+
+
+@pytest.mark.parametrize("name,field,value", WRONG_TYPES)
+def test_a_field_of_the_wrong_type_is_a_one_line_error_naming_file_and_field(runs, tmp_path, name, field, value):
+    """Before: a string best_iou, a list out_dim, a model_config that is not an object (...) ended in a traceback
+    (TypeError, AttributeError) or a wrong table. Now every field the report reads is checked in one place."""
+    record = json.loads((runs / name).read_text()) if (runs / name).is_file() else {}
+    record[field] = value
+    _json(runs / name, record)
+    with pytest.raises(ValueError) as info:
+        write_report(runs, tmp_path / "report")
+    message = str(info.value)
+    assert "\n" not in message and str(runs / name) in message and "'{}".format(field) in message, message
+
+
+def test_a_wrongly_typed_field_on_the_command_line_is_exit_2_without_a_traceback(runs, tmp_path, repo_root):
+    import subprocess
+
+    _json(runs / "p2_unet" / "results.json", dict(json.loads((runs / "p2_unet" / "results.json").read_text()),
+                                                  best_iou="0.61"))
+    proc = subprocess.run([sys.executable, "-m", "tools.report", str(runs), "-o", str(tmp_path / "report")],
+                          cwd=str(repo_root), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: {}: ".format(runs / "p2_unet" / "results.json")) and \
+        "'best_iou'" in proc.stderr and proc.stderr.count("\n") == 1

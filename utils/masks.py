@@ -5,7 +5,7 @@ codes are classes; code 4 (pure red) is not a class and the grader leaves it und
 ``IGNORE_INDEX`` so training skips such pixels and our mIoU leaves them out, and we never write it.
 """
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -55,32 +55,75 @@ def class_to_rgb(classes: np.ndarray) -> np.ndarray:
     return PALETTE[classes]
 
 
+COLOURS_HELP = ("docs/data.md#mask-colours, 'Mask colours': urban cyan, agriculture yellow, rangeland purple, forest "
+                "green, water blue, barren white, unknown black; utils.masks.class_to_rgb does it")
+
+
 def read_mask(path: Union[str, Path]) -> np.ndarray:
     """Read a colour mask file and return (H, W) uint8 class indices (IGNORE_INDEX for red). Only a regular file
-    is opened (``open_regular``): a FIFO named like a mask is an error naming it, not a read that blocks."""
+    is opened (``open_regular``): a FIFO named like a mask is an error naming it, not a read that blocks. A mask
+    holding class indices instead of colours (``looks_like_class_indices``, ``palette_index_problem``) is a
+    ValueError naming the file and the colour table."""
     f = open_regular(path, what="mask")
     try:
         with f, Image.open(f) as img:
             img.load()
+            palette_problem = palette_index_problem(img)
             # Palette, grayscale, RGBA and 16-bit masks all go through PIL's RGB conversion first.
             rgb = np.asarray(img.convert("RGB"))
     except MemoryError:  # out of memory, not a damaged file
         raise
     except Exception as exc:  # PIL raises several unrelated types for damaged files
         raise ValueError("cannot read mask {}: {}".format(path, exc)) from exc
+    if palette_problem:
+        raise ValueError("mask {} is a palette image holding class indices 0..{} ({}), not class colours: the grader "
+                         "reads its colours, not its indices. Write each class in its colour ({})".format(
+                             path, NUM_CLASSES - 1, palette_problem, COLOURS_HELP))
     if looks_like_class_indices(rgb):
-        raise ValueError("mask {} holds class indices (grey levels 0..{}), not class colours: the grader would read "
-                         "every pixel as 'unknown'. Write each class in its colour (docs/data.md, 'Mask colours': urban "
-                         "cyan, agriculture yellow, rangeland purple, forest green, water blue, barren white, unknown "
-                         "black; utils.masks.class_to_rgb does it)".format(path, NUM_CLASSES - 1))
+        ignore = (", with {} as 'ignore'".format(IGNORE_INDEX), " (and {} as 'barren')".format(IGNORE_INDEX)) \
+            if (rgb == IGNORE_INDEX).any() else ("", "")
+        raise ValueError("mask {} holds class indices (grey levels 0..{}){}, not class colours: the grader would read "
+                         "every index as 'unknown'{}. Write each class in its colour ({})".format(
+                             path, NUM_CLASSES - 1, ignore[0], ignore[1], COLOURS_HELP))
     return rgb_to_class(rgb)
 
 
 def looks_like_class_indices(rgb: np.ndarray) -> bool:
-    """True for a mask holding class indices instead of colours: every pixel grey (R = G = B) with values in
-    0..6, not all 0. (An all-zero mask is left alone: it is all 'unknown' in colours, all 'urban' in indices.)"""
-    peak = int(rgb.max()) if rgb.size else 0
-    return 0 < peak < NUM_CLASSES and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    """True for a mask holding class indices instead of colours: every pixel grey (R = G = B), every value in 0..6
+    or 255 (the common 'ignore' value), and some value in 1..6. Colour masks have channels near 0 or 255, so the
+    only grey colours are black and white: a grey mask of 0 and 255 alone is black 'unknown' and white 'barren'
+    and decodes as such, and so does an all-zero mask (all 'unknown' in colours, all 'urban' in indices)."""
+    if not rgb.size:
+        return False
+    grey = rgb[..., 0]
+    if not ((grey == rgb[..., 1]).all() and (grey == rgb[..., 2]).all()):
+        return False
+    small = grey < NUM_CLASSES
+    return bool((small | (grey == IGNORE_INDEX)).all() and (grey[small] > 0).any())
+
+
+def palette_index_problem(img: Image.Image) -> Optional[str]:
+    """For a palette ('P') image whose pixel values all lie in 0..6 (255 allowed as 'ignore'): why its values are
+    class indices rather than colours -- a value with no palette entry, or one whose palette colour has a channel
+    in 64..191 (the VOC and other index palettes: dark red 128,0,0 ...), neither clearly off nor clearly on under
+    the grader's threshold at 128. None otherwise: a palette of the course's colours (in any order) decodes
+    through it as before, and a grey palette is left to ``looks_like_class_indices``."""
+    if img.mode != "P":
+        return None
+    counts = np.bincount(np.asarray(img).reshape(-1), minlength=256)
+    used = np.flatnonzero(counts)
+    if not used.size or not all(int(v) < NUM_CLASSES or int(v) == IGNORE_INDEX for v in used):
+        return None
+    flat = img.getpalette() or []
+    entries = np.array(flat[:len(flat) // 3 * 3], dtype=np.uint8).reshape(-1, 3)
+    for value in used:
+        if value >= len(entries):
+            return "value {} has no palette colour".format(value)
+        colour = entries[value]
+        if ((colour >= 64) & (colour < 192)).any():
+            return "its palette gives value {} the colour ({}, {}, {}), none of the course's".format(
+                value, *(int(c) for c in colour))
+    return None
 
 
 def write_mask(path: Union[str, Path], classes: np.ndarray) -> None:
