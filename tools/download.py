@@ -70,11 +70,13 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _manifest_lines(path: str) -> List[Tuple[int, str]]:
-    """(line number, text) of the rows of a manifest: UTF-8 with or without a BOM; comments and blank lines left
-    out; a line that is not UTF-8, holds a NUL or is over MAX_LINE characters is a ManifestError naming it."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _manifest_lines(path: str, data: Optional[bytes] = None) -> List[Tuple[int, str]]:
+    """(line number, text) of the rows of a manifest (``data``, else read from ``path``): UTF-8 with or without a
+    BOM; comments and blank lines left out; a line that is not UTF-8, holds a NUL or is over MAX_LINE characters is
+    a ManifestError naming it."""
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
     lines = []
     for number, raw in enumerate((data[3:] if data.startswith(b"\xef\xbb\xbf") else data).splitlines(), 1):
         where = f"{path}, line {number}"
@@ -108,10 +110,11 @@ def _check_url(url: str, where: str) -> None:
         raise ManifestError(f"{where}: url {url!r} has no host" + (" port" if host else ""))
 
 
-def read_manifest(path: str) -> List[ManifestEntry]:
-    """Parse and validate a manifest csv (``group,url,sha256,destination``; ``#`` lines are comments)."""
+def read_manifest(path: str, data: Optional[bytes] = None) -> List[ManifestEntry]:
+    """Parse and validate a manifest csv (``group,url,sha256,destination``; ``#`` lines are comments): the file at
+    ``path``, or ``data`` that is to be written there."""
     header, entries = ",".join(MANIFEST_HEADER), []
-    numbered = _manifest_lines(path)
+    numbered = _manifest_lines(path, data)
     rows = []
     for number, line in numbered:
         try:
