@@ -463,7 +463,7 @@ def graded_rows(entries: List[ManifestEntry], shown: str, submission: bool) -> L
             hint = (", ".join(others) + f", not {GRADING_GROUP!r}: a typo?" if others else
                     f"add the line '{GRADING_GROUP},,,{destination}'")
             failures.append((shown, False, f"no {GRADING_GROUP!r} row for {destination}, which hw1_1.sh or "
-                                           f"hw1_2.sh loads ({hint} See {SUBMITTING_SECTION})"))
+                                           f"hw1_2.sh loads ({hint}{'' if others else '.'} See {SUBMITTING_SECTION})"))
     return failures
 
 
