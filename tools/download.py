@@ -300,7 +300,7 @@ def remove_stale_staging(folder: str, name: str) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _staging(folder: str, name: str) -> str:
+def staging_folder(folder: str, name: str) -> str:
     """A new private folder beside ``name`` in ``folder`` (stale ones removed first)."""
     remove_stale_staging(folder, name)
     return tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=folder)
@@ -314,7 +314,7 @@ def download(url: str, destination: str, sha256: str = "", progress: bool = True
     fetched, expected = resolve_link(url), sha256.strip().lower()
     folder = os.path.dirname(os.path.abspath(destination))
     os.makedirs(folder, exist_ok=True)
-    staging = _staging(folder, os.path.basename(destination))
+    staging = staging_folder(folder, os.path.basename(destination))
     output = os.path.join(staging, os.path.basename(destination))
     try:
         try:

@@ -11,7 +11,7 @@ import shutil
 import zipfile
 from typing import List, Optional, Tuple
 
-from tools.download import DATA_PARTS, DownloadError, _staging, unpack_archive
+from tools.download import DATA_PARTS, DownloadError, staging_folder, unpack_archive
 
 RECORD = "UNPACKED_BY_HW1_DOWNLOAD.txt"
 
@@ -56,9 +56,10 @@ def read_record(folder: str) -> Optional[List[Tuple[str, int]]]:
     except (OSError, UnicodeDecodeError):
         lines = []
     try:
-        return [(path, int(size)) for size, path in (line.split("\t", 1) for line in lines)] or [(RECORD, -1)]
+        listed = [(path, int(size)) for size, path in (line.split("\t", 1) for line in lines)]
     except ValueError:
-        return [(RECORD + " (damaged)", -1)]
+        listed = []
+    return listed or [(RECORD + " (empty or damaged: a whole record)", -1)]
 
 
 def write_record(folder: str, files: List[Tuple[str, int]], archive: str) -> None:
@@ -103,7 +104,7 @@ def unpack_whole(archive: str, target: str) -> int:
     """Unpack ``archive`` into a staging folder beside ``target``, check it holds every file and DATA_PARTS, write
     the completeness record last, then rename it to ``target`` in one step; return the number of files."""
     root = os.path.dirname(target)
-    staging = _staging(root, os.path.basename(target))
+    staging = staging_folder(root, os.path.basename(target))
     try:
         try:
             unpack_archive(archive, os.path.join(staging, "unpacked"))
