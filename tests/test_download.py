@@ -113,8 +113,9 @@ def test_download_function_raises_on_bad_checksum(server, blob, tmp_path):
     with pytest.raises(dl.DownloadError, match="x.bin: sha256 mismatch"):
         dl.download(url, str(destination), sha(b"other"))
     assert folder_names(tmp_path / "sub") == []
-    assert dl.download(url, str(destination), "") == sha(blob)
-    assert dl.sha256_of(str(destination)) == sha(blob)
+    weights = torch_like(blob)  # without a sha256 only a whole torch file is installed
+    assert dl.download(server.add("/w.pth", weights), str(destination), "") == sha(weights)
+    assert dl.sha256_of(str(destination)) == sha(weights)
 
 
 def test_present_and_valid_is_skipped(server, blob, tmp_path, capsys):
@@ -157,26 +158,12 @@ def test_a_present_file_is_judged_by_the_sha256_of_all_its_reads(server, tmp_pat
         dl.download(server.add("/torn.pth", torn), str(tmp_path / "x.pth"), sha(data))
 
 
-def test_present_without_hash_skipped_unless_force(server, blob, tmp_path, capsys):
-    url = server.add("/p1.pth", blob)
-    target = tmp_path / "root" / "checkpoints" / "p1_best.pth"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"my own model")
-    rows = [("grading", url, "", "checkpoints/p1_best.pth")]
-    assert run_main(tmp_path, rows)[0] == 0
-    assert server.hits["/p1.pth"] == 0 and target.read_bytes() == b"my own model"
-    assert run_main(tmp_path, rows, "--force")[0] == 0
-    assert server.hits["/p1.pth"] == 1 and target.read_bytes() == blob
-    captured = capsys.readouterr()
-    assert sha(blob) in captured.err and "unverified" in captured.err  # printed so the user can pin it
-
-
 def test_failed_redownload_keeps_existing_file(server, tmp_path, capsys):
     url = server.add("/gone.pth", None)  # 404
     target = tmp_path / "root" / "checkpoints" / "p1_best.pth"
     target.parent.mkdir(parents=True)
-    target.write_bytes(b"good file")
-    rc, _ = run_main(tmp_path, [("grading", url, "", "checkpoints/p1_best.pth")], "--force")
+    target.write_bytes(b"good file")  # not what the row pins: fetched again, and the fetch fails
+    rc, _ = run_main(tmp_path, [("grading", url, sha(b"published"), "checkpoints/p1_best.pth")])
     assert rc == 1
     assert target.read_bytes() == b"good file"
     assert folder_names(target.parent) == ["p1_best.pth"]
@@ -205,7 +192,7 @@ def test_an_http_error_page_is_refused_not_retried(server, tmp_path, capsys):
     former status-code check), at once, and nothing is saved."""
     for path, plan in (("/missing.pth", []), ("/broken.pth", [500])):
         url = server.add(path, None if not plan else b"never sent", plan=plan)
-        rc, root = run_main(tmp_path, [("grading", url, "", "checkpoints/p1_best.pth")])
+        rc, root = run_main(tmp_path, [("grading", url, "ab" * 32, "checkpoints/p1_best.pth")])
         err = capsys.readouterr().err
         assert rc == 1 and server.hits[path] == 1
         assert "returned an HTML page ('Error response')" in err and url in err and "checkpoints/p1_best.pth" in err
@@ -220,7 +207,7 @@ def test_network_error_is_reported(tmp_path, monkeypatch, capsys):
     srv = FileServer()
     url = srv.url("/p1.pth")
     srv.close()  # nothing listens on that port any more: connection refused
-    rc, root = run_main(tmp_path, [("grading", url, "", "checkpoints/p1_best.pth")])
+    rc, root = run_main(tmp_path, [("grading", url, "ab" * 32, "checkpoints/p1_best.pth")])
     err = capsys.readouterr().err
     assert rc == 1 and "(attempt 3): ConnectionError" in err and url in err
     assert folder_names(root / "checkpoints") == []
@@ -240,13 +227,13 @@ def test_empty_url_explains_what_to_do(tmp_path, capsys):
 
 def test_dino_group_only_on_request(server, blob, tmp_path):
     grading = server.add("/p1.pth", blob)
-    dino = server.add("/dino.pth", b"dino weights")
+    dino = server.add("/dino.pth", torch_like(b"dino weights"))
     rows = [("grading", grading, sha(blob), "checkpoints/p1_best.pth"),
             ("dino-official", dino, "", "checkpoints/dino.pth")]
     rc, root = run_main(tmp_path, rows)
     assert rc == 0 and server.hits["/dino.pth"] == 0 and not (root / "checkpoints" / "dino.pth").exists()
     assert run_main(tmp_path, rows, "--dino-official")[0] == 0
-    assert (root / "checkpoints" / "dino.pth").read_bytes() == b"dino weights"
+    assert (root / "checkpoints" / "dino.pth").read_bytes() == torch_like(b"dino weights")
 
 
 def test_dino_official_lands_where_settings_b_and_d_read_and_never_replaces_a_file(server, tmp_path, capsys):
@@ -402,7 +389,8 @@ def test_data_unpacks_existing_archive_and_then_skips(tmp_path, monkeypatch):
     make_zip(root / "data_2025.zip", DATA_NAMES + ["__MACOSX/._junk"])
     manifest = write_manifest(tmp_path / "m.csv", [])
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
-    assert folder_names(root / "data_2025") == ["p1_data", "p2_data"]  # top folder stripped, no __MACOSX
+    assert folder_names(root / "data_2025") == ["UNPACKED_BY_HW1_DOWNLOAD.txt", "p1_data", "p2_data"]  # top folder
+    # stripped, no __MACOSX
     assert (root / "data_2025/p2_data/validation/0000_mask.png").read_text().startswith("content of")
     assert folder_names(root) == ["data_2025", "data_2025.zip"]
     (root / "data_2025.zip").write_bytes(b"not a zip")  # would fail if used: the skip must not touch it
@@ -410,21 +398,22 @@ def test_data_unpacks_existing_archive_and_then_skips(tmp_path, monkeypatch):
 
 
 def test_data_never_unpacks_over_a_folder_already_there(tmp_path, monkeypatch, capsys):
-    """An incomplete data_2025/ (or --force on a complete one) is refused before any download, with what to do
-    (replaces the former file-by-file overwrite)."""
+    """A data_2025/ already there is never unpacked over nor downloaded for: without its completeness record (made
+    by hand) it is an error saying what to do; --force on a complete one says to move it away first."""
     calls = []
     monkeypatch.setitem(sys.modules, "gdown", fake_gdown(calls, lambda path: make_zip(path, DATA_NAMES)))
     root = tmp_path / "root"
     (root / "data_2025" / "p1_data").mkdir(parents=True)
     manifest = write_manifest(tmp_path / "m.csv", [])
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
-    assert "incomplete" in capsys.readouterr().err and calls == []
-    (root / "data_2025" / "p2_data" / "validation").mkdir(parents=True)
-    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0  # complete: skipped
-    assert "to unpack it again, move it away first" in capsys.readouterr().out
+    assert "no completeness record" in capsys.readouterr().err and calls == []
+    (root / "data_2025").rename(root / "by_hand")
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0  # downloaded, unpacked, recorded
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0 and len(calls) == 1
+    assert "ok (already present" in capsys.readouterr().out
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data", "--force"]) == 1
-    assert "move it away" in capsys.readouterr().err and calls == []
-    assert folder_names(root / "data_2025") == ["p1_data", "p2_data"]
+    assert "move it away" in capsys.readouterr().err and len(calls) == 1
+    assert folder_names(root / "data_2025") == ["UNPACKED_BY_HW1_DOWNLOAD.txt", "p1_data", "p2_data"]
 
 
 def test_data_downloads_the_2025_archive_with_gdown_and_checks_layout(tmp_path, monkeypatch):
@@ -454,7 +443,7 @@ def test_data_2024_only_behind_its_flag(tmp_path, monkeypatch):
     assert dl.main(["--manifest", manifest, "--root", str(root), "--data-2024"]) == 0
     assert [c["url"].rsplit("=", 1)[1] for c in calls] == ["1x77fyA9BONMHnQXhvxP-87hFTCFwGm9a"]
     assert folder_names(root) == ["hw1_data", "hw1_data.zip"]
-    assert folder_names(root / "hw1_data") == ["p1_data", "p2_data"]
+    assert folder_names(root / "hw1_data") == ["UNPACKED_BY_HW1_DOWNLOAD.txt", "p1_data", "p2_data"]
 
 
 def test_data_refused_by_drive_says_how_to_get_it_by_hand(tmp_path, monkeypatch, capsys):
@@ -651,14 +640,15 @@ def test_plain_link_answering_a_web_page_is_refused(server, tmp_path, capsys):
 # ------------------------------------------------------------------------------ submission (TAs' script)
 
 def test_submission_without_a_link_fails_naming_manifest_and_the_guide(tmp_path, capsys):
-    rows = [("grading", "", "", "checkpoints/p1_best.pth")]
+    rows = [("grading", "", "", "checkpoints/p1_best.pth"), ("grading", "", "", "checkpoints/p2_best.pth")]
+    (tmp_path / "root" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "root" / "checkpoints" / "p2_best.pth").write_bytes(b"committed to git")
     rc, root = run_main(tmp_path, rows, "--submission")
     captured = capsys.readouterr()
     assert rc == 1
     assert "manifest.csv" in captured.err and "docs/submitting.md" in captured.err and "tools.publish" in captured.err
     assert 'manifest.csv; see docs/submitting.md)' in captured.out and "MISSING (no URL in" in captured.out
     # a file here passes: in the TAs' clone it is one git holds (presubmit's fresh clone checks a student's)
-    (root / "checkpoints").mkdir(parents=True)
     (root / "checkpoints" / "p1_best.pth").write_bytes(b"committed to git")
     assert run_main(tmp_path, rows, "--submission")[0] == 0
     assert run_main(tmp_path, rows)[0] == 0
@@ -754,3 +744,321 @@ def test_download_ckpt_script_with_no_arguments_from_any_folder(server, blob, tm
     result = subprocess.run(["bash", str(repo / "hw1_download_ckpt.sh")], cwd=str(elsewhere), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert result.returncode == 1 and "no 'grading' rows" in result.stdout, result.stdout
+
+
+# ------------------------------------------------------------- issue 24: a download is proven before it is installed
+
+def torch_like(payload=b"weights"):
+    """The bytes of a torch.save file (a zip holding NAME/data.pkl), without importing torch."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00." + payload)
+        zf.writestr("archive/version", b"3\n")
+    return buffer.getvalue()
+
+
+class RawServer:
+    """127.0.0.1, one answer per path, written by hand: ``answers[path](handler)`` (no Content-Length, a drip, a
+    redirect: what FileServer cannot send)."""
+
+    def __init__(self, answers):
+        self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):
+                self.hits.append(handler.path)
+                answers[handler.path](handler)
+
+            def log_message(handler, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None
+        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
+        self.base = "http://127.0.0.1:{}".format(self.httpd.server_address[1])
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def answer(body, content_type="application/octet-stream", length=True):
+    def send(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        if length:
+            handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    return send
+
+
+def drip(handler):
+    """A server that sends one byte now and then, forever: no read ever times out."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", "1000000")
+    handler.end_headers()
+    for _ in range(200):
+        try:
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+        except OSError:
+            return
+        threading.Event().wait(0.1)
+
+
+@pytest.fixture
+def raw(monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    servers = []
+
+    def start(answers):
+        servers.append(RawServer(answers))
+        return servers[-1]
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+def test_an_unpinned_grading_row_is_refused_before_any_fetch(server, blob, tmp_path, capsys):
+    """A grading row with a link but no sha256 could install anything: refused, naming the line and the command that
+    pins it, before anything is fetched; a file already there is left as it is."""
+    url = server.add("/p1.pth", blob)
+    rc, root = run_main(tmp_path, [("grading", url, "", "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 1 and server.hits["/p1.pth"] == 0 and not (root / "checkpoints" / "p1_best.pth").exists()
+    assert "line 3" in err and "no sha256" in err
+    assert "python -m tools.publish RUN/best.pth --problem 1 --link URL" in err
+    (root / "checkpoints").mkdir(exist_ok=True)
+    (root / "checkpoints" / "p1_best.pth").write_bytes(b"a good file")
+    assert run_main(tmp_path, [("grading", url, "", "checkpoints/p1_best.pth")], "--force")[0] == 1
+    assert (root / "checkpoints" / "p1_best.pth").read_bytes() == b"a good file" and server.hits["/p1.pth"] == 0
+
+
+@pytest.mark.parametrize("case", ["empty 200", "cut without Content-Length", "json error", "meta page", "html page",
+                                  "not a checkpoint"])
+def test_an_unpinned_download_must_be_a_whole_torch_checkpoint(raw, tmp_path, capsys, case):
+    """With no sha256 (DINO's public ResNet-50) the body must at least be a whole torch file: an empty answer, a body
+    cut without Content-Length, a JSON or HTML error page is refused, nothing installed; a whole one is."""
+    good = torch_like(os.urandom(5000))
+    bodies = {"empty 200": answer(b""), "cut without Content-Length": answer(good[:len(good) // 2], length=False),
+              "json error": answer(b'{"error": {"code": 403, "message": "rate limited"}}', "application/json"),
+              "meta page": answer(b'<meta http-equiv="refresh" content="0; url=/login">', "text/html"),
+              "html page": answer(b"<html><body>Sign in</body></html>", "text/html"),
+              "not a checkpoint": answer(b"PK\x03\x04 truncated zip")}
+    srv = raw({"/bad.pth": bodies[case], "/good.pth": answer(good, length=False)})
+    rows = [("dino-official", srv.base + "/bad.pth", "", "checkpoints/dino.pth")]
+    rc, root = run_main(tmp_path, rows, "--dino-official")
+    err = capsys.readouterr().err
+    assert rc == 1 and folder_names(root / "checkpoints") == []
+    assert "checkpoints/dino.pth" in err and srv.base + "/bad.pth" in err and "Traceback" not in err
+    rows = [("dino-official", srv.base + "/good.pth", "", "checkpoints/dino.pth")]
+    assert run_main(tmp_path, rows, "--dino-official")[0] == 0
+    assert (root / "checkpoints" / "dino.pth").read_bytes() == good
+
+
+def test_force_never_replaces_a_good_archive_with_a_cut_one(tmp_path, monkeypatch, capsys):
+    """--force downloads the data archive again into a temp file; a cut one (no Content-Length: gdown cannot tell)
+    is refused and the archive already there is kept byte for byte."""
+    root = tmp_path / "root"
+    root.mkdir()
+    good = make_zip(tmp_path / "good.zip", DATA_NAMES).read_bytes()
+    (root / "data_2025.zip").write_bytes(good)
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown([], lambda path: path.write_bytes(good[:len(good) // 2])))
+    manifest = write_manifest(tmp_path / "m.csv", [])
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data", "--force"]) == 1
+    assert (root / "data_2025.zip").read_bytes() == good and folder_names(root) == ["data_2025.zip"]
+    assert "data_2025.zip" in capsys.readouterr().err
+
+
+def test_a_stalled_transfer_ends_at_the_deadline(raw, tmp_path, capsys):
+    """A server sending a byte now and then never trips a read timeout: --deadline bounds the whole file."""
+    srv = raw({"/slow.pth": drip})
+    url = srv.base + "/slow.pth"
+    rc, root = run_main(tmp_path, [("grading", url, "ab" * 32, "checkpoints/p1_best.pth")], "--deadline", "1")
+    err = capsys.readouterr().err
+    assert rc == 1 and "timed out after 1 s" in err and url in err and "checkpoints/p1_best.pth" in err
+    assert folder_names(root / "checkpoints") == [] and len(srv.hits) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_deadline_that_is_not_a_positive_number_is_a_usage_error(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_main(tmp_path, [], "--deadline", value)
+    assert info.value.code == 2 and "--deadline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/p1.pth", "http://[::1/p1.pth", "http://[zz::1]/p1.pth"])
+def test_a_malformed_url_is_a_one_line_error_naming_the_line(tmp_path, capsys, url):
+    rc, root = run_main(tmp_path, [("grading", url, "ab" * 32, "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "line 3" in err and "manifest.csv" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_redirect_to_ftp_is_one_line_naming_the_row_and_not_retried(raw, tmp_path, capsys):
+    def redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", "ftp://example.org/p1.pth")
+        handler.end_headers()
+
+    srv = raw({"/p1.pth": redirect})
+    url = srv.base + "/p1.pth"
+    rc, root = run_main(tmp_path, [("grading", url, "ab" * 32, "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(srv.hits) == 1 and "Traceback" not in err
+    assert "ftp://example.org/p1.pth" in err and "line 3" in err and url in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_ctrl_c_during_a_download_or_an_unpack_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    def interrupted(path):
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown([], interrupted))
+    rc, root = run_main(tmp_path, [("grading", SHARE_LINK, "ab" * 32, "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in err
+    assert folder_names(root / "checkpoints") == []
+    make_zip(root / "data_2025.zip", DATA_NAMES)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", killed)
+    monkeypatch.setattr(zipfile.ZipFile, "extract", killed)
+    assert dl.main(["--manifest", write_manifest(tmp_path / "m.csv", []), "--root", str(root), "--data"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert folder_names(root) == ["checkpoints", "data_2025.zip"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"group,url,sha256,destination\ngrading,,,checkpoints/caf\xe9.pth\n", "not UTF-8"),
+    (b"group,url,sha256,destination\ngrading,,\x00,checkpoints/p1_best.pth\n", "NUL"),
+    (b"group,url,sha256,destination\ngrading,https://example.org/" + b"a" * 200000 + b",,checkpoints/p1_best.pth\n",
+     "characters"),
+], ids=["latin-1 byte", "NUL", "200,000-character field"])
+def test_a_manifest_that_cannot_be_read_is_one_line_naming_file_and_line(tmp_path, capsys, content, message):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(content)
+    with pytest.raises(dl.ManifestError, match=message) as info:
+        dl.read_manifest(str(path))
+    assert "{}, line 2".format(path) in str(info.value) and "\n" not in str(info.value)
+    assert len(str(info.value)) < 400
+    assert dl.main(["--manifest", str(path), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_manifest_with_a_bom_is_read(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"\xef\xbb\xbfgroup,url,sha256,destination\ngrading,,,checkpoints/p1_best.pth\n")
+    assert [e.destination for e in dl.read_manifest(str(path))] == ["checkpoints/p1_best.pth"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("grading", "{p1}", "{s1}", "checkpoints/p1_best.pth")],
+     "no 'grading' row for checkpoints/p2_best.pth"),
+    ([("grading", "{p1}", "{s1}", "checkpoints/p1_best.pth"), ("gradng", "{p2}", "{s2}", "checkpoints/p2_best.pth")],
+     "line 4 has group 'gradng', not 'grading': a typo?"),
+    ([("grading", "{p1}", "{s1}", "checkpoints/p1_best.pth"), ("grading", "{p2}", "{s2}", "checkpoints/p2_best.pth"),
+      ("grading", "{p2}", "{s2}", "checkpoints/p2_best.pth")],
+     "checkpoints/p2_best.pth has 2 'grading' rows (lines 4, 5)"),
+])
+def test_submission_needs_exactly_one_row_per_graded_checkpoint(server, blob, tmp_path, capsys, rows, message):
+    """What hw1_download_ckpt.sh runs: each graded checkpoint (p1_best.pth, p2_best.pth) needs exactly one grading
+    row; a missing, mistyped or duplicated row fails naming the manifest line, even when the rest downloads."""
+    links = {"p1": server.add("/p1.pth", blob), "p2": server.add("/p2.pth", blob[::-1]), "s1": sha(blob),
+             "s2": sha(blob[::-1])}
+    rows = [tuple(cell.format(**links) for cell in row) for row in rows]
+    rc, root = run_main(tmp_path, rows, "--submission")
+    out = capsys.readouterr().out
+    assert rc == 1 and message in out and "manifest.csv" in out
+
+
+def test_stale_staging_folders_of_a_killed_run_are_removed(server, blob, tmp_path, monkeypatch):
+    """A killed download or unpack leaves its private folder (.NAME.*.partial); the next run removes it."""
+    url = server.add("/p1.pth", blob)
+    root = tmp_path / "root"
+    for name in ("checkpoints/.p1_best.pth.abc123.partial", "checkpoints/.p1_best.pth.99999999.x.partial",
+                 ".data_2025.zip.k1ll3d.partial", ".data_2025.42z.partial", "data_2025.partial"):
+        (root / name).mkdir(parents=True)
+        (root / name / "junk").write_bytes(b"half")
+    (root / "checkpoints" / ".p1_best.pth.notours").write_bytes(b"a file of someone else")
+    assert run_main(tmp_path, [("grading", url, sha(blob), "checkpoints/p1_best.pth")])[0] == 0
+    assert folder_names(root / "checkpoints") == [".p1_best.pth.notours", "p1_best.pth"]
+    make_zip(root / "data_2025.zip", DATA_NAMES)
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    assert dl.main(["--manifest", write_manifest(tmp_path / "m.csv", []), "--root", str(root), "--data"]) == 0
+    assert folder_names(root) == ["checkpoints", "data_2025", "data_2025.zip"]
+
+
+def test_an_unpack_records_what_it_wrote_and_a_damaged_folder_is_not_present(tmp_path, monkeypatch, capsys):
+    """'ok (already present)' only when the record written last by the unpack is there and every file it lists has
+    its size: a folder left by a disk-full or a kill (a 0-byte image, p2_data/train missing) fails naming what is
+    wrong, and is kept."""
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    root = tmp_path / "root"
+    root.mkdir()
+    make_zip(root / "data_2025.zip", DATA_NAMES)
+    manifest = write_manifest(tmp_path / "m.csv", [])
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
+    assert "ok (already present" in capsys.readouterr().out
+    image = root / "data_2025" / "p2_data" / "train" / "0000_sat.jpg"
+    image.write_bytes(b"")
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
+    captured = capsys.readouterr()
+    assert "ok (already present" not in captured.out and "p2_data/train/0000_sat.jpg" in captured.err
+    image.unlink()
+    image.parent.rmdir()
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
+    assert "p2_data/train/0000_sat.jpg" in capsys.readouterr().err
+    assert (root / "data_2025" / "p1_data" / "office" / "train.csv").is_file()  # kept
+
+
+def test_a_folder_unpacked_by_hand_is_kept_and_checked_against_the_archive(tmp_path, monkeypatch, capsys):
+    """A data_2025/ without the record (unpacked by hand, or by an older version) is never deleted: with the archive
+    beside it, it is compared with it (and recorded when whole); without, the error says what to do."""
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    root = tmp_path / "root"
+    for name in DATA_NAMES[:-1]:  # p2_data/validation's mask missing
+        (root / name.replace("data_2025/", "data_2025/", 1)).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("content of " + name)
+    (root / "data_2025" / "p2_data" / "validation").mkdir()
+    manifest = write_manifest(tmp_path / "m.csv", [])
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
+    err = capsys.readouterr().err
+    assert "data_2025" in err and "move it away" in err and "kept" in err
+    make_zip(root / "data_2025.zip", DATA_NAMES)
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 1
+    assert "p2_data/validation/0000_mask.png" in capsys.readouterr().err
+    (root / DATA_NAMES[-1]).write_text("content of " + DATA_NAMES[-1])
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0
+    assert "checked against data_2025.zip and recorded" in capsys.readouterr().out
+    (root / "data_2025.zip").unlink()
+    assert dl.main(["--manifest", manifest, "--root", str(root), "--data"]) == 0  # the record now says
+    assert "ok (already present" in capsys.readouterr().out
+
+
+def test_a_full_disk_during_the_unpack_names_the_path_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    root = tmp_path / "root"
+    root.mkdir()
+    make_zip(root / "data_2025.zip", DATA_NAMES)
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
+    monkeypatch.setattr(zipfile.ZipFile, "extract", full)
+    assert dl.main(["--manifest", write_manifest(tmp_path / "m.csv", []), "--root", str(root), "--data"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(root) in err
+    assert folder_names(root) == ["data_2025.zip"]

@@ -60,7 +60,7 @@ def test_problem_2_from_a_resumable_checkpoint_drops_the_optimizer(tiny_submissi
     out = tmp_path / "p2_best.pth"
     link = "https://www.dropbox.com/s/abc/p2_best.pth?dl=0"
     assert publish.main([str(full), "--problem", "2", "--output", str(out), "--link", link,
-                         "--manifest", str(manifest)]) == 0
+                         "--manifest", str(manifest), "--any-epoch"]) == 0  # not its best.pth: said so
     assert set(torch.load(str(out), weights_only=True)) == {"format_version", "kind", "model_config", "model"}
     load_segmenter(out, torch.device("cpu"))  # the loader p2_inference.py uses
     rows = dl.read_manifest(str(manifest))
@@ -201,3 +201,75 @@ def test_set_manifest_link_fills_one_row_and_keeps_the_rest(tmp_path):
     assert dl.read_manifest(str(path))[0].url == ""  # the refused edit left the file as it was
     assert sorted(os.listdir(str(tmp_path))) == ["manifest.csv"]
 
+
+
+# ------------------------------------------------------------- issue 24: what publish takes and where it points
+
+def test_set_manifest_link_refuses_two_rows_for_one_destination(tmp_path):
+    path = tmp_path / "manifest.csv"
+    text = ("group,url,sha256,destination\ngrading,,,checkpoints/p1_best.pth\ngrading,,,checkpoints/p2_best.pth\n"
+            "grading,https://example.org/old.pth,{},checkpoints/p2_best.pth\n".format("ab" * 32))
+    path.write_text(text)
+    with pytest.raises(dl.ManifestError, match=r"2 'grading' rows for checkpoints/p2_best.pth \(lines 3, 4\)"):
+        publish.set_manifest_link(str(path), "checkpoints/p2_best.pth", "https://example.org/new.pth", "cd" * 32)
+    assert path.read_text() == text
+
+
+@pytest.mark.parametrize("link, reachable", [
+    ("http://localhost:8000/p1_best.pth", False),
+    ("http://127.0.0.1/p1_best.pth", False),
+    ("https://192.168.1.20/p1_best.pth", False),
+    ("http://10.0.0.5:8080/p1_best.pth", False),
+    ("http://[::1]/p1_best.pth", False),
+    ("http://[fe80::1]/p1_best.pth", False),
+    ("http://fileserver/p1_best.pth", False),
+    ("http://nas.local/p1_best.pth", False),
+    ("https://drive.google.com/file/d/1AbC/view?usp=sharing", True),
+    ("https://github.com/me/hw1/releases/download/v1/p1_best.pth", True),
+    ("https://8.8.8.8/p1_best.pth", True),
+])
+def test_links_no_ta_can_reach_are_named(link, reachable):
+    assert (publish.unreachable_link(link) is None) == reachable
+
+
+def test_publish_warns_on_a_link_no_ta_can_reach(tiny_submission, tmp_path, manifest, capsys):
+    out = tmp_path / "p2_best.pth"
+    link = "http://192.168.1.20:8000/p2_best.pth"
+    assert publish.main([str(tiny_submission["p2"]), "--problem", "2", "--output", str(out), "--link", link,
+                         "--manifest", str(manifest)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and link in err and "private" in err and "TAs" in err
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pth", "snapshot_epoch001.pth", "epoch_003.pth", "checkpoint_epoch002.pth"])
+def test_a_run_state_or_snapshot_is_not_published_as_the_best_model(name, tiny_submission, tmp_path, manifest,
+                                                                    capsys):
+    """checkpoint.pth holds the last epoch (with the optimizer), a snapshot or epoch_NNN.pth one chosen epoch: the
+    graded model is the best validation epoch's best.pth. Refused, naming it, unless --any-epoch."""
+    run = tiny_submission["p2"].parent
+    source = run / "checkpoint.pth"
+    if name != "checkpoint.pth":
+        source = tmp_path / name
+        source.write_bytes(tiny_submission["p2"].read_bytes())
+    out = tmp_path / "out" / "p2_best.pth"
+    assert publish.main([str(source), "--problem", "2", "--output", str(out), "--link",
+                         "https://example.org/p2.pth", "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(source) in err and "best.pth" in err and "--any-epoch" in err
+    assert manifest.read_text() == MANIFEST and not out.exists()
+    assert publish.main([str(source), "--problem", "2", "--output", str(out), "--any-epoch"]) == 0
+
+
+def test_setting_c_trained_from_a_random_backbone_is_refused(tiny_submission, tmp_path, manifest, capsys):
+    """Setting C is fine-tuned from your SSL pre-trained backbone: one trained with --backbone none is setting A in
+    all but name. Refused naming why, unless --any-setting."""
+    ckpt = torch.load(str(tiny_submission["p1"]), weights_only=True)
+    source = tmp_path / "best.pth"
+    save_atomic(dict(ckpt, backbone_source="none", args=dict(ckpt["args"], backbone="none")), source)
+    out = tmp_path / "out" / "p1_best.pth"
+    assert publish.main([str(source), "--problem", "1", "--output", str(out), "--link",
+                         "https://example.org/p1.pth", "--manifest", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--backbone none" in err and "--any-setting" in err
+    assert manifest.read_text() == MANIFEST and not out.exists()
+    assert publish.main([str(source), "--problem", "1", "--output", str(out), "--any-setting"]) == 0

@@ -13,13 +13,19 @@ committed to git). With ``--link`` (the share link of the uploaded file: Google 
 it fills that checkpoint's row of checkpoints/manifest.csv with the link and the sha256, which is what
 ``bash hw1_download_ckpt.sh`` reads on the TAs' machine. Then: commit the manifest, push, and run
 ``bash scripts/presubmit.sh`` (docs/submitting.md).
+
+Refused, naming why: a run's checkpoint.pth, snapshot or epoch file instead of its best.pth (unless --any-epoch); a
+problem-1 model of another setting than C, or a setting C trained from a random backbone (``--backbone none``;
+unless --any-setting); a manifest with two grading rows for the file. A link no TA can reach (localhost, a private
+address, a local host name) is a warning.
 """
 import argparse
 import csv
 import io
-import os
+import ipaddress
+import re
 import sys
-import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -29,6 +35,7 @@ from tools.download import (DEFAULT_MANIFEST, GRADING_GROUP, REPO_ROOT, Download
                             read_manifest, resolve_link, sha256_of)
 from tools.presubmit import SIZE_LIMIT
 from utils.checkpoint import load_checkpoint, save_atomic
+from utils.fileio import write_atomic
 from utils.classify import CLASSIFIER_KIND, classify, load_classifier
 from utils.predict import SEG_KIND, load_segmenter, predict_probs
 
@@ -39,6 +46,9 @@ KEPT_KEYS = {
     SEG_KIND: ("format_version", "kind", "model_config", "model"),
 }
 GRADED_SETTING = "C"  # problem 1's graded model
+# a run's other files (utils/lifecycle.py): the last epoch's resumable state, and chosen epochs' copies
+RUN_STATE = re.compile(r"^(checkpoint(_epoch\d+)?|snapshot_epoch\d+|epoch_\d+)\.pth$")
+LOCAL_SUFFIXES = (".local", ".localhost", ".lan", ".home", ".internal", ".intranet", ".corp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,8 +71,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", type=Path, default=Path(DEFAULT_MANIFEST),
                         help="the manifest to fill (default: this repository's checkpoints/manifest.csv)")
     parser.add_argument("--any-setting", action="store_true",
-                        help="publish a problem-1 checkpoint of another setting than C (the graded one)")
+                        help="publish a problem-1 checkpoint of another setting than C (the graded one), or a "
+                             "setting C trained from a random backbone (--backbone none)")
+    parser.add_argument("--any-epoch", action="store_true",
+                        help="publish a run's checkpoint.pth, snapshot_epochNNN.pth or epoch_NNN.pth (not its "
+                             "best.pth: the best validation epoch's model)")
     return parser
+
+
+def unreachable_link(url: str) -> Optional[str]:
+    """Why the TAs' machine cannot reach ``url`` (None: it may): this machine, a private or link-local address, a
+    host name only a local network knows."""
+    host = (urllib.parse.urlsplit(url.strip()).hostname or "").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        if host == "localhost" or host.endswith(LOCAL_SUFFIXES):
+            return "{} is a name only this machine or its local network knows".format(host)
+        return None if "." in host else "{} is a name without a domain: only a local network knows it".format(host)
+    if address.is_loopback or address.is_unspecified:
+        return "{} is this machine".format(host)
+    if address.is_private or address.is_link_local or address.is_reserved or address.is_multicast:
+        return "{} is a private address".format(host)
+    return None
 
 
 def set_manifest_link(path: str, destination: str, url: str, sha256: str) -> ManifestEntry:
@@ -71,23 +102,18 @@ def set_manifest_link(path: str, destination: str, url: str, sha256: str) -> Man
     if not entries:
         raise ManifestError(f"{path}: no {GRADING_GROUP!r} row for {destination} (expected a line "
                             f"'{GRADING_GROUP},,,{destination}')")
+    if len(entries) > 1:  # the download would fetch both into one file: which one is graded?
+        raise ManifestError(f"{path}: {len(entries)} {GRADING_GROUP!r} rows for {destination} (lines "
+                            f"{', '.join(str(e.line) for e in entries)}); delete all but one, then rerun")
     with open(path, newline="", encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
+        lines = io.StringIO(f.read(), newline="").readlines()  # split as read_manifest splits: \n, \r\n, \r
     row = io.StringIO()
     csv.writer(row, lineterminator="").writerow([GRADING_GROUP, url, sha256.lower(), destination])
     ending = "\n" if not lines[entries[0].line - 1].endswith("\r\n") else "\r\n"
     lines[entries[0].line - 1] = row.getvalue() + ending
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.writelines(lines)
-        read_manifest(tmp)  # never install a manifest the downloader would refuse
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = "".join(lines)
+    read_manifest(path, text.encode("utf-8"))  # never install a manifest the downloader would refuse
+    write_atomic(path, lambda f: f.write(text), "the manifest", text=True)
     return entries[0]._replace(url=url, sha256=sha256.lower())
 
 
@@ -133,6 +159,23 @@ def publish(args: argparse.Namespace) -> Dict[str, Any]:
     if kind == CLASSIFIER_KIND and setting not in (None, GRADED_SETTING) and not args.any_setting:
         raise ValueError("{} is setting {}; problem 1 grades setting {} (pass --any-setting to publish it "
                          "anyway)".format(args.checkpoint, setting, GRADED_SETTING))
+    trained = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    if kind == CLASSIFIER_KIND and setting == GRADED_SETTING and not args.any_setting and \
+            "none" in (ckpt.get("backbone_source"), trained.get("backbone")):
+        raise ValueError("{} is setting C trained with --backbone none (a random initialisation), not from your SSL "
+                         "pre-trained backbone (p1_ssl_pretrain.py's backbone.pth), which is what problem 1 grades; "
+                         "train setting C from it (pass --any-setting to publish this one anyway)"
+                         .format(args.checkpoint))
+    if not args.any_epoch and (RUN_STATE.match(args.checkpoint.name) or "optimizer" in ckpt):
+        what = ("resumable training state (the last epoch's, optimizer included)" if "optimizer" in ckpt else
+                "copy of one chosen epoch")
+        raise ValueError("{} is a run's {} (epoch {}), not its best.pth, the best validation epoch's model: publish "
+                         "{} (pass --any-epoch to publish this one anyway)".format(
+                             args.checkpoint, what, ckpt.get("epoch", "?"), args.checkpoint.parent / "best.pth"))
+    if args.link is not None and unreachable_link(args.link):
+        print("warning: --link {}: {}: the TAs' machine cannot reach it. Upload the file where anyone can fetch it "
+              "(Google Drive 'Anyone with the link', Dropbox, a GitHub release asset) and give that link"
+              .format(args.link, unreachable_link(args.link)), file=sys.stderr)
     destination = "checkpoints/p{}_best.pth".format(args.problem)
     output = args.output if args.output is not None else Path(REPO_ROOT) / destination
     slim = slim_checkpoint(ckpt)
