@@ -113,7 +113,7 @@ def set_manifest_link(path: str, destination: str, url: str, sha256: str) -> Man
     lines[entries[0].line - 1] = row.getvalue() + ending
     text = "".join(lines)
     read_manifest(path, text.encode("utf-8"))  # never install a manifest the downloader would refuse
-    write_atomic(path, lambda f: f.write(text), "the manifest", text=True)
+    write_atomic(path, lambda f: f.write(text), "the manifest", text=True, ours=lambda p: True)  # read as one above
     return entries[0]._replace(url=url, sha256=sha256.lower())
 
 

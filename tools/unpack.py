@@ -69,7 +69,8 @@ def write_record(folder: str, files: List[Tuple[str, int]], archive: str) -> Non
     text = (f"# written last by `bash hw1_download.sh` when {os.path.basename(archive)} was unpacked here: each of "
             f"its {len(files)} files with its size in bytes.\n# 'ok (already present)' only while every one is here "
             f"with that size; do not edit.\n" + "".join(f"{size}\t{path}\n" for path, size in files))
-    write_atomic(os.path.join(folder, RECORD), lambda f: f.write(text), "the completeness record", text=True)
+    write_atomic(os.path.join(folder, RECORD), lambda f: f.write(text), "the completeness record", text=True,
+                 signature=text[:16].encode())  # an earlier record of ours starts alike
 
 
 def data_present(target: str, archive: str, flag: str, force: bool) -> Tuple[bool, str]:
