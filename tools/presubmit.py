@@ -156,8 +156,7 @@ GRACE = 5.0  # seconds a stopped script gets between SIGTERM and SIGKILL
 
 
 class Interrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM to the check, raised in the main thread; ``stopped`` names the script it
-    stopped (None when none was running)."""
+    """SIGINT (Ctrl-C) or SIGTERM to the check; ``stopped``: the script it stopped (None: none was running)."""
 
     def __init__(self, signum: int) -> None:
         super(Interrupted, self).__init__(signum)
@@ -171,9 +170,8 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def stop_group(proc: subprocess.Popen, grace: float = GRACE) -> None:
-    """Stop the process group that ``proc`` leads (its own session): SIGTERM to all of it, then SIGKILL to what
-    is left once ``proc`` has ended or after ``grace`` s. ``proc`` is reaped last, so that its group id cannot be
-    reused by another process before the SIGKILL."""
+    """SIGTERM to the process group ``proc`` leads, SIGKILL to what is left once ``proc`` ended or after ``grace``
+    s; ``proc`` is reaped last (its group id cannot be reused before the SIGKILL)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -197,7 +195,6 @@ def run_timed(command: List[str], cwd: Path, env: Dict[str, str], limit: float, 
                                     stderr=subprocess.STDOUT, start_new_session=True)
             returncode = proc.wait(timeout=limit)  # type: Optional[int]
         except subprocess.TimeoutExpired:
-            assert proc is not None
             stop_group(proc, grace=0)  # the script and everything it started
             returncode = None
         except Interrupted as exc:
@@ -216,16 +213,14 @@ def _tail(text: str, lines: int = 8) -> str:
 # ------------------------------------------------------------------------------------------- problem 1 io
 
 def _read_given(path: Path) -> list:
-    """The rows of an images csv as hw1_1.sh reads them (``utils.datasets.read_image_csv``: header names with
-    spaces, any case, a BOM; ids numbered when absent); repeated rows and labels that are not classes are kept."""
+    """The rows of an images csv as hw1_1.sh reads them (``utils.datasets.read_image_csv``: any case, spaces, BOM)."""
     from utils.datasets import read_image_csv
 
     return read_image_csv(path, duplicates="warn", bad_labels="warn")
 
 
 def write_unlabeled_csv(labeled: Path, target: Path) -> int:
-    """Write the rows of an images csv as ``id,filename,label`` with every label the string ``None`` (as the
-    hidden csv has it); return the row count."""
+    """An images csv as ``id,filename,label`` with every label the string ``None`` (the hidden csv); the row count."""
     rows = _read_given(labeled)
     with open(str(target), "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([["id", "filename", "label"]] + [
