@@ -25,7 +25,7 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.cli import HelpFormatter, add_flag, file_path, run_cli
+from utils.cli import HelpFormatter, add_flag, file_path, refuse_symlink_loop, require_grading_checkpoint, run_cli
 from utils.fileio import write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
@@ -87,6 +87,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if not any((args.image_dir / r.filename).is_file() for r in rows):
         raise FileNotFoundError("none of the {} images listed in {} is in {}, e.g. {}".format(
             len(rows), args.csv, args.image_dir, rows[0].filename))
+    refuse_symlink_loop(args.output, "output")
     if args.output.is_dir():
         raise ValueError("output {} is a folder; give a csv file path".format(args.output))
     if args.output.resolve() == args.csv.resolve():
@@ -99,6 +100,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     except OSError as exc:  # a file in the way, no permission
         raise ValueError("cannot create the output folder {}: {}".format(args.output.parent, exc)) from None
     device = resolve_device(args.device)
+    require_grading_checkpoint(args.checkpoint, __file__, "p1_best.pth")
     model, ckpt = load_classifier(args.checkpoint, device)
     dtype = amp_dtype(device, args.amp)
 
@@ -140,6 +142,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """The command line: one-line errors (exit 2), out of memory (exit 3), Ctrl-C (exit 130); 1 when an image
+    failed, else 0."""
+    return 1 if run_cli(main, get_args_parser(), argv, inference=True)["failed"] else 0
+
+
 if __name__ == "__main__":
-    outcome = run_cli(main, get_args_parser())
-    sys.exit(1 if outcome["failed"] else 0)
+    sys.exit(cli())

@@ -378,3 +378,47 @@ def test_predictions_use_the_checkpoints_own_size_and_normalisation(p1, tmp_path
     assert expected != imagenet  # the statistics change some predictions, so the check can see them ignored
     _, out = _read_output(out_csv)
     assert [(o[0], o[1], int(o[2])) for o in out] == [(r["id"], r["filename"], e) for r, e in zip(rows, expected)]
+
+
+# ------------------------------------------------------------- Ctrl-C, a symlink loop, the default checkpoint
+
+def test_ctrl_c_in_p1_inference_is_one_line_exit_130_and_leaves_no_file(p1, tmp_path, monkeypatch, capsys):
+    csv_path, image_dir, checkpoint = p1
+    out = tmp_path / "out" / "pred.csv"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(p1_inference, "classify", interrupted)
+    with pytest.raises(SystemExit) as info:
+        p1_inference.cli(["--csv", str(csv_path), "--image-dir", str(image_dir), "--output", str(out),
+                          "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and err.startswith("interrupted") and err.count("\n") == 1, err
+    assert list(out.parent.iterdir()) == []  # no csv, no temp file
+
+
+def test_an_output_csv_that_is_a_symlink_loop_is_a_one_line_error(p1, tmp_path, repo_root):
+    csv_path, image_dir, checkpoint = p1
+    loop = tmp_path / "loop.csv"
+    os.symlink("loop.csv", str(loop))
+    proc = _hw1_1(repo_root, csv_path, image_dir, loop, checkpoint)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and str(loop) in proc.stderr and "symlink loop" in proc.stderr
+
+
+def test_a_missing_default_checkpoint_says_to_run_hw1_download_ckpt(p1, tmp_path, repo_root):
+    csv_path, image_dir, _ = p1
+    clone = tmp_path / "clone"  # the grading script and its code, no checkpoints/: a clone before the download
+    clone.mkdir()
+    for name in ("hw1_1.sh", "p1_inference.py", "utils"):
+        os.symlink(str(repo_root / name), str(clone / name))
+    env = {k: v for k, v in os.environ.items() if k != "HW1_P1_CHECKPOINT"}
+    proc = subprocess.run(["bash", str(clone / "hw1_1.sh"), str(csv_path), str(image_dir), str(tmp_path / "p.csv")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert str(clone / "checkpoints" / "p1_best.pth") in proc.stderr
+    assert "run `bash hw1_download_ckpt.sh` first" in proc.stderr
+    proc = _hw1_1(repo_root, csv_path, image_dir, tmp_path / "p.csv", tmp_path / "mine.pth")
+    assert proc.returncode == 2 and str(tmp_path / "mine.pth") in proc.stderr
+    assert "hw1_download_ckpt" not in proc.stderr
