@@ -6,9 +6,11 @@
 
 Input: a csv with a ``filename`` column (``id`` and ``label`` optional; any column order, extra columns, a BOM,
 ``None`` or empty labels are fine; a label that is not a class is a warning naming its line, and the row is still
-predicted); images are looked up by bare filename in --image-dir. The accuracy is printed over the valid labels.
+predicted); a filename is looked up as written under --image-dir (``sub/x.jpg``: that file, never a top-level
+x.jpg). The accuracy is printed over the valid labels.
 Output: header ``id,filename,label``, one row per input row in input order, the input's id (the row index when
-the csv has no id column), the bare filename and the predicted class. The csv is written atomically.
+the csv has no id column), the bare filename (``x.jpg`` for ``sub/x.jpg``) and the predicted class. The csv is
+written atomically.
 An unreadable or missing image is reported with its csv line, gets label -1 (every other row is still
 predicted), and the exit code is 1. The checkpoint alone rebuilds the model and its evaluation transform.
 """
@@ -62,9 +64,9 @@ class CsvRowImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
         row = self.rows[index]
         try:
-            return index, self.transform(to_chw_uint8(read_rgb(self.image_dir / row.filename))), None
+            return index, self.transform(to_chw_uint8(read_rgb(self.image_dir / row.path))), None
         except (OSError, ValueError) as exc:
-            return index, None, "csv line {} ({}): {}".format(row.line, row.filename, exc)
+            return index, None, "csv line {} ({}): {}".format(row.line, row.path, exc)
 
 
 def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]]) -> None:
@@ -84,15 +86,15 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     rows = read_image_csv(args.csv, duplicates="warn", bad_labels="warn")
     if not args.image_dir.is_dir():
         raise FileNotFoundError("image folder not found: {}".format(args.image_dir))
-    if not any((args.image_dir / r.filename).is_file() for r in rows):
+    if not any((args.image_dir / r.path).is_file() for r in rows):
         raise FileNotFoundError("none of the {} images listed in {} is in {}, e.g. {}".format(
-            len(rows), args.csv, args.image_dir, rows[0].filename))
+            len(rows), args.csv, args.image_dir, rows[0].path))
     refuse_symlink_loop(args.output, "output")
     if args.output.is_dir():
         raise ValueError("output {} is a folder; give a csv file path".format(args.output))
     if args.output.resolve() == args.csv.resolve():
         raise ValueError("output {} is the input csv; it would be overwritten: give another path".format(args.output))
-    if args.output.resolve() in {(args.image_dir / r.filename).resolve() for r in rows}:
+    if args.output.resolve() in {(args.image_dir / r.path).resolve() for r in rows}:
         raise ValueError("output {} is an input image listed in {}; it would be overwritten: give another path".format(
             args.output, args.csv))
     try:  # early: a bad output path fails before the work

@@ -422,3 +422,25 @@ def test_a_missing_default_checkpoint_says_to_run_hw1_download_ckpt(p1, tmp_path
     proc = _hw1_1(repo_root, csv_path, image_dir, tmp_path / "p.csv", tmp_path / "mine.pth")
     assert proc.returncode == 2 and str(tmp_path / "mine.pth") in proc.stderr
     assert "hw1_download_ckpt" not in proc.stderr
+
+
+def test_a_csv_path_with_a_folder_is_read_there_and_answered_with_the_bare_name(p1, tmp_path, repo_root):
+    """`sub/dir/x.jpg` missing under the image folder is a failed row named as written (never the top-level x.jpg);
+    present there, it is predicted, and the output has the bare filename (the grader's contract)."""
+    csv_path, image_dir, checkpoint = p1
+    rows = _val_rows(csv_path)
+    name = rows[0]["filename"]
+    images = tmp_path / "images"
+    shutil.copytree(str(image_dir), str(images))
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("id,filename,label\n0,sub/dir/{},None\n1,{},None\n".format(name, rows[1]["filename"]))
+    proc = _hw1_1(repo_root, test_csv, images, tmp_path / "pred.csv", checkpoint)
+    assert proc.returncode == 1 and "sub/dir/{}".format(name) in proc.stderr, proc.stderr[-2000:]
+    header, body = _read_output(tmp_path / "pred.csv")
+    assert body[0] == ["0", name, "-1"] and body[1][2] != "-1"
+    (images / "sub" / "dir").mkdir(parents=True)
+    shutil.copy(str(images / name), str(images / "sub" / "dir" / name))
+    proc = _hw1_1(repo_root, test_csv, images, tmp_path / "pred.csv", checkpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, body = _read_output(tmp_path / "pred.csv")
+    assert body[0][:2] == ["0", name] and body[0][2] != "-1"

@@ -224,7 +224,7 @@ def write_unlabeled_csv(labeled: Path, target: Path) -> int:
     rows = _read_given(labeled)
     with open(str(target), "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([["id", "filename", "label"]] + [
-            [r.id, r.filename, "None"] for r in rows])
+            [r.id, r.path, "None"] for r in rows])
     return len(rows)
 
 
