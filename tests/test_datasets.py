@@ -523,3 +523,13 @@ def test_a_csv_with_two_filename_columns_is_a_one_line_error_naming_it(tmp_path,
         read_image_csv(csv_path)
     message = str(info.value)
     assert str(csv_path) in message and "2 'filename' columns" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["/abs/0_5.jpg", "../0_5.jpg", "sub/../../0_5.jpg"])
+def test_a_csv_filename_outside_the_image_folder_is_refused_naming_file_and_line(tmp_path, name):
+    from utils.datasets import read_image_csv
+
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("id,filename,label\n0,{},1\n".format(name))
+    with pytest.raises(ValueError, match="line 2: filename .* must be a path inside the image folder"):
+        read_image_csv(csv_path)
