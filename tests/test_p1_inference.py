@@ -57,15 +57,19 @@ def test_hw1_1_unlabeled_shuffled_csv(p1, tmp_path, repo_root):
     rows = _val_rows(val_csv)
     random.Random(0).shuffle(rows)
     # the hidden test csv's 'None' labels, plus a BOM, an extra column, another column order, an empty label
-    # and a filename with a folder prefix (the output keeps the bare name)
+    # and a filename with a folder part, read at that path (the output keeps the bare name)
+    images = tmp_path / "images"
+    shutil.copytree(str(image_dir), str(images))
+    (images / "sub").mkdir()
+    shutil.copy(str(images / rows[1]["filename"]), str(images / "sub" / rows[1]["filename"]))
     lines = ["filename,extra,label,id"]
     for k, r in enumerate(rows):
-        name = ("val/" + r["filename"]) if k == 1 else r["filename"]
+        name = ("sub/" + r["filename"]) if k == 1 else r["filename"]
         lines.append("{},x{},{},{}".format(name, k, "" if k == 2 else "None", 100 + int(r["id"])))
     in_csv = tmp_path / "test.csv"
     in_csv.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
     out_csv = tmp_path / "nested" / "deeper" / "pred.csv"  # created by the script itself
-    proc = _hw1_1(repo_root, in_csv, image_dir, out_csv, checkpoint)
+    proc = _hw1_1(repo_root, in_csv, images, out_csv, checkpoint)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "error" not in proc.stderr
     header, out = _read_output(out_csv)
