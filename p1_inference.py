@@ -6,9 +6,11 @@
 
 Input: a csv with a ``filename`` column (``id`` and ``label`` optional; any column order, extra columns, a BOM,
 ``None`` or empty labels are fine; a label that is not a class is a warning naming its line, and the row is still
-predicted); images are looked up by bare filename in --image-dir. The accuracy is printed over the valid labels.
+predicted); a filename is looked up as written under --image-dir (``sub/x.jpg``: that file, never a top-level
+x.jpg). The accuracy is printed over the valid labels.
 Output: header ``id,filename,label``, one row per input row in input order, the input's id (the row index when
-the csv has no id column), the bare filename and the predicted class. The csv is written atomically.
+the csv has no id column), the bare filename (``x.jpg`` for ``sub/x.jpg``) and the predicted class. The csv is
+written atomically.
 An unreadable or missing image is reported with its csv line, gets label -1 (every other row is still
 predicted), and the exit code is 1. The checkpoint alone rebuilds the model and its evaluation transform.
 """
@@ -25,7 +27,7 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.cli import HelpFormatter, add_flag, file_path, run_cli
+from utils.cli import HelpFormatter, add_flag, file_path, refuse_symlink_loop, require_grading_checkpoint, run_cli
 from utils.fileio import check_target, write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
@@ -62,9 +64,9 @@ class CsvRowImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
         row = self.rows[index]
         try:
-            return index, self.transform(to_chw_uint8(read_rgb(self.image_dir / row.filename))), None
+            return index, self.transform(to_chw_uint8(read_rgb(self.image_dir / row.path))), None
         except (OSError, ValueError) as exc:
-            return index, None, "csv line {} ({}): {}".format(row.line, row.filename, exc)
+            return index, None, "csv line {} ({}): {}".format(row.line, row.path, exc)
 
 
 OUTPUT_HEADER = ("id", "filename", "label")
@@ -93,14 +95,15 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     rows = read_image_csv(args.csv, duplicates="warn", bad_labels="warn")
     if not args.image_dir.is_dir():
         raise FileNotFoundError("image folder not found: {}".format(args.image_dir))
-    if not any((args.image_dir / r.filename).is_file() for r in rows):
+    if not any((args.image_dir / r.path).is_file() for r in rows):
         raise FileNotFoundError("none of the {} images listed in {} is in {}, e.g. {}".format(
-            len(rows), args.csv, args.image_dir, rows[0].filename))
+            len(rows), args.csv, args.image_dir, rows[0].path))
+    refuse_symlink_loop(args.output, "output")
     if args.output.is_dir():
         raise ValueError("output {} is a folder; give a csv file path".format(args.output))
     if args.output.resolve() == args.csv.resolve():
         raise ValueError("output {} is the input csv; it would be overwritten: give another path".format(args.output))
-    if args.output.resolve() in {(args.image_dir / r.filename).resolve() for r in rows}:
+    if args.output.resolve() in {(args.image_dir / r.path).resolve() for r in rows}:
         raise ValueError("output {} is an input image listed in {}; it would be overwritten: give another path".format(
             args.output, args.csv))
     check_target(args.output, "prediction csv", **output_rules(args))  # the checkpoint, a user's file: refused
@@ -109,6 +112,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     except OSError as exc:  # a file in the way, no permission
         raise ValueError("cannot create the output folder {}: {}".format(args.output.parent, exc)) from None
     device = resolve_device(args.device)
+    require_grading_checkpoint(args.checkpoint, __file__, "p1_best.pth")
     model, ckpt = load_classifier(args.checkpoint, device)
     dtype = amp_dtype(device, args.amp)
 
@@ -150,6 +154,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """The command line: one-line errors (exit 2), out of memory (exit 3), Ctrl-C (exit 130); 1 when an image
+    failed, else 0."""
+    return 1 if run_cli(main, get_args_parser(), argv, inference=True)["failed"] else 0
+
+
 if __name__ == "__main__":
-    outcome = run_cli(main, get_args_parser())
-    sys.exit(1 if outcome["failed"] else 0)
+    sys.exit(cli())

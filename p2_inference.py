@@ -32,7 +32,8 @@ from utils.checkpoint import atomic_temp_target
 from utils.datasets import IMAGE_SUFFIXES, PathLike, collate_list, mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.cli import HelpFormatter, add_flag, nonnegative_int, positive_int, run_cli
+from utils.cli import (HelpFormatter, add_flag, nonnegative_int, positive_int, refuse_symlink_loop,
+                       require_grading_checkpoint, run_cli)
 from utils.precision import amp_dtype
 from utils.runlog import progress
 from utils.predict import load_segmenter, predict_probs
@@ -252,8 +253,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if args.tile_overlap >= args.tile_size:
         raise SystemExit("error: --tile-overlap ({}) must be smaller than --tile-size ({})".format(
             args.tile_overlap, args.tile_size))
+    refuse_symlink_loop(args.output_dir, "output path")
     members = []  # (model, model_config) per checkpoint
     for path in args.checkpoint:
+        require_grading_checkpoint(path, __file__, "p2_best.pth")
         model, ckpt = load_segmenter(path, device)
         members.append((model, ckpt["model_config"]))
     flip = "flip" in args.tta
@@ -275,26 +278,31 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     # PNG encoding is CPU work that releases the GIL: overlap it with the next batch's forward pass.
     with ThreadPoolExecutor(max_workers=4) as pool:
         pending = []
-        for samples in progress(loader, desc="segmenting", unit="batch"):
-            for index, image, error in samples:
-                if image is None:
-                    failed.append(error)
-                    print("error: {}".format(error), file=sys.stderr)
-            for group in _groups_by_size(samples):
-                if max(group[0][1].shape[-2:]) > args.tile_threshold:  # large: one image at a time, in tiles
-                    preds = [predict_tiled(members, s[1][None].to(device), dtype, tta=flip, scales=scales,
-                                           tile=args.tile_size, overlap=args.tile_overlap).cpu().numpy()
-                             for s in group]
-                else:
-                    images = torch.stack([s[1] for s in group]).to(device, non_blocking=True)
-                    probs = predict_ensemble(members, images, dtype, tta=flip, scales=scales)
-                    preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
-                for (index, _, _), pred in zip(group, preds):
-                    target = args.output_dir / mask_names[index]
-                    pending.append(pool.submit(write_mask, target, pred))
-                while len(pending) > 4 * args.batch_size:  # bound the masks held in memory
-                    pending.pop(0).result()
-                    written += 1
+        try:
+            for samples in progress(loader, desc="segmenting", unit="batch"):
+                for index, image, error in samples:
+                    if image is None:
+                        failed.append(error)
+                        print("error: {}".format(error), file=sys.stderr)
+                for group in _groups_by_size(samples):
+                    if max(group[0][1].shape[-2:]) > args.tile_threshold:  # large: one image at a time, in tiles
+                        preds = [predict_tiled(members, s[1][None].to(device), dtype, tta=flip, scales=scales,
+                                               tile=args.tile_size, overlap=args.tile_overlap).cpu().numpy()
+                                 for s in group]
+                    else:
+                        images = torch.stack([s[1] for s in group]).to(device, non_blocking=True)
+                        probs = predict_ensemble(members, images, dtype, tta=flip, scales=scales)
+                        preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                    for (index, _, _), pred in zip(group, preds):
+                        target = args.output_dir / mask_names[index]
+                        pending.append(pool.submit(write_mask, target, pred))
+                    while len(pending) > 4 * args.batch_size:  # bound the masks held in memory
+                        pending.pop(0).result()
+                        written += 1
+        except KeyboardInterrupt:  # Ctrl-C: masks queued but not started are dropped; those being written finish
+            for future in pending:
+                future.cancel()
+            raise
         for future in pending:
             future.result()
             written += 1
@@ -306,6 +314,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """The command line: one-line errors (exit 2), out of memory (exit 3), Ctrl-C (exit 130); 1 when an image
+    failed, else 0."""
+    return 1 if run_cli(main, get_args_parser(), argv, inference=True)["failed"] else 0
+
+
 if __name__ == "__main__":
-    outcome = run_cli(main, get_args_parser())
-    sys.exit(1 if outcome["failed"] else 0)
+    sys.exit(cli())

@@ -5,15 +5,23 @@
 #   TORCHRUN_ARGS  extra torchrun flags for several nodes, e.g.
 #             "--nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500" (default: --standalone)
 #   PYTHON    interpreter (default: python3)
+# A relative path in these variables (and in TA_BACKBONE, DINO_BACKBONE, SAM_CHECKPOINT, REPORT_DIR) is taken relative
+# to the folder the script is run from; the defaults are inside the repository. Folders are created only by the
+# commands that write into them (nothing is created when an input is missing).
 # Any arguments given to a script are appended to every command it runs (later flags win), e.g. --epochs 10.
 set -euo pipefail
+for var in HW1_DATA RUNS TA_BACKBONE DINO_BACKBONE SAM_CHECKPOINT REPORT_DIR PYTHON; do
+  value=${!var:-}  # PYTHON: a path (holding a /) only; a command name stays a name looked up on PATH
+  if [ -n "$value" ] && [[ $value != /* ]] && { [ "$var" != PYTHON ] || [[ $value == */* ]]; }; then
+    printf -v "$var" '%s/%s' "$PWD" "$value"
+  fi
+done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 HW1_DATA=${HW1_DATA:-data_2025}
 RUNS=${RUNS:-runs}
 NGPUS=${NGPUS:-1}
 PYTHON=${PYTHON:-python3}
 case $NGPUS in ''|*[!0-9]*|0) echo "error: NGPUS must be a positive integer, got '$NGPUS'" >&2; exit 2 ;; esac
-mkdir -p "$RUNS"
 
 launch() {  # launch SCRIPT.py ARGS...: one process, or NGPUS processes under torchrun
   local script=$1

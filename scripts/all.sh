@@ -8,6 +8,6 @@ bash "$here/p1_settings.sh"
 bash "$here/p1_tsne.sh"
 bash "$here/p2_unet.sh"
 bash "$here/p2_deeplab.sh"
-if [ -f "${SAM_CHECKPOINT:-checkpoints/sam_vit_h_4b8939.pth}" ]; then bash "$here/p2_sam.sh"; else
+if [ -f "${SAM_CHECKPOINT:-$here/../checkpoints/sam_vit_h_4b8939.pth}" ]; then bash "$here/p2_sam.sh"; else
   echo "skipping SAM: no SAM checkpoint (see scripts/p2_sam.sh)"; fi
 bash "$here/report.sh"

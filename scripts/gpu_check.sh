@@ -14,7 +14,14 @@
 #      process: imports, model load, decode, write), then p2_inference.py --tta flip,scale.
 # Writes $OUT/summary.json and prints it. Environment: DEVICE (cuda), OUT (runs/gpu_check), SCALE (full | tiny:
 # CPU-sized, what the test runs), DINO_BATCH (32), COMPILE (1), PYTHON (python3). About 8 minutes on one H100.
+# A relative OUT (or PYTHON path) is taken relative to the folder this is run from.
 set -euo pipefail
+for var in OUT PYTHON; do
+  value=${!var:-}  # PYTHON: a path (holding a /) only; a command name stays a name looked up on PATH
+  if [ -n "$value" ] && [[ $value != /* ]] && { [ "$var" != PYTHON ] || [[ $value == */* ]]; }; then
+    printf -v "$var" '%s/%s' "$PWD" "$value"
+  fi
+done
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-runs/gpu_check}

@@ -491,3 +491,45 @@ def test_a_missing_folder_is_named():
         list_input_images("nowhere/p2")
     with pytest.raises(FileNotFoundError, match=r"^image folder not found: nowhere/mini$"):
         list_images("nowhere/mini")
+
+
+def test_a_csv_filename_with_a_folder_is_looked_up_there_never_at_the_top_level(tmp_path):
+    """`sub/dir/0_5.jpg` means that file under the image folder: missing there, it is a missing file named as
+    written, even when a top-level 0_5.jpg exists; found there, it is read (the output keeps the bare name)."""
+    from utils.datasets import CsvImages, read_image_csv
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(str(images / "0_5.jpg"))
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("id,filename,label\n0,sub/dir/0_5.jpg,5\n")
+    (row,) = read_image_csv(csv_path)
+    assert (row.path, row.filename) == ("sub/dir/0_5.jpg", "0_5.jpg")
+    with pytest.raises(FileNotFoundError, match="sub/dir/0_5.jpg"):
+        CsvImages(csv_path, images, num_classes=65)
+    (images / "sub" / "dir").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 100, 0)).save(str(images / "sub" / "dir" / "0_5.jpg"))
+    image, label = CsvImages(csv_path, images, num_classes=65)[0]
+    assert label == 5 and image[0, 0, 0].item() > 150  # the file in sub/dir, not the top-level one
+
+
+@pytest.mark.parametrize("header", ["id,filename,filename,label", "id, FileName ,filename,label"])
+def test_a_csv_with_two_filename_columns_is_a_one_line_error_naming_it(tmp_path, header):
+    from utils.datasets import read_image_csv
+
+    csv_path = tmp_path / "two.csv"
+    csv_path.write_text(header + "\n0,a.jpg,b.jpg,1\n")
+    with pytest.raises(ValueError) as info:
+        read_image_csv(csv_path)
+    message = str(info.value)
+    assert str(csv_path) in message and "2 'filename' columns" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["/abs/0_5.jpg", "../0_5.jpg", "sub/../../0_5.jpg"])
+def test_a_csv_filename_outside_the_image_folder_is_refused_naming_file_and_line(tmp_path, name):
+    from utils.datasets import read_image_csv
+
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("id,filename,label\n0,{},1\n".format(name))
+    with pytest.raises(ValueError, match="line 2: filename .* must be a path inside the image folder"):
+        read_image_csv(csv_path)

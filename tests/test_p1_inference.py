@@ -57,15 +57,19 @@ def test_hw1_1_unlabeled_shuffled_csv(p1, tmp_path, repo_root):
     rows = _val_rows(val_csv)
     random.Random(0).shuffle(rows)
     # the hidden test csv's 'None' labels, plus a BOM, an extra column, another column order, an empty label
-    # and a filename with a folder prefix (the output keeps the bare name)
+    # and a filename with a folder part, read at that path (the output keeps the bare name)
+    images = tmp_path / "images"
+    shutil.copytree(str(image_dir), str(images))
+    (images / "sub").mkdir()
+    shutil.copy(str(images / rows[1]["filename"]), str(images / "sub" / rows[1]["filename"]))
     lines = ["filename,extra,label,id"]
     for k, r in enumerate(rows):
-        name = ("val/" + r["filename"]) if k == 1 else r["filename"]
+        name = ("sub/" + r["filename"]) if k == 1 else r["filename"]
         lines.append("{},x{},{},{}".format(name, k, "" if k == 2 else "None", 100 + int(r["id"])))
     in_csv = tmp_path / "test.csv"
     in_csv.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
     out_csv = tmp_path / "nested" / "deeper" / "pred.csv"  # created by the script itself
-    proc = _hw1_1(repo_root, in_csv, image_dir, out_csv, checkpoint)
+    proc = _hw1_1(repo_root, in_csv, images, out_csv, checkpoint)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "error" not in proc.stderr
     header, out = _read_output(out_csv)
@@ -402,3 +406,69 @@ def test_the_output_csv_replaces_only_a_prediction_csv(p1, tmp_path, repo_root, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert str(out) in proc.stderr and "refusing" in proc.stderr
     assert out.read_bytes() == before
+
+
+# ------------------------------------------------------------- Ctrl-C, a symlink loop, the default checkpoint
+
+def test_ctrl_c_in_p1_inference_is_one_line_exit_130_and_leaves_no_file(p1, tmp_path, monkeypatch, capsys):
+    csv_path, image_dir, checkpoint = p1
+    out = tmp_path / "out" / "pred.csv"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(p1_inference, "classify", interrupted)
+    with pytest.raises(SystemExit) as info:
+        p1_inference.cli(["--csv", str(csv_path), "--image-dir", str(image_dir), "--output", str(out),
+                          "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and err.startswith("interrupted") and err.count("\n") == 1, err
+    assert list(out.parent.iterdir()) == []  # no csv, no temp file
+
+
+def test_an_output_csv_that_is_a_symlink_loop_is_a_one_line_error(p1, tmp_path, repo_root):
+    csv_path, image_dir, checkpoint = p1
+    loop = tmp_path / "loop.csv"
+    os.symlink("loop.csv", str(loop))
+    proc = _hw1_1(repo_root, csv_path, image_dir, loop, checkpoint)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and str(loop) in proc.stderr and "symlink loop" in proc.stderr
+
+
+def test_a_missing_default_checkpoint_says_to_run_hw1_download_ckpt(p1, tmp_path, repo_root):
+    csv_path, image_dir, _ = p1
+    clone = tmp_path / "clone"  # the grading script and its code, no checkpoints/: a clone before the download
+    clone.mkdir()
+    for name in ("hw1_1.sh", "p1_inference.py", "utils"):
+        os.symlink(str(repo_root / name), str(clone / name))
+    env = {k: v for k, v in os.environ.items() if k != "HW1_P1_CHECKPOINT"}
+    proc = subprocess.run(["bash", str(clone / "hw1_1.sh"), str(csv_path), str(image_dir), str(tmp_path / "p.csv")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert str(clone / "checkpoints" / "p1_best.pth") in proc.stderr
+    assert "run `bash hw1_download_ckpt.sh` first" in proc.stderr
+    proc = _hw1_1(repo_root, csv_path, image_dir, tmp_path / "p.csv", tmp_path / "mine.pth")
+    assert proc.returncode == 2 and str(tmp_path / "mine.pth") in proc.stderr
+    assert "hw1_download_ckpt" not in proc.stderr
+
+
+def test_a_csv_path_with_a_folder_is_read_there_and_answered_with_the_bare_name(p1, tmp_path, repo_root):
+    """`sub/dir/x.jpg` missing under the image folder is a failed row named as written (never the top-level x.jpg);
+    present there, it is predicted, and the output has the bare filename (the grader's contract)."""
+    csv_path, image_dir, checkpoint = p1
+    rows = _val_rows(csv_path)
+    name = rows[0]["filename"]
+    images = tmp_path / "images"
+    shutil.copytree(str(image_dir), str(images))
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("id,filename,label\n0,sub/dir/{},None\n1,{},None\n".format(name, rows[1]["filename"]))
+    proc = _hw1_1(repo_root, test_csv, images, tmp_path / "pred.csv", checkpoint)
+    assert proc.returncode == 1 and "sub/dir/{}".format(name) in proc.stderr, proc.stderr[-2000:]
+    header, body = _read_output(tmp_path / "pred.csv")
+    assert body[0] == ["0", name, "-1"] and body[1][2] != "-1"
+    (images / "sub" / "dir").mkdir(parents=True)
+    shutil.copy(str(images / name), str(images / "sub" / "dir" / name))
+    proc = _hw1_1(repo_root, test_csv, images, tmp_path / "pred.csv", checkpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, body = _read_output(tmp_path / "pred.csv")
+    assert body[0][:2] == ["0", name] and body[0][2] != "-1"

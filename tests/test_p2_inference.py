@@ -1,8 +1,10 @@
 """The grading path: hw1_2.sh / p2_inference.py against the grader's contract."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -552,3 +554,118 @@ def test_an_unknown_tta_view_is_a_usage_error_naming_it(capsys):
     with pytest.raises(SystemExit):
         parse(base + ["--tta", "flip,rot90,blur"])
     assert "unknown --tta view 'blur', 'rot90'; use flip, scale or flip,scale" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- Ctrl-C, a symlink loop, the checkpoint, out of memory
+
+def test_an_output_path_that_is_a_symlink_loop_is_a_one_line_error(toy_p2, random_unet, tmp_path, repo_root):
+    in_dir = _sat_folder(toy_p2, tmp_path / "in", count=1)
+    loop = tmp_path / "loop"
+    os.symlink("loop", str(loop))
+    proc = _hw1_2(repo_root, in_dir, loop, random_unet)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and str(loop) in proc.stderr and "symlink loop" in proc.stderr
+
+
+def test_ctrl_c_in_p2_inference_keeps_the_masks_written_and_leaves_no_temp_file(toy_p2, random_unet, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Ctrl-C while the second image is predicted: the first mask stays, masks queued but not started are not
+    written, no temp file is left, one line, exit 130."""
+    import p2_inference
+
+    in_dir, out = _sat_folder(toy_p2, tmp_path / "in", count=4), tmp_path / "out"
+    calls = []
+    real = p2_inference.predict_ensemble
+
+    def interrupted_on_the_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            for _ in range(3000):  # the first mask is queued in the writer threads: let it land (bounded wait)
+                if (out / "0000_mask.png").exists():
+                    break
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(p2_inference, "predict_ensemble", interrupted_on_the_second_call)
+    with pytest.raises(SystemExit) as info:
+        p2_inference.cli(["--input-dir", str(in_dir), "--output-dir", str(out), "--checkpoint", str(random_unet),
+                          "--device", "cpu", "--workers", "0", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and err.startswith("interrupted") and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["0000_mask.png"]
+
+
+def test_ctrl_c_during_hw1_2_is_one_line_exit_130_and_no_temp_file(random_unet, tmp_path, repo_root):
+    """A real Ctrl-C (SIGINT to the terminal's whole process group: bash, python3, its workers) once the first mask
+    is written: one line, exit 130, no traceback, only whole masks in the output folder."""
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(400):  # far more work than the moment between the first mask and the signal
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(str(in_dir / "{:04d}_sat.jpg".format(i)))
+    env = dict(os.environ, HW1_P2_CHECKPOINT=str(random_unet), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(["bash", str(repo_root / "hw1_2.sh"), str(in_dir), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for _ in range(6000):  # bounded wait for the first mask, not a timing
+            if (out / "0000_mask.png").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("interrupted"), err[-3000:]
+    names = [p.name for p in out.iterdir()]
+    assert names and all(n.endswith("_mask.png") and not n.startswith(".") for n in names), names
+    assert len(names) < 400
+    for name in names:  # whole masks
+        with Image.open(str(out / name)) as img:
+            img.load()
+
+
+def _checkout_without_checkpoints(repo_root, folder, names):
+    """A folder holding links to the grading script and code, but no checkpoints/: a fresh clone before
+    hw1_download_ckpt.sh."""
+    folder.mkdir()
+    for name in names + ["utils"]:
+        os.symlink(str(repo_root / name), str(folder / name))
+    return folder
+
+
+def test_a_missing_default_checkpoint_says_to_run_hw1_download_ckpt(toy_p2, tmp_path, repo_root):
+    clone = _checkout_without_checkpoints(repo_root, tmp_path / "clone", ["hw1_2.sh", "p2_inference.py"])
+    in_dir = _sat_folder(toy_p2, tmp_path / "in", count=1)
+    env = {k: v for k, v in os.environ.items() if k != "HW1_P2_CHECKPOINT"}
+    proc = subprocess.run(["bash", str(clone / "hw1_2.sh"), str(in_dir), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert str(clone / "checkpoints" / "p2_best.pth") in proc.stderr
+    assert "run `bash hw1_download_ckpt.sh` first" in proc.stderr
+    # a path the user gave is named, without the hint
+    proc = _hw1_2(repo_root, in_dir, tmp_path / "out", tmp_path / "mine.pth")
+    assert proc.returncode == 2 and str(tmp_path / "mine.pth") in proc.stderr
+    assert "hw1_download_ckpt" not in proc.stderr
+
+
+def test_inference_out_of_memory_says_what_to_lower_without_resume(toy_p2, random_unet, tmp_path, monkeypatch,
+                                                                   capsys):
+    """Inference has nothing to resume: the line names --batch-size, --tile-size and --device cpu instead."""
+    import p2_inference
+    from utils import datasets
+
+    def open_without_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(datasets.Image, "open", open_without_memory)
+    with pytest.raises(SystemExit) as info:
+        p2_inference.cli(["--input-dir", str(toy_p2 / "validation"), "--output-dir", str(tmp_path / "out"),
+                          "--checkpoint", str(random_unet), "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and err.startswith("error: out of memory (MemoryError)") and err.count("\n") == 1
+    assert "--batch-size" in err and "--tile-size" in err and "--device cpu" in err
+    assert "resume" not in err and "checkpoint is kept" not in err

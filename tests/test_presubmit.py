@@ -4,8 +4,10 @@ and runs what the TAs run. Then its failure modes: no link, a too-slow script, a
 command, uncommitted changes; and the output-contract checks on crafted outputs."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +347,96 @@ def test_p1_contract_for_a_csv_without_ids(tmp_path):
     given = write(tmp_path / "test.csv", "filename,label\na.jpg,None\nb.jpg,None\n")
     assert presubmit.check_p1_output(write(tmp_path / "pred.csv", "id,filename,label\n0,a.jpg,1\n1,b.jpg,2\n"),
                                      given) == []
+
+
+# ------------------------------------------------------------------- signals, val.csv headers, --python (issue 24)
+
+SLOW_HW1_1 = ("#!/usr/bin/env bash\npython3 -c \"import os, time; open('{0}.tmp', 'w').write('{{}} {{}}'.format("
+              "os.getppid(), os.getpid())); os.replace('{0}.tmp', '{0}'); time.sleep(300)\"\n")
+
+
+def _fake_student(tmp_path, hw1_1):
+    """A committed repository whose hw1_1.sh is ``hw1_1``, a data root, and a local p1 checkpoint: enough for the
+    check to reach hw1_1.sh in seconds (no model is trained or loaded)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write(repo / "hw1_download_ckpt.sh", "#!/usr/bin/env bash\necho fetched\n")
+    write(repo / "hw1_1.sh", hw1_1)
+    write(repo / "hw1_2.sh", "#!/usr/bin/env bash\necho masks\n")
+    git(repo, "init", "-q")
+    commit_all(repo, "homework")
+    office = tmp_path / "data" / "p1_data" / "office"
+    (office / "val").mkdir(parents=True)
+    write(office / "val.csv", "id,filename,label\n0,0_0.jpg,0\n")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "p1_best.pth").write_bytes(b"stand-in")
+    return repo, tmp_path / "data"
+
+
+def _alive(pid):
+    status = Path("/proc/{}/status".format(pid))
+    return status.exists() and "zombie" not in status.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_grading_script_and_removes_the_temp_folder(tmp_path, repo_root, sig):
+    """Ctrl-C or a kill of the check while hw1_1.sh runs (in its own session, where the terminal's Ctrl-C does
+    not reach it): the script's whole process group is stopped, the hw1_presubmit.* folder removed, one line,
+    exit 130 / 143, no traceback."""
+    pid_file = tmp_path / "script.pid"
+    repo, data = _fake_student(tmp_path, SLOW_HW1_1.format(pid_file))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tools.presubmit", "--repo", str(repo), "--data", str(data),
+                             "--python", sys.executable, "--problems", "1", "--local-checkpoints",
+                             str(tmp_path / "ckpt")], cwd=str(repo_root), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(temp), PYTHONPATH=str(repo_root)))
+    try:
+        for _ in range(1200):  # the script has started once its pids are written (bounded wait, not a timing)
+            if pid_file.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert pid_file.exists(), proc.communicate(timeout=60)
+        shell_pid, python_pid = (int(p) for p in pid_file.read_text().split())
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in (pid_file.read_text().split() if pid_file.exists() else []):
+            if _alive(int(pid)):  # a failed stop: do not leave the test's own processes behind
+                os.kill(int(pid), signal.SIGKILL)
+    assert proc.returncode == 128 + int(sig), out + err
+    assert "Traceback" not in out + err
+    lines = [line for line in (out + err).splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "stopped hw1_1.sh" in lines[0] and "removed {}".format(temp) in lines[0], out + err
+    assert not list(temp.glob("hw1_presubmit.*"))
+    assert not _alive(shell_pid) and not _alive(python_pid)
+
+
+def test_a_val_csv_with_spaced_capitalised_header_is_read_like_hw1_1_reads_it(tmp_path):
+    """val.csv headed ' ID, FileName ,Label' (hw1_1.sh accepts it): the check reads it with the project's reader."""
+    source = write(tmp_path / "val.csv", "\ufeff ID, FileName ,Label\n0,3_1.jpg,3\n1,0_2.jpg,0\n")
+    assert presubmit.write_unlabeled_csv(source, tmp_path / "test.csv") == 2
+    pred = write(tmp_path / "pred.csv", "id,filename,label\n0,3_1.jpg,3\n1,0_2.jpg,0\n")
+    assert presubmit.check_p1_output(pred, tmp_path / "test.csv") == []
+    assert presubmit.check_p1_output(pred, source) == []
+
+
+def test_presubmit_sh_python_runs_the_check_itself_too(tmp_path, repo_root):
+    """`bash scripts/presubmit.sh --python VENV` when the python3 on PATH lacks the packages: the check itself runs
+    with VENV's interpreter (the README's command), in both spellings and for a venv folder."""
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    write(broken / "python3", "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'PIL'\" >&2\nexit 1\n")
+    (broken / "python3").chmod(0o755)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, str(venv / "bin" / "python3"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = str(broken) + os.pathsep + env["PATH"]
+    for flags in (["--python", sys.executable], ["--python={}".format(sys.executable)], ["--python", str(venv)]):
+        proc = subprocess.run(["bash", str(repo_root / "scripts" / "presubmit.sh")] + flags + ["--help"],
+                              capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
+        assert proc.returncode == 0 and "usage: python -m tools.presubmit" in proc.stdout, (flags, proc.stderr)

@@ -599,3 +599,30 @@ def test_p2_inference_memory_of_a_large_image_is_bounded_by_its_tiles(tmp_path):
         assert Image.open(tmp_path / name / "0000_mask.png").size == (2000, 2000)
     # Measured: whole 1686 MB, tiled 820 MB; a 64x64 image peaks at 701 MB (torch, the model): +985 vs +119 MB
     assert rss["whole"] - rss["tiled"] > 500, rss
+
+
+def test_the_out_of_memory_line_offers_a_resume_only_to_trainers(monkeypatch, capsys):
+    """A trainer keeps its last checkpoint and resumes; inference starts over: its line names what to lower
+    (--batch-size, --tile-size, --device cpu) and never a resume. Ctrl-C: one line and 130 for inference; a
+    trainer's KeyboardInterrupt (its second signal) still aborts at once."""
+    import argparse
+
+    from utils.cli import run_cli
+
+    oom = _raise(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    lines = {}
+    for inference in (False, True):
+        monkeypatch.setattr(sys, "argv", ["x"])
+        with pytest.raises(SystemExit) as info:
+            run_cli(oom, argparse.ArgumentParser(), inference=inference)
+        assert info.value.code == 3
+        lines[inference] = capsys.readouterr().err
+        assert len(lines[inference].strip().splitlines()) == 1
+    assert "run the same command again to resume" in lines[False]
+    assert "resume" not in lines[True] and "checkpoint" not in lines[True]
+    assert all(flag in lines[True] for flag in ("--batch-size", "--tile-size", "--device cpu", "--workers"))
+    with pytest.raises(SystemExit) as info:
+        run_cli(_raise(KeyboardInterrupt()), argparse.ArgumentParser(), [], inference=True)
+    assert info.value.code == 130 and capsys.readouterr().err.startswith("interrupted (Ctrl-C)")
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(_raise(KeyboardInterrupt()), argparse.ArgumentParser(), [])

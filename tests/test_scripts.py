@@ -214,3 +214,45 @@ def test_gpu_check_script_runs_end_to_end_at_tiny_scale_on_the_cpu(tmp_path, rep
     assert summary["dino_batched_gpu"] is None  # no nvidia-smi samples on the CPU
     assert summary["hw1_2_seconds"] > 0
     assert summary["tta_flip_scale_masks"] == 6 and summary["tta_flip_scale_seconds"] > 0
+
+
+def test_relative_path_variables_are_taken_from_the_callers_folder(tmp_path, repo_root):
+    """HW1_DATA, RUNS, TA_BACKBONE, DINO_BACKBONE, PYTHON (a path), SAM_CHECKPOINT and REPORT_DIR given relative
+    mean the caller's folder, not the repository; a script that stops on a missing input creates no folder."""
+    caller = tmp_path / "caller"
+    office = caller / "mydata" / "p1_data" / "office"
+    office.mkdir(parents=True)
+    (office / "train.csv").write_text("id,filename,label\n")
+    (caller / "ta.pth").write_bytes(b"")
+    (caller / "dino.pth").write_bytes(b"")
+    log = tmp_path / "calls.txt"
+    (caller / "fake_python").write_text("#!/usr/bin/env bash\necho \"$*\" >> {}\n".format(log))
+    (caller / "fake_python").chmod(0o755)
+    env = dict(os.environ, HW1_DATA="mydata", RUNS="myruns", TA_BACKBONE="ta.pth", DINO_BACKBONE="dino.pth",
+               PYTHON="./fake_python", SETTINGS="B C")
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "p1_settings.sh")], cwd=str(caller), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    assert "--backbone {0}/ta.pth --data-dir {0}/mydata/p1_data/office --output-dir {0}/myruns/p1_B".format(
+        caller) in lines[0], lines
+    assert "--backbone {0}/dino.pth".format(caller) in lines[1], lines
+    for name in ("mydata", "myruns", "ta.pth"):
+        assert not (repo_root / name).exists(), name
+    # a missing input: an error naming the caller's path, and no empty RUNS folder anywhere
+    env.update(HW1_DATA="nowhere")
+    for script in ("p1_dino.sh", "p2_unet.sh", "p2_deeplab.sh"):
+        proc = subprocess.run(["bash", str(repo_root / "scripts" / script)], cwd=str(caller), env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "not found: {}/nowhere/".format(caller) in proc.stderr, (script, proc.stderr)
+    assert not (caller / "myruns").exists() and not (repo_root / "myruns").exists()
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "p2_sam.sh")], cwd=str(caller),
+                          env=dict(env, SAM_CHECKPOINT="sam.pth"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not found: {}/sam.pth".format(caller) in proc.stderr, proc.stderr
+    # gpu_check.sh: OUT and PYTHON from the caller's folder too (the stand-in interpreter fails the first step)
+    (caller / "failing_python").write_text("#!/usr/bin/env bash\nexit 1\n")
+    (caller / "failing_python").chmod(0o755)
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "gpu_check.sh")], cwd=str(caller),
+                          env=dict(env, OUT="gpu_out", PYTHON="./failing_python"), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and (caller / "gpu_out").is_dir() and not (repo_root / "gpu_out").exists()

@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -151,18 +152,56 @@ def script_env(bin_dirs: Sequence[Path]) -> Dict[str, str]:
     return env
 
 
+GRACE = 5.0  # seconds a stopped script gets between SIGTERM and SIGKILL
+
+
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM to the check; ``stopped``: the script it stopped (None: none was running)."""
+
+    def __init__(self, signum: int) -> None:
+        super(Interrupted, self).__init__(signum)
+        self.signum, self.stopped = signum, None  # type: int, Optional[str]
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up is bounded (GRACE): a second signal waits for it
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = GRACE) -> None:
+    """SIGTERM to the process group ``proc`` leads, SIGKILL to what is left once ``proc`` ended or after ``grace``
+    s; ``proc`` is reaped last (its group id cannot be reused before the SIGKILL)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + grace
+        while sig == signal.SIGTERM and time.time() < deadline and \
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.05)
+    proc.wait()
+
+
 def run_timed(command: List[str], cwd: Path, env: Dict[str, str], limit: float, log: Path) -> Run:
-    """Run ``command`` with its output in ``log``; kill its whole process group when it passes ``limit`` s."""
+    """Run ``command`` with its output in ``log``, in its own session; kill its whole process group when it passes
+    ``limit`` s, and stop it (``stop_group``) when the check is interrupted (``Interrupted``, re-raised)."""
     t0 = time.time()
     with open(str(log), "wb") as out:
-        proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = None  # type: Optional[subprocess.Popen]
         try:
+            proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             returncode = proc.wait(timeout=limit)  # type: Optional[int]
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the script and everything it started
-            proc.wait()
+            stop_group(proc, grace=0)  # the script and everything it started
             returncode = None
+        except Interrupted as exc:
+            if proc is not None:
+                stop_group(proc)
+                exc.stopped = command[1] if len(command) > 1 else command[0]
+            raise
     return Run(returncode, time.time() - t0, log.read_text(errors="replace"))
 
 
@@ -173,25 +212,27 @@ def _tail(text: str, lines: int = 8) -> str:
 
 # ------------------------------------------------------------------------------------------- problem 1 io
 
+def _read_given(path: Path) -> list:
+    """The rows of an images csv as hw1_1.sh reads them (``utils.datasets.read_image_csv``: any case, spaces, BOM)."""
+    from utils.datasets import read_image_csv
+
+    return read_image_csv(path, duplicates="warn", bad_labels="warn")
+
+
 def write_unlabeled_csv(labeled: Path, target: Path) -> int:
-    """Copy an ``id,filename,label`` csv with every label replaced by the string ``None``; return the row count."""
-    with open(str(labeled), newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows or "label" not in [c.strip().lower() for c in rows[0]]:
-        raise ValueError("{}: no 'label' column".format(labeled))
-    col = [c.strip().lower() for c in rows[0]].index("label")
-    body = [row[:col] + ["None"] + row[col + 1:] for row in rows[1:] if row]
+    """An images csv as ``id,filename,label`` with every label the string ``None`` (the hidden csv); the row count."""
+    rows = _read_given(labeled)
     with open(str(target), "w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows([rows[0]] + body)
-    return len(body)
+        csv.writer(f, lineterminator="\n").writerows([["id", "filename", "label"]] + [
+            [r.id, r.path, "None"] for r in rows])
+    return len(rows)
 
 
 def check_p1_output(pred: Path, given: Path) -> List[str]:
     """Contract problems of a predicted csv against the csv the script was given (empty list: it complies)."""
     if not pred.is_file():
         return ["no output csv at {}".format(pred)]
-    with open(str(given), newline="", encoding="utf-8-sig") as f:
-        wanted = {row.get("id", str(i)): row["filename"] for i, row in enumerate(csv.DictReader(f))}
+    wanted = {r.id: r.filename for r in _read_given(given)}
     with open(str(pred), newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     problems = []
@@ -517,14 +558,26 @@ def print_summary(checks: Sequence[Check], scores: Dict[str, Any], local: bool =
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="hw1_presubmit."))
+    previous = {}  # type: Dict[int, Any]
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    work = None  # type: Optional[Path]
     try:
+        work = Path(tempfile.mkdtemp(prefix="hw1_presubmit."))
         checks, scores = presubmit(args, work)
     except (OSError, ValueError) as exc:
         checks, scores = [Check("pre-submission check", "FAIL", "error: {}".format(exc))], {"p1": None, "p2": None}
-    finally:
-        if not args.keep:
+    except Interrupted as exc:
+        if work is not None and not args.keep:
             shutil.rmtree(str(work), ignore_errors=True)
+        print("interrupted by {}: {}{} {}".format(signal.Signals(exc.signum).name, "stopped {}, ".format(
+            exc.stopped) if exc.stopped else "", "kept" if args.keep else "removed", work), file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        if work is not None and not args.keep:
+            shutil.rmtree(str(work), ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     local = args.local_checkpoints is not None
     print_summary(checks, scores, local)
     failed = [c.name for c in checks if c.status == "FAIL"]

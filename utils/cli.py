@@ -8,6 +8,7 @@ help with its real default once, in plain words; ``tests/test_flags.py`` reads e
 """
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -202,8 +203,14 @@ def add_common_train_args(parser: argparse.ArgumentParser, epochs: int, batch_si
 
 OOM_HINT = ("error: out of memory ({}). Lower --batch-size (the lr follows the total batch); for DINO also "
             "--local-crops-number, --global-crop-size or --local-crop-size; for segmentation --crop-size and "
-            "--val-batch-size; for inference --batch-size (p2_inference.py also --tile-size). Host memory: lower "
-            "--workers. The last checkpoint is kept: run the same command again to resume.")
+            "--val-batch-size. Host memory: lower --workers. The last checkpoint is kept: run the same command again "
+            "to resume.")
+# inference writes its outputs afresh on every run: nothing to resume, only what to lower
+INFERENCE_OOM_HINT = ("error: out of memory ({}). Lower --batch-size (p2_inference.py: also --tile-size and "
+                      "--tile-threshold) or run on --device cpu; host memory: lower --workers. Then run the command "
+                      "again: it starts over.")
+INTERRUPTED = "interrupted (Ctrl-C): stopped; the outputs already written stay whole, and no partial file is left"
+DOWNLOAD_HINT = "run `bash hw1_download_ckpt.sh` first: it fetches the graded checkpoints"
 # RuntimeError messages of allocators that ran out: CUDA's, torch's CPU allocator ("DefaultCPUAllocator: can't
 # allocate memory"), ENOMEM's text, and a DataLoader worker killed by the kernel's out-of-memory killer (SIGKILL)
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "is killed by signal: killed")
@@ -224,16 +231,23 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
-            argv: Optional[list] = None) -> Any:
+            argv: Optional[list] = None, inference: bool = False) -> Any:
     """Parse flags and run ``main``; bad input (missing or corrupt files, wrong formats) ends with a one-line
     'error: ...' naming the file and exit code 2 instead of a traceback; out of memory (GPU or host) ends with one
-    line naming the flags to lower and exit code 3."""
+    line naming the flags to lower and exit code 3. ``inference``: the out-of-memory line says what to lower
+    without a resume (inference has none), and Ctrl-C ends with one line and exit code 130."""
     args = parser.parse_args(argv)
     try:
         return main(args)
+    except KeyboardInterrupt:
+        if not inference:  # a trainer's second signal: abort at once, as it says
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
-            print(OOM_HINT.format((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]), file=sys.stderr)
+            hint = INFERENCE_OOM_HINT if inference else OOM_HINT
+            print(hint.format((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]), file=sys.stderr)
             sys.exit(3)
         if not isinstance(exc, (OSError, ValueError)):
             raise
@@ -244,3 +258,24 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.Argument
             print(exc.code, file=sys.stderr)
             sys.exit(2)
         raise
+
+
+def require_grading_checkpoint(path: Path, script: str, name: str) -> None:
+    """A checkpoint missing at its grading default (``checkpoints/<name>`` beside ``script``, the path hw1_1.sh /
+    hw1_2.sh pass, or the flag's default of the current folder) is a FileNotFoundError that says to run
+    hw1_download_ckpt.sh first; any other missing path is left to the loader, which names it."""
+    defaults = {os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(script)), "checkpoints", name)),
+                os.path.abspath(os.path.join("checkpoints", name))}
+    if not path.exists() and os.path.abspath(str(path)) in defaults:
+        raise FileNotFoundError("checkpoint not found: {}; {}".format(path, DOWNLOAD_HINT))
+
+
+def refuse_symlink_loop(path: Path, what: str) -> None:
+    """A ValueError naming ``path`` when it (or a folder on the way) is a symlink loop: pathlib would raise a
+    RuntimeError deep inside ``resolve``."""
+    try:
+        os.stat(str(path))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("{} {} is a symlink loop: remove the link or give another path".format(
+                what, path)) from None

@@ -188,12 +188,15 @@ class UnlabeledImages(torch.utils.data.Dataset):
 
 
 class CsvRow(object):
-    """One row of an images csv: its position, id, bare filename and label (None when unlabeled)."""
+    """One row of an images csv: its position, id, bare filename (what predictions are written with), label (None
+    when unlabeled), csv line, and ``path``: the filename as written, the image's path under the image folder."""
 
-    __slots__ = ("row", "id", "filename", "label", "line")
+    __slots__ = ("row", "id", "filename", "label", "line", "path")
 
-    def __init__(self, row: int, id: str, filename: str, label: Optional[int], line: int = 0) -> None:
+    def __init__(self, row: int, id: str, filename: str, label: Optional[int], line: int = 0,
+                 path: Optional[str] = None) -> None:
         self.row, self.id, self.filename, self.label, self.line = row, id, filename, label, line
+        self.path = filename if path is None else path
 
 
 def _decode_csv(path: Path) -> str:
@@ -242,6 +245,11 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
     try:
         if reader.fieldnames is None:
             raise ValueError("csv {} is empty".format(path))
+        names = [name.strip().lower() for name in reader.fieldnames if name is not None]
+        for key in ("filename", "id", "label"):
+            if names.count(key) > 1:  # which one is meant cannot be known: DictReader would keep the last
+                raise ValueError("csv {} has {} {!r} columns (columns: {}); keep one".format(
+                    path, names.count(key), key, ",".join(reader.fieldnames)))
         fields = {name.strip().lower(): name for name in reader.fieldnames if name is not None}
         if "filename" not in fields:
             raise ValueError("csv {} has no 'filename' column (columns: {})".format(path, reader.fieldnames))
@@ -253,6 +261,9 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
             filename = (record.get(fields["filename"]) or "").strip()
             if not filename:
                 raise ValueError("csv {} line {}: empty filename".format(path, line))
+            if os.path.isabs(filename) or ".." in filename.replace("\\", "/").split("/"):
+                raise ValueError("csv {} line {}: filename {!r} must be a path inside the image folder".format(
+                    path, line, filename))
             raw_id = (record.get(fields["id"]) or "").strip() if "id" in fields else str(i)
             raw_label = (record.get(fields["label"]) or "").strip() if "label" in fields else ""
             label = None  # type: Optional[int]
@@ -262,7 +273,7 @@ def read_image_csv(path: PathLike, num_classes: Optional[int] = None, duplicates
                     if bad_labels == "error":
                         raise ValueError("csv {} line {}: {}".format(path, line, problem))
                     bad.append("line {}: {}".format(line, problem))
-            rows.append(CsvRow(i, raw_id, Path(filename).name, label, line))
+            rows.append(CsvRow(i, raw_id, Path(filename).name, label, line, path=filename))
     except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte (Python 3.8), ...
         # DictReader's own line_num is that of the last good row: its csv.reader's is the line that failed
         raise ValueError("csv {} line {}: {}".format(path, reader.reader.line_num, exc)) from None
@@ -294,7 +305,7 @@ class CsvImages(torch.utils.data.Dataset):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError("image folder not found: {}".format(self.image_dir))
-        missing = [r.filename for r in self.rows if not (self.image_dir / r.filename).is_file()]
+        missing = [r.path for r in self.rows if not (self.image_dir / r.path).is_file()]
         if missing:
             raise FileNotFoundError("{} file(s) listed in {} are not in {}, e.g. {}".format(
                 len(missing), csv_path, self.image_dir, ", ".join(missing[:5])))
@@ -303,7 +314,7 @@ class CsvImages(torch.utils.data.Dataset):
             if unlabeled:
                 raise ValueError("csv {} has rows without a label (lines {}); training and probing need "
                                  "labels".format(csv_path, unlabeled[:5]))
-        keep = verify_items([self.image_dir / r.filename for r in self.rows], read_rgb,
+        keep = verify_items([self.image_dir / r.path for r in self.rows], read_rgb,
                             what="images listed in {}".format(csv_path), strict=strict)
         self.rows = [self.rows[i] for i in keep]
         self.transform = transform
@@ -318,7 +329,7 @@ class CsvImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         row = self.rows[index]
-        image = to_chw_uint8(read_rgb(self.image_dir / row.filename))
+        image = to_chw_uint8(read_rgb(self.image_dir / row.path))
         if self.transform is not None:
             image = self.transform(image)
         return image, -1 if row.label is None else row.label
