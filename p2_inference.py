@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from utils.checkpoint import atomic_temp_target
+from utils.fileio import check_target, make_folder
 from utils.datasets import IMAGE_SUFFIXES, PathLike, collate_list, mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import write_mask
@@ -225,6 +226,7 @@ def check_output_folder(folder: Path, mask_names: List[str]) -> None:
     stray, other, temps = [], [], []  # type: List[str], List[str], List[Path]
     for path in sorted(folder.iterdir()):
         if path.name in ours:
+            check_target(path, "mask")  # replaced only when it is a PNG (a mask of an earlier run), before any work
             continue
         if (atomic_temp_target(path.name) or "").endswith("_mask.png") and path.is_file() and not path.is_symlink():
             temps.append(path)
@@ -268,7 +270,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         raise SystemExit("error: the output folder {} is the input folder: masks would mix with (and could "
                          "overwrite) the inputs; give another folder".format(args.output_dir))
     check_output_folder(args.output_dir, mask_names)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(args.output_dir)
 
     loader = torch.utils.data.DataLoader(InferenceImages(files), batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate_list,

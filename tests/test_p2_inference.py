@@ -669,3 +669,18 @@ def test_inference_out_of_memory_says_what_to_lower_without_resume(toy_p2, rando
     assert info.value.code == 3 and err.startswith("error: out of memory (MemoryError)") and err.count("\n") == 1
     assert "--batch-size" in err and "--tile-size" in err and "--device cpu" in err
     assert "resume" not in err and "checkpoint is kept" not in err
+
+
+def test_a_file_at_a_mask_name_that_is_not_a_png_is_refused_before_any_work(toy_p2, random_unet, tmp_path, repo_root):
+    """Before: hw1_2.sh replaced whatever was at OUT/0000_mask.png (a user's notes saved under that name) with the new
+    mask, exit 0. A file there is replaced only when it is a PNG (a mask of an earlier run); anything else is an error
+    naming it before any mask is written, and is left as it was."""
+    in_dir = _sat_folder(toy_p2, tmp_path / "input", count=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "0001_mask.png").write_text("my notes, not a mask")
+    proc = _hw1_2(repo_root, in_dir, out_dir, random_unet)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "refusing to replace {}".format(out_dir / "0001_mask.png") in proc.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0001_mask.png"]
+    assert (out_dir / "0001_mask.png").read_text() == "my notes, not a mask"
