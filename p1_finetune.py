@@ -320,7 +320,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             model, train_model = backbone_phase(run, plain, trainable=not frozen)
         stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
                                 state["step"], lr_at, frozen, features=use_cache)
-        state["step"], sums = stats.pop("step"), stats.pop("sums")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         if stats.pop("interrupted"):
             run.save_and_exit(classifier_checkpoint(run, model, setting, epoch - 1, last, state, objects),
                               stats["batches"], len(loader), sums)

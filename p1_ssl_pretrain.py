@@ -414,7 +414,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     for epoch in run.epochs(loader, first=0):
         stats = train_one_epoch(train_student, teacher, dino_loss, loader, objects, args, run, epoch, state["step"],
                                 schedules, augment)
-        state["step"], sums = stats.pop("step"), stats.pop("sums")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         nets = {"student": plain_student, "teacher": teacher, "center": dino_loss.center.detach().cpu()}
         if stats.pop("interrupted") and math.isfinite(stats["loss"]):
             run.save_and_exit(dino_checkpoint(run, nets, objects, epoch, state), stats["batches"], len(loader),

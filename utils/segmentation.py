@@ -258,7 +258,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     for epoch in run.epochs(loader):
         stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
                                 state["step"], lr_at)
-        state["step"], sums = stats.pop("step"), stats.pop("sums")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         if stats.pop("interrupted"):
             run.save_and_exit(seg_checkpoint(run, model, epoch - 1, last, state, objects), stats["batches"],
                               len(loader), sums)
