@@ -298,13 +298,12 @@ def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss,
             interrupted = True
             break
     dist_utils.all_reduce_sum(sums)
-    stats = sums
-    n = max(float(stats[4]), 1.0)
+    n = max(float(sums[4]), 1.0)
     seconds = time.time() - t0
-    return {"loss": float(stats[0]) / n, "teacher_entropy": float(stats[1]) / n, "kl": float(stats[2]) / n,
-            "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
-            "interrupted": interrupted, "sums": sums, "teacher_temp": dino_loss.teacher_temperature(epoch), "seconds": seconds,
-            "images_per_s": count * args.batch_size * run.world / max(seconds, 1e-6)}
+    return {"loss": float(sums[0]) / n, "teacher_entropy": float(sums[1]) / n, "kl": float(sums[2]) / n,
+            "embed_std": float(sums[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
+            "interrupted": interrupted, "sums": sums, "teacher_temp": dino_loss.teacher_temperature(epoch),
+            "seconds": seconds, "images_per_s": count * args.batch_size * run.world / max(seconds, 1e-6)}
 
 
 def warn(message: str) -> None:
