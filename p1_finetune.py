@@ -170,7 +170,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
     if frozen:
         unwrap(model).backbone.eval()
     device, dtype = run.device, run.dtype
-    sums = torch.zeros(3, device=device)  # loss, correct, samples
+    sums = run.carried_sums(torch.zeros(3, device=device))  # loss, correct, samples (a resumed epoch's earlier too)
     ones = torch.ones((), device=device)  # samples are counted on the device: no host copy (and sync) per step
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     batches = 0
@@ -207,7 +207,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scaler, args: argparse.
             break
     dist_utils.all_reduce_sum(sums)
     return {"train_loss": float(sums[0] / sums[2].clamp(min=1)), "train_acc": float(sums[1] / sums[2].clamp(min=1)),
-            "step": step, "interrupted": interrupted, "batches": batches, "lr": lr_at(max(step - 1, 0))}
+            "step": step, "interrupted": interrupted, "sums": sums, "batches": batches, "lr": lr_at(max(step - 1, 0))}
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, dtype: Optional[torch.dtype]) -> Dict[str, float]:
@@ -266,11 +266,12 @@ def datasets(args: argparse.Namespace, run: Run, model: nn.Module, use_cache: bo
     if args.eval_only:
         return None, val_set
     train_csv, train_dir = args.train_csv or data / "train.csv", args.train_dir or data / "train"
+    train_set = CsvImages(train_csv, train_dir, eval_tf if use_cache else train_transform(args),
+                          num_classes=args.num_classes, strict=args.strict)
+    run.use_data(train_set)  # checked against a resumed checkpoint's before features are cached
     if use_cache:
-        plain_set = CsvImages(train_csv, train_dir, eval_tf, num_classes=args.num_classes, strict=args.strict)
-        return cache_backbone_features(model, plain_set, args, run.device, run.dtype), val_set
-    return CsvImages(train_csv, train_dir, train_transform(args), num_classes=args.num_classes,
-                     strict=args.strict), val_set
+        return cache_backbone_features(model, train_set, args, run.device, run.dtype), val_set
+    return train_set, val_set
 
 
 def make_optimizer_for(args: argparse.Namespace, model: nn.Module, setting: Dict[str, Any], lr: float):
@@ -285,7 +286,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     setting = resolve_setting(args)
     config = {"arch": args.arch, "num_classes": args.num_classes, "hidden_dim": args.hidden_dim,
               "dropout": args.dropout}
-    run = Run(args, CLASSIFIER_KIND, config, match=("setting", "optimizer"), curve_keys=(
+    run = Run(args, CLASSIFIER_KIND, config, curve_keys=(
         "train_loss", "train_acc", "val_acc"), title="setting " + args.setting)
     model = build_model(run, setting)
     use_cache = args.cache_features and setting["frozen"]
@@ -319,10 +320,10 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             model, train_model = backbone_phase(run, plain, trainable=not frozen)
         stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
                                 state["step"], lr_at, frozen, features=use_cache)
-        state["step"] = stats.pop("step")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         if stats.pop("interrupted"):
             run.save_and_exit(classifier_checkpoint(run, model, setting, epoch - 1, last, state, objects),
-                              stats["batches"], len(loader))
+                              stats["batches"], len(loader), sums)
         run.check_finite(stats["train_loss"], epoch)
         last = dict(evaluate(model, val_loader, run.device, run.dtype), epoch=epoch, **stats)
         last["seconds"] = time.time() - t0

@@ -261,7 +261,9 @@ def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss,
     SIGINT/SIGTERM ends it after the current step (``interrupted``, after ``batches`` steps)."""
     student.train()
     device, dtype = run.device, run.dtype
-    sums = torch.zeros(4, device=device)  # loss, teacher entropy, KL, embedding spread
+    # loss, teacher entropy, KL, embedding spread, steps (an epoch resumed mid-way: its earlier steps' too)
+    sums = run.carried_sums(torch.zeros(5, device=device))
+    one = torch.ones((), device=device)
     count = 0
     bar = progress(loader, desc="epoch {}/{}".format(epoch + 1, args.epochs), leave=False)
     t0 = time.time()
@@ -283,7 +285,7 @@ def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss,
                                    epoch, momentum, args.clip_grad, args.freeze_last_layer, dtype)
         with torch.no_grad():
             sums += torch.stack([res["loss"].detach().float(), res["teacher_entropy"], res["kl"],
-                                 embedding_spread(features)])
+                                 embedding_spread(features), one])
         count += 1
         step += 1
         if i % args.print_freq == 0:  # the only host sync in the loop, at an interval
@@ -295,14 +297,13 @@ def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss,
         if run.stop.requested(i + 1, device):  # all ranks agree here
             interrupted = True
             break
-    stats = torch.cat([sums, torch.tensor([float(count)], device=device)])
-    dist_utils.all_reduce_sum(stats)
-    n = max(float(stats[4]), 1.0)
+    dist_utils.all_reduce_sum(sums)
+    n = max(float(sums[4]), 1.0)
     seconds = time.time() - t0
-    return {"loss": float(stats[0]) / n, "teacher_entropy": float(stats[1]) / n, "kl": float(stats[2]) / n,
-            "embed_std": float(stats[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
-            "interrupted": interrupted, "teacher_temp": dino_loss.teacher_temperature(epoch), "seconds": seconds,
-            "images_per_s": count * args.batch_size * run.world / max(seconds, 1e-6)}
+    return {"loss": float(sums[0]) / n, "teacher_entropy": float(sums[1]) / n, "kl": float(sums[2]) / n,
+            "embed_std": float(sums[3]) / n, "lr": lr, "momentum": momentum, "step": step, "batches": count,
+            "interrupted": interrupted, "sums": sums, "teacher_temp": dino_loss.teacher_temperature(epoch),
+            "seconds": seconds, "images_per_s": count * args.batch_size * run.world / max(seconds, 1e-6)}
 
 
 def warn(message: str) -> None:
@@ -371,9 +372,10 @@ def build_networks(run: Run):
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     if args.export_only:
         return export_only(args)
-    run = Run(args, DINO_KIND, model_config(args), match=("optimizer",), title="DINO " + args.arch,
+    run = Run(args, DINO_KIND, model_config(args), title="DINO " + args.arch,
               curve_keys=("loss", "knn_acc", "teacher_entropy", "kl", "embed_std", "lr"))
     dataset, augment = build_data(args, run)
+    run.use_data(dataset)
     student, teacher, plain_student = build_networks(run)
     num_crops = 2 + args.local_crops_number
     dino_loss = DINOLoss(run.config["out_dim"], num_crops, args.warmup_teacher_temp, args.teacher_temp,
@@ -411,10 +413,11 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     for epoch in run.epochs(loader, first=0):
         stats = train_one_epoch(train_student, teacher, dino_loss, loader, objects, args, run, epoch, state["step"],
                                 schedules, augment)
-        state["step"] = stats.pop("step")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         nets = {"student": plain_student, "teacher": teacher, "center": dino_loss.center.detach().cpu()}
         if stats.pop("interrupted") and math.isfinite(stats["loss"]):
-            run.save_and_exit(dino_checkpoint(run, nets, objects, epoch, state), stats["batches"], len(loader))
+            run.save_and_exit(dino_checkpoint(run, nets, objects, epoch, state), stats["batches"], len(loader),
+                              sums)
         run.check_finite(stats["loss"], epoch + 1, "DINO loss", "Lower --lr or --clip-grad, or try --no-amp")
         end_of_epoch(run, stats, epoch + 1, teacher, probes, dino_checkpoint(run, nets, objects, epoch + 1, state))
     return finish(run, stats, dino_loss)

@@ -103,6 +103,14 @@ def test_mid_epoch_stop_then_resume_is_bit_identical_to_an_unbrokenrun(toy_p2, o
     assert ckpt["partial_steps"] >= 1 and "rng_state" in ckpt
     run(args + ["--output-dir", stopped])
     assert same_weights(tmp_path / "full" / "checkpoint.pth", stopped / "checkpoint.pth")
+    # the resumed epoch's logged means cover all its steps, those before the stop too (issue 24): the curve too is
+    # the unbroken run's
+    assert _logged_means(stopped) == _logged_means(tmp_path / "full")
+
+
+def _logged_means(out):
+    keys = ("train_loss", "train_acc", "loss", "teacher_entropy", "kl", "embed_std")
+    return [{k: r[k] for k in keys if k in r} for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
 
 
 # ------------------------------------------------------------------ the one resume policy (issue 15.6, 15.7)

@@ -49,6 +49,12 @@ class FakeRun(object):
     def end_epoch(self, state, epoch, record=None, files=None):
         self.saved.append((epoch, dict(files or {}), state))
 
+    def use_data(self, dataset):
+        self.data = dataset
+
+    def carried_sums(self, sums):
+        return sums
+
 
 @pytest.fixture
 def default_files(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ class _LogitModel(torch.nn.Module):
 
 def _fake_run():
     stop = SimpleNamespace(requested=lambda batches, device: False)
-    return SimpleNamespace(device=torch.device("cpu"), dtype=None, stop=stop)
+    return SimpleNamespace(device=torch.device("cpu"), dtype=None, stop=stop, carried_sums=lambda sums: sums)
 
 
 def _batches(count, batch=2, seed=0):

@@ -228,14 +228,15 @@ def test_overwrite_leaves_no_file_of_the_old_run_and_keeps_the_users(tmp_path):
     for name in written + mine:
         (out / name).write_text("x")
     make_run(out, "--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == sorted(mine)
+    # the lock file the new run holds (utils.lifecycle.LOCK_FILE) is that run's, not the old one's
+    assert sorted(p.name for p in out.iterdir()) == sorted(mine + [lifecycle.LOCK_FILE])
     # without --overwrite only the temp file goes
     for name in written:
         (out / name).write_text("x")
     (out / "snapshots").mkdir()
     with pytest.raises(ValueError):  # the junk checkpoint.pth is read to resume it (and refused)
         make_run(out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(set(written + mine + ["snapshots"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(written + mine + ["snapshots", lifecycle.LOCK_FILE])
                                                            - {".checkpoint.pth.a1b2c3.tmp"})
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -172,6 +172,7 @@ class UnlabeledImages(torch.utils.data.Dataset):
 
     def __init__(self, folder: PathLike, transform: Optional[Callable] = None,
                  max_images: Optional[int] = None, strict: bool = False) -> None:
+        self.folder = Path(folder)
         self.files = list_images(folder)
         if max_images is not None:
             self.files = self.files[:max_images]
@@ -455,3 +456,42 @@ class InMemoryImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image = self.images[index]
         return self.transform(image) if self.transform is not None else image
+
+
+def training_files(dataset: torch.utils.data.Dataset) -> Tuple[Path, List[str]]:
+    """(folder, sorted names of its items relative to it) of a training set: one name per item (a p2 pair by its
+    ``_sat.jpg``, a csv row by its filename, an unlabeled image by its file)."""
+    if isinstance(dataset, SegmentationDataset):
+        folder, names = dataset.folder, [image.name for image, _ in dataset.pairs]
+    elif isinstance(dataset, CsvImages):
+        folder, names = dataset.image_dir, [row.filename for row in dataset.rows]
+    elif isinstance(dataset, (UnlabeledImages, InMemoryImages)):
+        folder = dataset.folder
+        names = [Path(os.path.relpath(str(path), str(folder))).as_posix() for path in dataset.files]
+    else:
+        raise TypeError("no file list for a {}".format(type(dataset).__name__))
+    return folder, sorted(names)
+
+
+def data_record(dataset: torch.utils.data.Dataset) -> Dict[str, Any]:
+    """Where a run's training data came from and which they were: the resolved folder, whether
+    ``python -m tools.toydata`` generated it (recorded at training time: the folder may later move), the item count
+    and the sha256 of the sorted relative names (names only: cheap for 40k images), plus those names (``files``,
+    one per line) so that a resume on other data can say which changed."""
+    from tools.toydata.output import is_generated
+
+    folder, names = training_files(dataset)
+    text = "\n".join(names)
+    return {"root": str(folder.resolve()), "generated": bool(is_generated(folder)), "count": len(names),
+            "fingerprint": hashlib.sha256(text.encode("utf-8")).hexdigest(), "files": text}
+
+
+def data_changes(saved: Dict[str, Any], now: Dict[str, Any], shown: int = 3) -> str:
+    """'N removed (a, b, c, ...), M added (...)': how the file list ``now`` differs from ``saved``'s."""
+    old, new = set(filter(None, saved.get("files", "").split("\n"))), set(filter(None, now["files"].split("\n")))
+    parts = []
+    for what, names in (("removed", sorted(old - new)), ("added", sorted(new - old))):
+        if names:
+            parts.append("{} {} ({}{})".format(len(names), what, ", ".join(names[:shown]),
+                                               ", ..." if len(names) > shown else ""))
+    return ", ".join(parts) or "{} files then, {} now".format(saved.get("count"), now["count"])

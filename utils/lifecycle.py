@@ -1,11 +1,12 @@
 """The run lifecycle every trainer shares: start, resume (one policy), save (atomic, ordered), stop, finish.
 
-    run = Run(args, KIND, config, match=("optimizer",))       # output folder, device, torchrun, seed, resume check
+    run = Run(args, KIND, config)                              # folder lock, device, torchrun, seed, resume check
     model = build(run.config)                                  # the checkpoint's config when resuming
+    run.use_data(train_set)                                    # the training set's fingerprint, checked on resume
     state = run.restore(model=model, optimizer=optimizer)      # named objects; returns epoch, step, ...
     for epoch in run.epochs(sampler):                          # re-seeded per epoch, mid-epoch resume included
-        stats = train_one_epoch(...)
-        if stats["interrupted"]: run.save_and_exit(full_state, ...)   # SIGINT/SIGTERM
+        stats = train_one_epoch(...)                           # its sums start from run.carried_sums(zeros)
+        if stats["interrupted"]: run.save_and_exit(full_state, ..., sums=...)   # SIGINT/SIGTERM
         ...
         run.end_epoch(full_state, epoch, record, files={"best.pth": weights})
     return run.finish(result)
@@ -13,6 +14,12 @@
 Saving order: an epoch's own files (best.pth, snapshots, the log line) are written before ``checkpoint.pth``, whose
 ``epoch`` marks the epoch done. A kill anywhere in between leaves checkpoint.pth at the previous epoch, so the
 same command redoes that epoch and rewrites its files; nothing claims an epoch whose files are missing.
+
+One run per folder: the main process holds an exclusive ``flock`` on OUTPUT_DIR/.run.lock for its life (the kernel
+releases it when the process ends, a crash included); a second run on the folder is refused before it reads or
+deletes anything there. ``--eval-only`` writes nothing there and takes no lock. One recipe per run: a resume
+compares every argument saved in the checkpoint but those of ``RESUME_MAY_CHANGE``, and the training set's file
+list (``utils.datasets.data_record``).
 """
 import json
 import os
@@ -39,6 +46,18 @@ RUN_FOLDERS = ("snapshots", "tensorboard")
 TEMP_FILE = re.compile(r"^\..+\.(tmp|part)$")  # save_atomic's temporary files
 # checkpoint entries that a trainer keeps across a resume (the epoch and the position in it are the Run's own)
 RUN_VARIABLES = ("step", "best_metric", "best_epoch", "best_values")
+LOCK_FILE = ".run.lock"  # held (flock) by the run using the folder; never deleted (RUN_FILES does not match it)
+# The arguments that may differ between a run and its resumption: where it writes, how fast or verbosely it runs,
+# what it evaluates or exports besides training, and where initial weights came from (a resume takes the
+# checkpoint's). --epochs too: a run may be extended (or ended earlier); its lr schedule then spans the new
+# --epochs from the resumed step on. Every other argument (lr, batch size, seed, loss, schedule, weight decay,
+# crops, augmentations, optimizer, data paths, amp...) must equal the checkpoint's.
+RESUME_MAY_CHANGE = frozenset((
+    "output_dir", "resume", "overwrite", "eval_only", "epochs", "workers", "device", "compile", "deterministic",
+    "print_freq", "tensorboard", "save_every", "strict", "val_batch_size", "snapshot_epochs", "snapshot_images",
+    "save_epochs", "knn_every", "export_only", "export_from", "export_path", "image_cache", "encoder_weights",
+    "weights", "backbone"))
+_LOCKS = {}  # type: Dict[str, Any]  # folder -> its open lock file, held by this process until it ends
 
 
 class StopRequest(object):
@@ -114,18 +133,61 @@ def clear_run_files(folder: Path, temp_only: bool = False) -> None:
             shutil.rmtree(str(path))
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's init: ignore SIGINT and SIGTERM. A signal to the whole process group (Ctrl-C in a
+    terminal, a scheduler's SIGTERM) is the main process's to act on (finish the step, save, exit); a worker that
+    died of it would end the run in a DataLoader error instead. The loader ends its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def lock_folder(folder: Path) -> None:
+    """Take the exclusive, non-blocking ``flock`` on ``folder``/.run.lock for the rest of this process (the kernel
+    releases it when the process ends, however it ends); SystemExit when another process holds it. No-op where
+    there is no fcntl (Windows) and for a folder this process already holds."""
+    import errno
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs are not guarded against sharing a folder
+        return
+    key = str(folder.resolve())
+    if key in _LOCKS:
+        return
+    handle = open(str(folder / LOCK_FILE), "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            print("warning: cannot lock {} ({}): nothing stops another run from using {} at the same time".format(
+                folder / LOCK_FILE, exc.strerror, folder), file=sys.stderr)
+            return
+        raise SystemExit("error: --output-dir {} is in use by another run (it holds {}): wait for that run to end, "
+                         "or use another --output-dir".format(folder, folder / LOCK_FILE))
+    _LOCKS[key] = handle
+
+
+def unlock_folder(folder: Path) -> None:
+    """Release this process's lock on ``folder`` (a finished run; tests run several in one process)."""
+    handle = _LOCKS.pop(str(folder.resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
 class Run(object):
     """One training run: output folder, device and process group, seeds, the resume decision, logging, saving.
 
-    ``match`` names the arguments that must equal the checkpoint's for a resume (besides the model config, minus the
-    ``ignore`` keys that only say where initial weights came from; both configs pass through ``canonical`` first).
-    The one policy: a checkpoint in OUTPUT_DIR is
-    resumed automatically; one that holds another model or recipe is refused (``--overwrite`` deletes that run's
-    files and starts afresh); ``--resume PATH`` resumes PATH, with the same check; ``--eval-only`` evaluates the
-    checkpoint's own model.
+    A resume needs the checkpoint's model config (minus the ``ignore`` keys that only say where initial weights came
+    from; both configs pass through ``canonical`` first), every argument but those of ``RESUME_MAY_CHANGE``, and the
+    training set (``use_data``) to equal this command's. The one policy: a checkpoint in OUTPUT_DIR is
+    resumed automatically; one that holds another model, recipe or training set is refused (``--overwrite``
+    deletes that run's files and starts afresh); ``--resume PATH`` resumes PATH, with the same check; a
+    weights-only checkpoint (best.pth) given to ``--resume`` needs the same model only; ``--eval-only`` evaluates
+    the checkpoint's own model.
     """
 
-    def __init__(self, args: Any, kind: str, config: Dict[str, Any], match: Sequence[str] = (),
+    def __init__(self, args: Any, kind: str, config: Dict[str, Any],
                  ignore: Sequence[str] = (), curve_keys: Sequence[str] = (), title: str = "",
                  canonical: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> None:
         self.args, self.kind = args, kind
@@ -143,19 +205,41 @@ class Run(object):
         self.ckpt = None  # type: Optional[Dict[str, Any]]
         self.resume_path = None  # type: Optional[Path]
         self.canonical = canonical or dict
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            clear_run_files(self.out, temp_only=not args.overwrite)
-        dist_utils.barrier()
-        self._decide_resume(plain(config), match, ignore)
+        self.data = None  # type: Optional[Dict[str, Any]]
+        self._lock_and_clear()
+        self._decide_resume(plain(config), ignore)
         self.config = self.ckpt["model_config"] if self.ckpt is not None else plain(config)
         self.dtype = amp_dtype(self.device, args.amp, cpu=args.cpu_amp)
         self.log = RunLog(self.out, curve_keys, title, enabled=self.main, tensorboard=args.tensorboard)
         self.stop = StopRequest(every=args.print_freq)
         self.start_epoch, self.partial, self.variables = 0, 0, {}  # type: int, int, Dict[str, Any]
 
+    def _lock_and_clear(self) -> None:
+        """Make the folder, take its lock (main process; every rank stops when it is taken), then delete the old
+        run's files (--overwrite) or an interrupted write's temp files. --eval-only writes nothing: no lock, and
+        nothing deleted under a run that may be writing there."""
+        refused = None
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not self.args.eval_only:
+                try:
+                    lock_folder(self.out)
+                except SystemExit as exc:
+                    refused = exc
+        if self.distributed:
+            flag = torch.tensor([0.0 if refused is None else 1.0], device=self.device)
+            dist_utils.all_reduce_sum(flag)
+            if refused is None and flag.item() > 0:
+                refused = SystemExit("error: --output-dir {} is in use by another run".format(self.out))
+        if refused is not None:
+            dist_utils.cleanup()
+            raise refused
+        if self.main and not self.args.eval_only:
+            clear_run_files(self.out, temp_only=not self.args.overwrite)
+        dist_utils.barrier()
+
     # ------------------------------------------------------------------------------------------------ resume
-    def _decide_resume(self, config: Dict[str, Any], match: Sequence[str], ignore: Sequence[str]) -> None:
+    def _decide_resume(self, config: Dict[str, Any], ignore: Sequence[str]) -> None:
         args = self.args
         path = Path(args.resume) if args.resume is not None else self.out / "checkpoint.pth"
         if args.resume is None and (args.overwrite or not path.is_file()):
@@ -165,26 +249,50 @@ class Run(object):
             return
         ckpt = load_checkpoint(path, expected_kind=self.kind)
         if not args.eval_only:
-            diffs = self._differences(ckpt, config, match, ignore)
+            diffs = self._differences(ckpt, config, ignore)
             if diffs and args.resume is not None:
-                raise SystemExit("error: --resume {} was trained with other settings than this command: {}. Pass "
+                self._refuse("error: --resume {} was trained with other settings than this command: {}. Pass "
                                  "the same flags to resume it".format(path, "; ".join(diffs)))
             if diffs:
-                raise SystemExit("error: {} holds another run ({}); use another --output-dir, the same flags, or "
+                self._refuse("error: {} holds another run ({}); use another --output-dir, the same flags, or "
                                  "--overwrite to delete that run's files and start afresh".format(
                                      self.out, "; ".join(diffs)))
         self.ckpt, self.resume_path = ckpt, path
+        saved_epochs = ckpt.get("args", {}).get("epochs")
+        if self.main and not args.eval_only and "optimizer" in ckpt and saved_epochs not in (None, args.epochs):
+            print("note: {} was started with --epochs {}; it continues to --epochs {}, its lr schedule spanning those "
+                  "from the resumed step on".format(path, saved_epochs, args.epochs))
 
-    def _differences(self, ckpt: Dict[str, Any], config: Dict[str, Any], match: Sequence[str],
-                     ignore: Sequence[str]) -> list:
+    def _refuse(self, message: str) -> None:
+        """SystemExit(message), the folder's lock released first (the same process may start another run)."""
+        if self.main and not self.args.eval_only:
+            unlock_folder(self.out)
+        raise SystemExit(message)
+
+    def _differences(self, ckpt: Dict[str, Any], config: Dict[str, Any], ignore: Sequence[str]) -> list:
         theirs = {k: v for k, v in self.canonical(ckpt["model_config"]).items() if k not in ignore}
         mine = {k: v for k, v in self.canonical(config).items() if k not in ignore}
         diffs = ["model {}: {!r} in the checkpoint, {!r} here".format(k, theirs.get(k), mine.get(k))
                  for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        if "optimizer" not in ckpt:  # weights only (best.pth): a new run starts from them, with its own recipe
+            return diffs
         saved, now = ckpt.get("args", {}), plain(self.args)
-        diffs += ["--{}: {!r} in the checkpoint, {!r} here".format(k.replace("_", "-"), saved[k], now.get(k))
-                  for k in match if k in saved and saved[k] != now.get(k)]
+        diffs += ["--{}: {!r} in the checkpoint, {!r} here".format(k.replace("_", "-"), saved[k], now[k])
+                  for k in sorted(saved) if k in now and k not in RESUME_MAY_CHANGE and saved[k] != now[k]]
         return diffs
+
+    def use_data(self, dataset: torch.utils.data.Dataset) -> None:
+        """Record the training set (``utils.datasets.data_record``: folder, generated or not, count, fingerprint of
+        its sorted file names) for the checkpoints and results.json; resuming on another set is refused, naming the
+        files removed and added (a mid-epoch position means nothing on other data)."""
+        from utils.datasets import data_changes, data_record
+
+        self.data = data_record(dataset)
+        saved = self.ckpt.get("data") if self.ckpt is not None and "optimizer" in self.ckpt else None
+        if isinstance(saved, dict) and saved.get("fingerprint") != self.data["fingerprint"]:
+            self._refuse("error: the training data in {} are not those {} was trained on ({}): resume on the "
+                             "same data, or start afresh (--overwrite, or another --output-dir)".format(
+                                 self.data["root"], self.resume_path, data_changes(saved, self.data)))
 
     def restore(self, **objects: Any) -> Dict[str, Any]:
         """Load the resumed checkpoint's entries into ``objects`` by name (modules, optimizers, scalers: their
@@ -225,8 +333,8 @@ class Run(object):
             if self.ckpt is None and self.log.path.exists():
                 self.log.path.unlink()
             print(message)
-            with open(self.out / "args.json", "w") as f:
-                json.dump(plain(self.args), f, indent=2)
+            if self.ckpt is None or not (self.out / "args.json").is_file():  # a resumed run keeps its record
+                write_json(self.out / "args.json", plain(self.args), "the run's arguments")
         dist_utils.barrier()
 
     def loader(self, dataset: torch.utils.data.Dataset, batch_size: int, train: bool,
@@ -246,12 +354,18 @@ class Run(object):
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
             pin_memory=self.device.type == "cuda", generator=generator,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
             persistent_workers=workers > 0 and not self.args.deterministic)
 
     def epochs(self, loader: torch.utils.data.DataLoader, first: int = 1) -> Iterator[int]:
         """Epoch numbers still to run (``first`` is the number of the first epoch); before each, torch's RNG and
         the sampler are re-seeded from (seed, epoch); an epoch resumed mid-way skips the batches already trained on
         and continues torch's RNG (dropout, mixup) from where the interrupted run left it."""
+        steps = len(loader)
+        if self.partial > steps:
+            self._refuse("error: {} stopped after step {} of an epoch that has {} steps here: the training data "
+                             "or --batch-size changed; resume on the same data, or start afresh (--overwrite, or "
+                             "another --output-dir)".format(self.resume_path, self.partial, steps))
         with self.stop:
             for index in range(self.start_epoch, self.args.epochs):
                 epoch = index + first
@@ -261,6 +375,15 @@ class Run(object):
                     set_rng_state(self.ckpt["rng_state"], self.device)
                 yield epoch
                 self.partial = 0
+
+    def carried_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """``sums`` (zeros: the running totals an epoch's logged means divide, e.g. loss sum and step count) plus,
+        in an epoch resumed mid-way, the totals of its steps before the stop (``save_and_exit``'s ``sums``), on the
+        main process only so that all-reduced they count once: the resumed epoch logs the unbroken run's means."""
+        saved = self.ckpt.get("partial_sums") if self.partial and self.ckpt is not None else None
+        if self.main and torch.is_tensor(saved) and tuple(saved.shape) == tuple(sums.shape):
+            sums += saved.to(sums.device, sums.dtype)
+        return sums
 
     # --------------------------------------------------------------------------------------------------- save
     def save(self, name: str, obj: Any) -> None:
@@ -277,16 +400,24 @@ class Run(object):
                 save_atomic(obj, self.out / name)
             if record is not None:
                 self.log.log(record)
+            state = dict(state, data=self.data) if self.data is not None else state
             save_atomic(state, self.out / "checkpoint.pth")
             if self.args.save_every > 0 and epoch % self.args.save_every == 0:
                 save_atomic(state, self.out / "checkpoint_epoch{:03d}.pth".format(epoch))
         dist_utils.barrier()
 
-    def save_and_exit(self, state: Dict[str, Any], done: int, steps_per_epoch: int) -> None:
-        """After SIGINT/SIGTERM: save ``state`` with the position in the epoch, then exit with 128 + signal."""
+    def save_and_exit(self, state: Dict[str, Any], done: int, steps_per_epoch: int,
+                      sums: Optional[torch.Tensor] = None) -> None:
+        """After SIGINT/SIGTERM: save ``state`` with the position in the epoch (and the epoch's running ``sums``,
+        all-reduced, for ``carried_sums``), then exit with 128 + signal."""
         path = self.out / "checkpoint.pth"
         partial = self.partial + done
-        self.save("checkpoint.pth", dict(state, partial_steps=partial, rng_state=rng_state(self.device)))
+        extra = {"partial_steps": partial, "rng_state": rng_state(self.device)}  # type: Dict[str, Any]
+        if sums is not None:
+            extra["partial_sums"] = sums.detach().float().cpu()
+        if self.data is not None:
+            extra["data"] = self.data
+        self.save("checkpoint.pth", dict(state, **extra))
         dist_utils.barrier()
         signum = self.stop.signum if self.stop.signum is not None else signal.SIGTERM
         if self.main:
@@ -299,7 +430,7 @@ class Run(object):
     def check_finite(self, value: float, epoch: int, what: str = "training loss", hint: str = "") -> None:
         """Stop with a message (the last good checkpoint stays) when ``value`` is NaN or infinite."""
         if value != value or value in (float("inf"), float("-inf")):
-            raise SystemExit("error: the {} became {} in epoch {}; the last good checkpoint {} is kept. {}".format(
+            self._refuse("error: the {} became {} in epoch {}; the last good checkpoint {} is kept. {}".format(
                 what, value, epoch, self.out / "checkpoint.pth", hint or "Lower --lr, or try --no-amp"))
 
     def finish(self, result: Dict[str, Any], write: bool = True) -> Dict[str, Any]:
@@ -307,12 +438,22 @@ class Run(object):
         process group; return ``result``."""
         if not write and self.main:
             print(json.dumps(plain(result)))
+        if write and self.data is not None:  # where the data came from, recorded at training time
+            result = dict(result, data={k: self.data[k] for k in ("root", "generated", "count", "fingerprint")})
         if write and self.main:
-            with open(self.out / "results.json", "w") as f:
-                json.dump(plain(result), f, indent=2)
+            write_json(self.out / "results.json", plain(result), "the run's results")
         self.log.close()
         dist_utils.cleanup()
+        if self.main and not self.args.eval_only:
+            unlock_folder(self.out)
         return result
+
+
+def write_json(path: Path, value: Any, what: str) -> None:
+    """``value`` as indented JSON at ``path``, written atomically (utils.fileio.write_atomic)."""
+    from utils.fileio import write_atomic
+
+    write_atomic(path, lambda f: json.dump(value, f, indent=2), what, text=True)
 
 
 def rng_state(device: torch.device) -> Dict[str, Any]:
@@ -340,4 +481,5 @@ def checkpoint_state(kind: str, config: Dict[str, Any], weights: Dict[str, torch
         name: (value.state_dict() if hasattr(value, "state_dict") else value) for name, value in entries.items()})
 
 
-__all__ = ["Run", "StopRequest", "checkpoint_state", "clear_run_files", "seed_everything", "setup_determinism"]
+__all__ = ["RESUME_MAY_CHANGE", "Run", "StopRequest", "checkpoint_state", "clear_run_files", "ignore_stop_signals",
+           "seed_everything", "setup_determinism"]

@@ -89,7 +89,8 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     SIGINT/SIGTERM ended it early (``interrupted``, after ``batches`` steps)."""
     model.train()
     device, dtype = run.device, run.dtype
-    loss_sum = torch.zeros((), device=device)
+    sums = run.carried_sums(torch.zeros(2, device=device))  # loss, steps (the resumed epoch's earlier ones too)
+    one = torch.ones((), device=device)
     count = 0
     bar = progress(loader, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
     t0 = time.time()
@@ -109,7 +110,7 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.detach()
+        sums += torch.stack([loss.detach().float(), one])
         count += 1
         step += 1
         if i % args.print_freq == 0:  # the only host sync in the loop, at an interval
@@ -118,10 +119,9 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
         if run.stop.requested(i + 1, device):  # all ranks agree here
             interrupted = True
             break
-    stats = torch.stack([loss_sum, torch.tensor(float(count), device=device)])
-    dist_utils.all_reduce_sum(stats)
-    return {"train_loss": float(stats[0] / stats[1].clamp(min=1)), "step": step, "interrupted": interrupted,
-            "batches": count, "train_seconds": time.time() - t0, "lr": lr_at(max(step - 1, 0))}
+    dist_utils.all_reduce_sum(sums)
+    return {"train_loss": float(sums[0] / sums[1].clamp(min=1)), "step": step, "interrupted": interrupted,
+            "sums": sums, "batches": count, "train_seconds": time.time() - t0, "lr": lr_at(max(step - 1, 0))}
 
 
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
@@ -231,7 +231,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     """Train (or with --eval-only evaluate) a segmentation model; returns the final metrics."""
     from utils.models import canonical_seg_config
 
-    run = Run(args, SEG_KIND, config, match=("optimizer",), ignore=("backbone_weights",),
+    run = Run(args, SEG_KIND, config, ignore=("backbone_weights",),
               curve_keys=("train_loss", "val_miou", "lr"), title=config["arch"], canonical=canonical_seg_config)
     model, val_loader = build_model(run), run.loader(SegmentationDataset(
         Path(args.data_dir) / "validation", strict=args.strict), args.val_batch_size, train=False)
@@ -239,6 +239,7 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
         return run.finish(evaluate(model, val_loader, run.device, run.dtype, run.config), write=False)
     train_set = SegmentationDataset(Path(args.data_dir) / "train", seg_train_transform(
         args.crop_size, args.min_scale, args.color_jitter), strict=args.strict)
+    run.use_data(train_set)
     model = dist_utils.wrap_ddp(model, run.device)
     train_model = maybe_compile(model, args.compile)  # the same parameters; evaluation and checkpoints use model
     loader = run.loader(train_set, args.batch_size, train=True)
@@ -260,10 +261,10 @@ def fit(args: argparse.Namespace, config: Dict[str, Any]) -> Dict[str, Any]:
     for epoch in run.epochs(loader):
         stats = train_one_epoch(train_model, loader, objects["optimizer"], objects["scaler"], args, run, epoch,
                                 state["step"], lr_at)
-        state["step"] = stats.pop("step")
+        state["step"], sums = stats.pop("step"), stats.pop("sums", None)
         if stats.pop("interrupted"):
             run.save_and_exit(seg_checkpoint(run, model, epoch - 1, last, state, objects), stats["batches"],
-                              len(loader))
+                              len(loader), sums)
         run.check_finite(stats["train_loss"], epoch)
         last = dict(evaluate(model, val_loader, run.device, run.dtype, run.config), epoch=epoch, **stats)
         end_of_epoch(run, model, state, last, objects)
