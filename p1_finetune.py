@@ -143,6 +143,8 @@ def resolve_setting(args: argparse.Namespace) -> Dict[str, Any]:
     pretraining = PRETRAINING[kind]
     if args.backbone is not None and args.backbone != "none" and kind == "none":
         pretraining = "from {}".format(args.backbone)
+    if source == "none" and kind != "none":  # e.g. --setting C --backbone none: not the setting's pre-training
+        pretraining = "none (random init, --backbone none), not {}".format(PRETRAINING[kind])
     finetuning = FINETUNING[frozen]
     if args.linear_probe_epochs:
         finetuning = "Linear probe for {} epoch(s), then train full model (LP-FT)".format(args.linear_probe_epochs)

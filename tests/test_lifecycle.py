@@ -160,6 +160,28 @@ def test_overwrite_deletes_only_the_old_runs_files(toy_p2, tmp_path):
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
 
 
+def test_overwrite_refuses_a_file_named_as_a_run_file_that_no_run_wrote(toy_p2, tmp_path):
+    """Before: --overwrite deleted every file named as a run names its files (args.json, best.pth, ...) whatever it
+    held: a user's notes saved as args.json were gone. Such a file (not a JSON object, not a torch file) is named
+    and nothing is deleted; a run's own files are deleted as before."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "args.json").write_text("my notes")
+    (out / "best.pth").write_text("not a model")
+    with pytest.raises(SystemExit, match="would delete args.json, best.pth"):
+        run_main(p2_unet, ["--data-dir", toy_p2, "--output-dir", out, "--epochs", "1", "--overwrite"] + unet())
+    assert (out / "args.json").read_text() == "my notes" and (out / "best.pth").read_text() == "not a model"
+
+
+def test_an_output_dir_that_is_a_dangling_symlink_is_named_not_errno_17(toy_p2, tmp_path):
+    """Before: a trainer's --output-dir that is a dangling symlink ended in '[Errno 17] File exists'."""
+    (tmp_path / "run").symlink_to(tmp_path / "scratch_gone")
+    proc = run(["p2_unet.py", "--data-dir", toy_p2, "--output-dir", tmp_path / "run", "--epochs", "1"] + unet(),
+               ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Errno 17" not in proc.stderr, proc.stderr
+    assert "symbolic link" in proc.stderr and "scratch_gone" in proc.stderr
+
+
 # ------------------------------------------------------------ checkpoints that must be refused (issue 15.8, tracebacks)
 
 def _classifier(path, **changes):

@@ -97,6 +97,14 @@ def test_each_setting_loads_its_documented_backbone_and_says_so(default_files, s
     assert all(p.requires_grad for p in model.head.parameters())
 
 
+def test_setting_c_with_backbone_none_does_not_say_it_used_the_ssl_backbone(default_files):
+    """Before: `--setting C --backbone none` (random init) wrote "w/o label (your SSL pre-trained backbone)" into
+    results.json and the log: the run said it was what it was not."""
+    chosen = p1_finetune.resolve_setting(_args("--setting", "C", "--backbone", "none"))
+    assert chosen["backbone"] == "none" and "SSL" in chosen["pretraining"]
+    assert chosen["pretraining"].startswith("none (random init") and ", not w/o label" in chosen["pretraining"]
+
+
 @pytest.mark.parametrize("setting", sorted(EXPECTED))
 def test_optimizer_groups_read_back_for_each_setting(default_files, setting):
     # what the recipe says, written out per parameter: (lr, weight decay) or absent when frozen

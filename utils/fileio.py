@@ -25,6 +25,14 @@ def _head(path: Path, size: int) -> bytes:
         return f.read(size).lstrip(b" \t\r\n").replace(b"\xef\xbb\xbf", b"", 1)
 
 
+def starts_as_ours(path: Path, signature: Optional[bytes] = None) -> bool:
+    """Whether the regular file ``path`` is empty or starts with ``signature`` (default: its suffix's SIGNATURES)."""
+    expected = signature if signature is not None else SIGNATURES.get(path.suffix.lower())
+    if path.stat().st_size == 0:
+        return True
+    return expected is not None and _head(path, len(expected) + 16).startswith(expected)
+
+
 def check_target(path: PathLike, what: str, signature: Optional[bytes] = None, inputs: Iterable[PathLike] = (),
                  root: Optional[PathLike] = None, ours: Optional[Callable[[Path], bool]] = None) -> Path:
     """Refuse (NotOurs, naming ``path``) to write ``path`` when it would replace a file this project did not make:
@@ -67,11 +75,7 @@ def check_target(path: PathLike, what: str, signature: Optional[bytes] = None, i
     if path.stat().st_size == 0:
         return path
     expected = signature if signature is not None else SIGNATURES.get(path.suffix.lower())
-    if ours is not None:
-        mine = ours(path)
-    else:
-        mine = expected is not None and _head(path, len(expected) + 16).startswith(expected)
-    if not mine:
+    if not (ours(path) if ours is not None else starts_as_ours(path, signature)):
         raise NotOurs("refusing to replace {}: it is not a {} this project wrote{}; move it away or give another path"
                       .format(path, what, " (it does not start with {!r})".format(expected) if expected else ""))
     return path

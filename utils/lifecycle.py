@@ -36,6 +36,7 @@ import torch
 
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, plain, save_atomic
+from utils.fileio import make_folder, starts_as_ours
 from utils.precision import amp_dtype
 from utils.runlog import RunLog
 
@@ -125,12 +126,19 @@ def clear_run_files(folder: Path, temp_only: bool = False) -> None:
 
     if not folder.is_dir():
         return
-    for path in folder.iterdir():
-        if path.is_symlink() or path.is_file():
-            if TEMP_FILE.match(path.name) or (not temp_only and RUN_FILES.match(path.name)):
-                path.unlink()
-        elif not temp_only and path.name in RUN_FOLDERS:
-            shutil.rmtree(str(path))
+    files = [p for p in folder.iterdir() if (p.is_symlink() or p.is_file())
+             and (TEMP_FILE.match(p.name) or (not temp_only and RUN_FILES.match(p.name)))]
+    folders = [] if temp_only else [p for p in folder.iterdir() if p.name in RUN_FOLDERS and not p.is_symlink()
+                                   and p.is_dir()]
+    theirs = [p.name for p in files if not p.is_symlink() and not TEMP_FILE.match(p.name) and not starts_as_ours(p)]
+    if theirs:  # named as a run names its files, but not one (a user's notes saved as args.json): nothing deleted
+        raise SystemExit("error: --overwrite would delete {} in {}, which {} not what a run writes there; move {} "
+                         "away first".format(", ".join(theirs), folder, "is" if len(theirs) == 1 else "are",
+                                             "it" if len(theirs) == 1 else "them"))
+    for path in files:
+        path.unlink()
+    for path in folders:
+        shutil.rmtree(str(path))
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -220,7 +228,7 @@ class Run(object):
         nothing deleted under a run that may be writing there."""
         refused = None
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_folder(self.out)
             if not self.args.eval_only:
                 try:
                     lock_folder(self.out)
