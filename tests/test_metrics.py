@@ -380,21 +380,26 @@ def _png_rgb16(path, rgb16):
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "P"])
-def test_class_index_masks_are_refused_naming_the_file_and_the_colours(tmp_path, mode):
-    """Before: a grayscale mask holding 0..6 decoded to 'unknown' everywhere and training ran to mIoU 0 silently."""
-    classes = np.random.default_rng(0).integers(0, 7, (6, 9)).astype(np.uint8)
-    path = tmp_path / "0000_mask.png"
+def _save_indices(path, classes, mode):
+    """Class indices saved as a mask image: grey 'L' / 'I;16', grey RGB, or 'P' with a grey or the VOC palette."""
     if mode == "L":
         Image.fromarray(classes).save(str(path))
     elif mode == "I;16":
         Image.fromarray(classes.astype(np.uint16)).save(str(path))
     elif mode == "RGB":
         Image.fromarray(np.dstack([classes] * 3)).save(str(path))
-    else:  # indices with a grey palette
+    else:
         image = Image.fromarray(classes, "P")
-        image.putpalette([v for i in range(256) for v in (i, i, i)])
+        image.putpalette([v for i in range(256) for v in (i, i, i)] if mode == "P-grey" else _voc_palette())
         image.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "P"])
+def test_class_index_masks_are_refused_naming_the_file_and_the_colours(tmp_path, mode):
+    """Before: a grayscale mask holding 0..6 decoded to 'unknown' everywhere and training ran to mIoU 0 silently."""
+    classes = np.random.default_rng(0).integers(0, 7, (6, 9)).astype(np.uint8)
+    path = _save_indices(tmp_path / "0000_mask.png", classes, "P-grey" if mode == "P" else mode)
     with pytest.raises(ValueError) as info:
         read_mask(path)
     message = str(info.value)
@@ -604,17 +609,7 @@ def _indices_with_ignore_border():
 def test_class_indices_with_a_255_ignore_border_are_refused(tmp_path, mode):
     """Before: indices 0..6 with a 255 border decoded to 'unknown' + 'barren' and trained silently to mIoU 0."""
     classes = _indices_with_ignore_border()
-    path = tmp_path / "0000_mask.png"
-    if mode == "L":
-        Image.fromarray(classes).save(str(path))
-    elif mode == "I;16":
-        Image.fromarray(classes.astype(np.uint16)).save(str(path))
-    elif mode == "RGB":
-        Image.fromarray(np.dstack([classes] * 3)).save(str(path))
-    else:
-        image = Image.fromarray(classes, "P")
-        image.putpalette([v for i in range(256) for v in (i, i, i)] if mode == "P-grey" else _voc_palette())
-        image.save(str(path))
+    path = _save_indices(tmp_path / "0000_mask.png", classes, mode)
     with pytest.raises(ValueError) as info:
         read_mask(path)
     message = str(info.value)
