@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tools.report import FIGURES_MARKER, GENERATED_NOTE, REAL_NOTE, describe_model, grade_p1, write_report
+from tools.report import GENERATED_NOTE, REAL_NOTE, describe_model, grade_p1, write_report
 from tools.report import main as report_main
+from tools.report_fields import FIGURES_MARKER
 
 
 def test_describe_model_names_architecture_encoder_and_initialisation():

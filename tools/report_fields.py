@@ -1,4 +1,5 @@
-"""The run files ``tools.report`` reads, with every field's type checked in one place.
+"""The files of ``tools.report``: the run files it reads, with every field's type checked in one place, and the
+figures it writes (``Figures``: into REPORT_DIR/figures, listed there so that a rerun deletes only those).
 
 ``read_json(path)`` gives a run file's JSON object as ``Fields``; ``Fields.get_as(key, kind)`` is a field of the
 expected kind (None when absent or null), or a one-line ValueError naming the file and the field, which
@@ -7,10 +8,12 @@ which data a run was trained on: its results.json's "data" record first, the dat
 """
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from tools.toydata import is_generated
+from utils.fileio import OwnedFolder, write_atomic
 from utils.runlog import read_jsonl
 
 
@@ -114,3 +117,62 @@ def data_generated(record: Optional[Fields], data_path: Optional[str]) -> Option
     if data_path and (is_generated(data_path) or Path(data_path).exists()):
         return is_generated(data_path)  # (a path inside a generated folder that has it no more: generated)
     return None
+
+
+FIGURES_MARKER = ".written_by_report.txt"  # in figures/: the figures a rerun may delete
+
+
+def shown_path(path: Any, report_dir: Path) -> str:
+    """A path as REPORT.md shows it: relative to the report's folder, so the report names no folder of the machine
+    that wrote it and each path works from REPORT.md. A relative path recorded in a run's JSON is shown as recorded
+    (the folder it was relative to is not known); one on another drive (Windows) stays absolute."""
+    if not os.path.isabs(str(path)) and not isinstance(path, Path):
+        return str(path)
+    try:
+        return Path(os.path.relpath(os.path.abspath(str(path)), os.path.abspath(str(report_dir)))).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class Figures:
+    """Copies figures into REPORT_DIR/figures and returns their markdown links (relative to REPORT.md)."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.report_dir = report_dir
+        self.folder = report_dir / "figures"
+        self.owned = None  # type: Optional[OwnedFolder]
+
+    def clear(self) -> None:
+        """Delete the figures an earlier report listed in figures/ (nothing else: a folder without that list is
+        refused), so that the new report never mixes in old figures."""
+        if self.folder.exists() or self.folder.is_symlink():
+            self._owned().remove()
+
+    def _owned(self) -> OwnedFolder:
+        if self.owned is None:
+            self.owned = OwnedFolder(self.folder, FIGURES_MARKER, "tools.report")
+        return self.owned
+
+    def _write(self, name: str, write: Any) -> None:
+        write_atomic(self._owned().add(self.folder / name), write, "figure", ours=lambda p: True)  # add checked it
+
+    def shown(self, path: Any) -> str:
+        """``path`` as the report shows it (relative to the report's folder)."""
+        return shown_path(path, self.report_dir)
+
+    def link(self, source: Path, name: str, caption: str) -> str:
+        if not source.is_file():
+            return "_(figure not found: {})_".format(self.shown(source))
+        data = source.read_bytes()
+        self._write(name, lambda f: f.write(data))
+        return "![{}](figures/{})\n\n*{}*".format(caption, name, caption)
+
+    def save(self, fig: Any, name: str, caption: str) -> str:
+        """Save a figure drawn from the runs' numbers as figures/NAME, close it, and return its link."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self._write(name, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
+        return "![{}](figures/{})\n\n*{}*".format(caption, name, caption)
