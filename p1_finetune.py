@@ -40,6 +40,7 @@ from utils.cli import (HelpFormatter, add_common_train_args, add_flag, nonnegati
                        nonzero_int, run_cli, unit_float)
 from utils.datasets import CsvImages
 from utils.distributed import unwrap
+from utils.signals import ignore_stop_signals
 from utils.lifecycle import Run, checkpoint_state
 from utils.models import CLASSIFIER_BACKBONES, load_backbone_weights, load_resnet_state_dict
 from utils.optim import make_optimizer, scaled_lr, schedule, set_lr, weight_decay_groups
@@ -233,7 +234,8 @@ def cache_backbone_features(model: nn.Module, dataset, args: argparse.Namespace,
                             dtype: Optional[torch.dtype]) -> torch.utils.data.TensorDataset:
     """Frozen backbone features of every (un-augmented) image, computed once."""
     with torch.no_grad():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size * 2, num_workers=args.workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size * 2, num_workers=args.workers,
+                                             worker_init_fn=ignore_stop_signals)  # the trainer acts on a signal
         feats, labels = [], []
         model.backbone.eval()
         for images, y in progress(loader, desc="caching features", leave=False):

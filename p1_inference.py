@@ -31,6 +31,7 @@ from utils.cli import HelpFormatter, add_flag, file_path, refuse_symlink_loop, r
 from utils.fileio import check_target, write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
+from utils.signals import ignore_stop_signals
 
 FAILED_LABEL = -1  # written for rows whose image cannot be read: an integer, and never a real class
 
@@ -118,7 +119,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     loader = torch.utils.data.DataLoader(CsvRowImages(rows, args.image_dir, eval_transform_for(ckpt)),
                                          batch_size=args.batch_size, num_workers=args.workers,
-                                         collate_fn=collate_list, pin_memory=device.type == "cuda")
+                                         collate_fn=collate_list, pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_stop_signals if args.workers > 0 else None)
     preds = [FAILED_LABEL] * len(rows)
     failed = []  # type: List[str]
     bar = progress(loader, desc="classifying", unit="batch")

@@ -43,6 +43,7 @@ from utils.datasets import CsvImages, InMemoryImages, UnlabeledImages
 from utils.dino import DINOLoss, build_dino_net, train_step
 from utils.gpu_multicrop import BatchedMultiCrop
 from utils.knn import knn_classify
+from utils.signals import ignore_stop_signals
 from utils.lifecycle import Run, checkpoint_state
 from utils.models import CLASSIFIER_BACKBONES
 from utils.multicrop import MultiCropAugmentation
@@ -209,8 +210,8 @@ def probe_loaders(args: argparse.Namespace, device: torch.device):
         image_dir = image_dir or Path(csv_path).parent / split
         ds = CsvImages(csv_path, image_dir, tf, num_classes=args.num_classes, strict=args.strict)
         loaders.append(torch.utils.data.DataLoader(ds, batch_size=max(args.batch_size, 64),
-                                                   num_workers=min(args.workers, 4),
-                                                   pin_memory=device.type == "cuda"))
+                                                   num_workers=min(args.workers, 4), pin_memory=device.type == "cuda",
+                                                   worker_init_fn=ignore_stop_signals))  # the trainer acts on signals
     return loaders
 
 

@@ -37,6 +37,7 @@ from utils.cli import (HelpFormatter, add_flag, nonnegative_int, positive_int, r
                        require_grading_checkpoint, run_cli)
 from utils.precision import amp_dtype
 from utils.runlog import progress
+from utils.signals import ignore_stop_signals
 from utils.predict import load_segmenter, predict_probs
 
 
@@ -274,7 +275,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
     loader = torch.utils.data.DataLoader(InferenceImages(files), batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate_list,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_stop_signals if args.workers > 0 else None)
     failed = []  # type: List[str]
     written = 0
     # PNG encoding is CPU work that releases the GIL: overlap it with the next batch's forward pass.

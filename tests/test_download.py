@@ -1062,3 +1062,22 @@ def test_a_full_disk_during_the_unpack_names_the_path_and_leaves_nothing(tmp_pat
     err = capsys.readouterr().err
     assert "No space left on device" in err and str(root) in err
     assert folder_names(root) == ["data_2025.zip"]
+
+
+def test_sigterm_during_a_download_is_one_line_exit_143_and_nothing_half_fetched_stays(tmp_path, monkeypatch, capsys):
+    """Before: SIGTERM (a `kill`, a scheduler) ended the downloader at once: no line, and the staging file of the
+    half-fetched checkpoint stayed beside the destination. Now it ends like Ctrl-C: one line, exit 143, nothing
+    half-fetched left."""
+    import os
+    import signal
+
+    def terminated(path):
+        path.write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setitem(sys.modules, "gdown", fake_gdown([], terminated))
+    rc, root = run_main(tmp_path, [("grading", SHARE_LINK, "ab" * 32, "checkpoints/p1_best.pth")])
+    err = capsys.readouterr().err
+    assert rc == 143 and err.strip().splitlines()[-1].startswith("interrupted by SIGTERM") and "Traceback" not in err
+    assert folder_names(root / "checkpoints") == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is the downloader's only while it runs

@@ -31,6 +31,8 @@ import urllib.parse
 import zipfile
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+from utils.signals import Interrupted, interruptible
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MANIFEST = os.path.join(REPO_ROOT, "checkpoints", "manifest.csv")
 MANIFEST_HEADER = ["group", "url", "sha256", "destination"]
@@ -520,10 +522,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root, manifest = os.path.abspath(args.root), os.path.abspath(args.manifest)
     shown = os.path.relpath(manifest, root) if os.path.commonpath([root, manifest]) == root else manifest
     try:
-        results = fetch_all(args, root, manifest, shown)
-    except KeyboardInterrupt:
-        _warn("interrupted: nothing half-fetched or half-unpacked was installed; run the same command again")
-        return 130
+        with interruptible():  # Ctrl-C or SIGTERM: every staging file and folder is removed on the way out
+            results = fetch_all(args, root, manifest, shown)
+    except KeyboardInterrupt as exc:
+        _warn(f"interrupted{' by ' + exc.name if isinstance(exc, Interrupted) else ''}: nothing half-fetched or "
+              f"half-unpacked was installed; run the same command again")
+        return exc.exit_code if isinstance(exc, Interrupted) else 130
     print("\nsummary:\n" + "\n".join(f"  {'ok  ' if ok else 'FAIL'}  {name}: {status}" for name, ok, status in results))
     failed = sum(1 for _, ok, _ in results if not ok)
     print(f"{len(results) - failed} of {len(results)} present and valid")

@@ -34,14 +34,14 @@ import csv
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from utils.signals import Interrupted, interruptible, stop_group
 
 GRADED_SCRIPTS = ("hw1_download_ckpt.sh", "hw1_1.sh", "hw1_2.sh")
 FORBIDDEN_COMMANDS = ("rm", "cp", "mv", "mkdir", "cd", "pip", "pip3", "sudo", "CUDA_VISIBLE_DEVICES")
@@ -150,38 +150,6 @@ def script_env(bin_dirs: Sequence[Path]) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CHECKPOINT_OVERRIDES + ("PYTHONPATH",)}
     env["PATH"] = os.pathsep.join([str(d) for d in bin_dirs] + [env.get("PATH", "")])
     return env
-
-
-GRACE = 5.0  # seconds a stopped script gets between SIGTERM and SIGKILL
-
-
-class Interrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM to the check; ``stopped``: the script it stopped (None: none was running)."""
-
-    def __init__(self, signum: int) -> None:
-        super(Interrupted, self).__init__(signum)
-        self.signum, self.stopped = signum, None  # type: int, Optional[str]
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up is bounded (GRACE): a second signal waits for it
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
-def stop_group(proc: subprocess.Popen, grace: float = GRACE) -> None:
-    """SIGTERM to the process group ``proc`` leads, SIGKILL to what is left once ``proc`` ended or after ``grace``
-    s; ``proc`` is reaped last (its group id cannot be reused before the SIGKILL)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.time() + grace
-        while sig == signal.SIGTERM and time.time() < deadline and \
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            time.sleep(0.05)
-    proc.wait()
 
 
 def run_timed(command: List[str], cwd: Path, env: Dict[str, str], limit: float, log: Path) -> Run:
@@ -558,26 +526,22 @@ def print_summary(checks: Sequence[Check], scores: Dict[str, Any], local: bool =
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    previous = {}  # type: Dict[int, Any]
-    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     work = None  # type: Optional[Path]
     try:
-        work = Path(tempfile.mkdtemp(prefix="hw1_presubmit."))
-        checks, scores = presubmit(args, work)
+        with interruptible():
+            work = Path(tempfile.mkdtemp(prefix="hw1_presubmit."))
+            checks, scores = presubmit(args, work)
     except (OSError, ValueError) as exc:
         checks, scores = [Check("pre-submission check", "FAIL", "error: {}".format(exc))], {"p1": None, "p2": None}
     except Interrupted as exc:
         if work is not None and not args.keep:
             shutil.rmtree(str(work), ignore_errors=True)
-        print("interrupted by {}: {}{} {}".format(signal.Signals(exc.signum).name, "stopped {}, ".format(
-            exc.stopped) if exc.stopped else "", "kept" if args.keep else "removed", work), file=sys.stderr)
-        return 128 + exc.signum
+        print("interrupted by {}: {}{} {}".format(exc.name, "stopped {}, ".format(exc.stopped) if exc.stopped else "",
+                                                  "kept" if args.keep else "removed", work), file=sys.stderr)
+        return exc.exit_code
     finally:
         if work is not None and not args.keep:
             shutil.rmtree(str(work), ignore_errors=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     local = args.local_checkpoints is not None
     print_summary(checks, scores, local)
     failed = [c.name for c in checks if c.status == "FAIL"]

@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from utils.signals import Interrupted, interruptible
+
 
 def _checked(name: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
     """An argparse type: ``convert`` the text, then refuse a value that breaks ``ok`` with 'must <rule>'. Its
@@ -209,7 +211,7 @@ OOM_HINT = ("error: out of memory ({}). Lower --batch-size (the lr follows the t
 INFERENCE_OOM_HINT = ("error: out of memory ({}). Lower --batch-size (p2_inference.py: also --tile-size and "
                       "--tile-threshold) or run on --device cpu; host memory: lower --workers. Then run the command "
                       "again: it starts over.")
-INTERRUPTED = "interrupted (Ctrl-C): stopped; the outputs already written stay whole, and no partial file is left"
+INTERRUPTED = "interrupted ({}): stopped; the outputs already written stay whole, and no partial file is left"
 DOWNLOAD_HINT = "run `bash hw1_download_ckpt.sh` first: it fetches the graded checkpoints"
 # RuntimeError messages of allocators that ran out: CUDA's, torch's CPU allocator ("DefaultCPUAllocator: can't
 # allocate memory"), ENOMEM's text, and a DataLoader worker killed by the kernel's out-of-memory killer (SIGKILL)
@@ -238,12 +240,15 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.Argument
     without a resume (inference has none), and Ctrl-C ends with one line and exit code 130."""
     args = parser.parse_args(argv)
     try:
-        return main(args)
-    except KeyboardInterrupt:
+        if not inference:
+            return main(args)
+        with interruptible():  # SIGINT or SIGTERM: the masks / csv already written stay, no temp file is left
+            return main(args)
+    except KeyboardInterrupt as exc:
         if not inference:  # a trainer's second signal: abort at once, as it says
             raise
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+        print(INTERRUPTED.format(exc.name if isinstance(exc, Interrupted) else "Ctrl-C"), file=sys.stderr)
+        sys.exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             hint = INFERENCE_OOM_HINT if inference else OOM_HINT

@@ -37,6 +37,7 @@ import torch
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, plain, save_atomic
 from utils.fileio import make_folder, starts_as_ours
+from utils.signals import ignore_stop_signals
 from utils.precision import amp_dtype
 from utils.runlog import RunLog
 
@@ -139,14 +140,6 @@ def clear_run_files(folder: Path, temp_only: bool = False) -> None:
         path.unlink()
     for path in folders:
         shutil.rmtree(str(path))
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader worker's init: ignore SIGINT and SIGTERM. A signal to the whole process group (Ctrl-C in a
-    terminal, a scheduler's SIGTERM) is the main process's to act on (finish the step, save, exit); a worker that
-    died of it would end the run in a DataLoader error instead. The loader ends its workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def lock_folder(folder: Path) -> None:
