@@ -87,6 +87,7 @@ def write_csv_atomic(path: Path, header: List[str], records: List[List[Any]], **
         writer.writerow(header)
         writer.writerows(records)
 
+    check.setdefault("signature", ",".join(header).encode())  # by default it replaces only a csv headed alike
     write_atomic(path, write, what="csv", text=True, **check)
 
 

@@ -226,9 +226,12 @@ def test_clear_errors(p1, tmp_path, case):
     assert not out_csv.exists()
 
 
+OLD_PREDICTIONS = "id,filename,label\n0,old.jpg,3\n"
+
+
 def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
     target = tmp_path / "pred.csv"
-    target.write_text("old\n")
+    target.write_text(OLD_PREDICTIONS)  # an earlier run's: the only kind of file the output may replace
 
     class Unprintable(object):
         def __str__(self):
@@ -236,14 +239,14 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
 
     with pytest.raises(RuntimeError):
         p1_inference.write_csv_atomic(target, ["id", "filename", "label"], [["0", "a.jpg", 1], [Unprintable()]])
-    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == OLD_PREDICTIONS
 
 
 def test_a_full_disk_names_the_csv_and_keeps_the_old_one(tmp_path):
     import errno
 
     target = tmp_path / "pred.csv"
-    target.write_text("old\n")
+    target.write_text(OLD_PREDICTIONS)  # an earlier run's: the only kind of file the output may replace
 
     class DiskFull(object):
         def __str__(self):
@@ -252,7 +255,7 @@ def test_a_full_disk_names_the_csv_and_keeps_the_old_one(tmp_path):
     with pytest.raises(OSError, match="cannot write csv .*pred.csv: No space left on device") as info:
         p1_inference.write_csv_atomic(target, ["id", "filename", "label"], [["0", "a.jpg", DiskFull()]])
     assert info.value.errno == errno.ENOSPC  # kept: `error: [Errno 28] cannot write csv ...`
-    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"] and target.read_text() == OLD_PREDICTIONS
 
 
 def test_a_symlinked_output_csv_is_replaced_not_written_through(p1, tmp_path):

@@ -9,6 +9,7 @@ torchrun is played in-process: world sizes patched into utils.distributed / torc
 must talk (all_reduce) by threads of one process (``FakeWorld``), never by spawning processes."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from utils import lifecycle
 from utils import segmentation
 from utils.checkpoint import check_finite as check_finite_weights
 from utils.checkpoint import load_checkpoint, save_atomic
+from utils.fileio import SIGNATURES
 from utils.datasets import SegmentationDataset
 from utils.lifecycle import Run, checkpoint_state
 from utils.transforms import seg_train_transform
@@ -225,14 +227,18 @@ def test_overwrite_leaves_no_file_of_the_old_run_and_keeps_the_users(tmp_path):
                "snapshot_epoch002.pth", "backbone.pth", "log.jsonl", "curves.png", "snapshots.png", "args.json",
                "results.json", ".checkpoint.pth.a1b2c3.tmp"]
     mine = ["notes.txt", "my_best.pth", "checkpoint.pth.bak", "log.jsonl.old"]
+
+    def fill(name):  # what a file of that name starts with when a run wrote it (--overwrite checks that too)
+        (out / name).write_bytes(SIGNATURES.get(Path(name).suffix, b"") + b"x")
+
     for name in written + mine:
-        (out / name).write_text("x")
+        fill(name)
     make_run(out, "--overwrite")
     # the lock file the new run holds (utils.lifecycle.LOCK_FILE) is that run's, not the old one's
     assert sorted(p.name for p in out.iterdir()) == sorted(mine + [lifecycle.LOCK_FILE])
     # without --overwrite only the temp file goes
     for name in written:
-        (out / name).write_text("x")
+        fill(name)
     (out / "snapshots").mkdir()
     with pytest.raises(ValueError):  # the junk checkpoint.pth is read to resume it (and refused)
         make_run(out)
