@@ -602,3 +602,16 @@ def test_an_output_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
                             stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and str(out) in result.stderr and result.stderr.startswith("toydata: error")
+
+
+def test_rewriting_one_part_leaves_the_other_parts_files(tmp_path: Path) -> None:
+    """The marker lists both parts' files; a rerun of p1 deletes only what it listed under p1_data (demo.sh makes p1
+    and p2 into one folder; rewriting one must not remove the other's tiles)."""
+    make_p2_data(tmp_path, size=32, num_train=2, num_val=1)
+    p2_before = _read_bytes(tmp_path / "p2_data")
+    for per_class in (1, 2):  # p1 made, then remade
+        make_p1_data(tmp_path, num_classes=2, mini_per_class=per_class, office_train_per_class=1,
+                     office_val_per_class=1)
+        assert _read_bytes(tmp_path / "p2_data") == p2_before
+    listed = (tmp_path / GENERATED_MARKER).read_text().splitlines()
+    assert sum(name.startswith("p2_data/") for name in listed) == len(p2_before)
