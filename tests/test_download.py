@@ -705,11 +705,13 @@ def test_download_script_end_to_end(server, blob, tmp_path, repo_root):
 
 
 def copy_download_tool(repo_root, target, manifest_rows):
-    """A repository holding just hw1_download_ckpt.sh, tools/ and a manifest."""
+    """A repository holding just hw1_download_ckpt.sh, the downloader with the one module of utils/ it imports
+    (utils.signals, standard library only) and a manifest."""
     (target / "tools").mkdir(parents=True)
+    (target / "utils").mkdir()
     (target / "checkpoints").mkdir()
-    for name in ("__init__.py", "download.py"):
-        (target / "tools" / name).write_bytes((repo_root / "tools" / name).read_bytes())
+    for name in ("tools/__init__.py", "tools/download.py", "utils/__init__.py", "utils/signals.py"):
+        (target / name).write_bytes((repo_root / name).read_bytes())
     (target / "hw1_download_ckpt.sh").write_bytes((repo_root / "hw1_download_ckpt.sh").read_bytes())
     write_manifest(target / "checkpoints" / "manifest.csv", manifest_rows)
 
