@@ -27,8 +27,8 @@ import torch
 from utils.classify import classify, eval_transform_for, load_classifier
 from utils.datasets import CsvRow, collate_list, read_image_csv, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
-from utils.cli import HelpFormatter, add_flag, file_path, refuse_symlink_loop, require_grading_checkpoint, run_cli
-from utils.fileio import check_target, write_atomic
+from utils.cli import HelpFormatter, add_flag, file_path, require_grading_checkpoint, run_cli
+from utils.fileio import check_target, refuse_symlink_loop, write_atomic
 from utils.precision import amp_dtype
 from utils.runlog import progress
 from utils.signals import ignore_stop_signals

@@ -29,11 +29,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from utils.checkpoint import atomic_temp_target
-from utils.fileio import check_target, make_folder
+from utils.fileio import check_target, make_folder, refuse_symlink_loop
 from utils.datasets import IMAGE_SUFFIXES, PathLike, collate_list, mask_name_for, read_rgb, to_chw_uint8
 from utils.distributed import resolve_device
 from utils.masks import write_mask
-from utils.cli import (HelpFormatter, add_flag, nonnegative_int, positive_int, refuse_symlink_loop,
+from utils.cli import (HelpFormatter, add_flag, nonnegative_int, positive_int,
                        require_grading_checkpoint, run_cli)
 from utils.precision import amp_dtype
 from utils.runlog import progress

@@ -273,14 +273,3 @@ def require_grading_checkpoint(path: Path, script: str, name: str) -> None:
                 os.path.abspath(os.path.join("checkpoints", name))}
     if not path.exists() and os.path.abspath(str(path)) in defaults:
         raise FileNotFoundError("checkpoint not found: {}; {}".format(path, DOWNLOAD_HINT))
-
-
-def refuse_symlink_loop(path: Path, what: str) -> None:
-    """A ValueError naming ``path`` when it (or a folder on the way) is a symlink loop: pathlib would raise a
-    RuntimeError deep inside ``resolve``."""
-    try:
-        os.stat(str(path))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValueError("{} {} is a symlink loop: remove the link or give another path".format(
-                what, path)) from None

@@ -2,6 +2,7 @@
 
 Standard library only at import (``utils.masks`` imports it and stays free of torch).
 """
+import errno
 import os
 import stat
 from pathlib import Path
@@ -79,6 +80,17 @@ def check_target(path: PathLike, what: str, signature: Optional[bytes] = None, i
         raise NotOurs("refusing to replace {}: it is not a {} this project wrote{}; move it away or give another path"
                       .format(path, what, " (it does not start with {!r})".format(expected) if expected else ""))
     return path
+
+
+def refuse_symlink_loop(path: Path, what: str) -> None:
+    """A ValueError naming ``path`` when it (or a folder on the way) is a symlink loop: pathlib would raise a
+    RuntimeError deep inside ``resolve``."""
+    try:
+        os.stat(str(path))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("{} {} is a symlink loop: remove the link or give another path".format(
+                what, path)) from None
 
 
 def make_folder(path: PathLike, what: str = "output folder") -> Path:
