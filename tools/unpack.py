@@ -79,9 +79,10 @@ def data_present(target: str, archive: str, flag: str, force: bool) -> Tuple[boo
     name, again = os.path.basename(target), f"`bash hw1_download.sh {flag}`"
     recorded = read_record(target)
     if recorded is None and zipfile.is_zipfile(archive) and not force:  # unpacked by hand: the archive says
-        problem = missing_files(target, archive_files(archive)[0])
+        files = archive_files(archive)[0]
+        problem = missing_files(target, files)
         if problem is None:
-            write_record(target, archive_files(archive)[0], archive)
+            write_record(target, files, archive)
             return True, f"ok (already present; checked against {name}.zip and recorded)"
         raise DownloadError(f"{target} (unpacked without a record) differs from {archive}: {problem}; it was kept: "
                             f"move it away (`mv {name} {name}.old`) and rerun {again}")
